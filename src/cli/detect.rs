@@ -1,0 +1,219 @@
+//! `facekit detect`: MTCNN over files and directories, as a table, JSON Lines, or annotated copies.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use facekit::io::{self, LoadOptions};
+use facekit::models::ModelSource;
+use facekit::{Detection, Detector, DetectorConfig};
+use image::{Rgb, RgbImage};
+use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut};
+use imageproc::rect::Rect;
+
+use super::output::{display_path, json_line, DetectTable, ErrorRecord, FaceRecord, ImageRecord};
+use super::runner::{progress, run_ordered, thread_pool};
+use super::{CommonArgs, EXIT_FAILURE};
+
+/// Arguments of `facekit detect`.
+#[derive(Args, Debug)]
+pub struct DetectArgs {
+    /// Image files or directories (walked recursively; images recognised by content).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Print JSON Lines (one object per image) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write copies of the images with boxes and landmarks drawn into DIR (never overwrites).
+    #[arg(long, value_name = "DIR")]
+    annotate: Option<PathBuf>,
+    /// Smallest face to look for, in pixels.
+    #[arg(long, value_name = "PX", default_value_t = 20.0)]
+    min_face: f64,
+    /// P-Net, R-Net and O-Net score thresholds.
+    #[arg(long, value_name = "P,R,O", value_delimiter = ',', num_args = 3, default_values_t = [0.6f32, 0.7, 0.7])]
+    thresholds: Vec<f32>,
+    /// Scale factor between image pyramid levels.
+    #[arg(long, default_value_t = 0.709)]
+    factor: f64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// What one input produced.
+enum Outcome {
+    Faces {
+        width: u32,
+        height: u32,
+        faces: Vec<Detection>,
+        annotated: Option<facekit::Result<PathBuf>>,
+    },
+    Failed(facekit::Error),
+}
+
+pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
+    let config = DetectorConfig {
+        min_face_size: args.min_face,
+        thresholds: [args.thresholds[0], args.thresholds[1], args.thresholds[2]],
+        factor: args.factor,
+    };
+    let source = ModelSource::resolve(args.common.models.as_deref());
+    let detector = Detector::new(&source, config).context("cannot load the MTCNN detector")?;
+    let load = LoadOptions {
+        max_pixels: args.common.max_pixels,
+        ..LoadOptions::default()
+    };
+    if let Some(dir) = &args.annotate {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create annotation directory {}", dir.display()))?;
+    }
+    let pool = thread_pool(args.common.threads)?;
+
+    let mut failures = 0usize;
+    let mut inputs = Vec::new();
+    for item in io::collect_inputs(&args.paths) {
+        match item {
+            Ok(p) => inputs.push(p),
+            Err(e) => {
+                failures += 1;
+                report_failure(args.json, &e);
+            }
+        }
+    }
+    if !args.json {
+        DetectTable::header();
+    }
+    let pb = progress(inputs.len(), "images");
+    let (mut images, mut faces_total) = (0usize, 0usize);
+    let job = |path: &PathBuf| -> Outcome {
+        match io::load_image(path, &load).and_then(|img| {
+            let faces = detector.detect(&img)?;
+            Ok((img, faces))
+        }) {
+            Ok((img, faces)) => {
+                let annotated = args
+                    .annotate
+                    .as_deref()
+                    .map(|dir| annotate(dir, path, &img, &faces));
+                Outcome::Faces {
+                    width: img.width(),
+                    height: img.height(),
+                    faces,
+                    annotated,
+                }
+            }
+            Err(e) => Outcome::Failed(e),
+        }
+    };
+    run_ordered(&pool, &inputs, &pb, job, |i, outcome| {
+        let path = display_path(&inputs[i]);
+        match outcome {
+            Outcome::Faces {
+                width,
+                height,
+                faces,
+                annotated,
+            } => {
+                images += 1;
+                faces_total += faces.len();
+                if args.json {
+                    json_line(&ImageRecord {
+                        path: &path,
+                        width,
+                        height,
+                        faces: faces.iter().map(FaceRecord::from).collect(),
+                    });
+                } else {
+                    DetectTable::rows(&path, &faces);
+                }
+                if let Some(Err(e)) = annotated {
+                    failures += 1;
+                    eprintln!("facekit: error: cannot write annotated copy: {e}");
+                }
+            }
+            Outcome::Failed(e) => {
+                failures += 1;
+                report_failure(args.json, &e);
+            }
+        }
+    });
+    if !args.json {
+        eprintln!(
+            "{images} image(s), {faces_total} face(s){}",
+            if failures > 0 {
+                format!(", {failures} failed")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(if failures > 0 {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// An error line on stderr, and with `--json` an error record on stdout.
+fn report_failure(json: bool, e: &facekit::Error) {
+    eprintln!("facekit: error: {e}");
+    if json {
+        let path = match e {
+            facekit::Error::Io { path, .. } | facekit::Error::Image { path, .. } => {
+                display_path(path)
+            }
+            _ => String::new(),
+        };
+        let reason = match e {
+            facekit::Error::Io { source, .. } => source.to_string(),
+            facekit::Error::Image { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        json_line(&ErrorRecord {
+            path: &path,
+            error: &reason,
+        });
+    }
+}
+
+/// Draws boxes and landmarks on a copy of `img` and writes it as `DIR/<stem>_faces.jpg`.
+fn annotate(
+    dir: &Path,
+    src: &Path,
+    img: &RgbImage,
+    faces: &[Detection],
+) -> facekit::Result<PathBuf> {
+    let mut canvas = img.clone();
+    let thickness = (img.width().max(img.height()) / 400).max(1) as i32;
+    let radius = thickness + 1;
+    let green = Rgb([0u8, 255, 0]);
+    let red = Rgb([255u8, 0, 0]);
+    for f in faces {
+        let b = f.bbox;
+        for t in 0..thickness {
+            let x = b.x1.round() as i32 - t;
+            let y = b.y1.round() as i32 - t;
+            let w = (b.width().round() as i32 + 2 * t).max(1) as u32;
+            let h = (b.height().round() as i32 + 2 * t).max(1) as u32;
+            draw_hollow_rect_mut(&mut canvas, Rect::at(x, y).of_size(w, h), green);
+        }
+        for p in f.landmarks {
+            draw_filled_circle_mut(
+                &mut canvas,
+                (p.x.round() as i32, p.y.round() as i32),
+                radius,
+                red,
+            );
+        }
+    }
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode_image(&canvas)
+        .map_err(|e| facekit::Error::image(src, format!("cannot encode annotated copy: {e}")))?;
+    let stem = src
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".to_string());
+    io::write_new_file(dir, &stem, "_faces.jpg", &bytes)
+}

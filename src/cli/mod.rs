@@ -1,0 +1,57 @@
+//! Command-line definitions (clap) and one small driver per subcommand. No model or maths code
+//! lives here: drivers loop over inputs, call the library and hand results to a writer.
+
+mod detect;
+mod output;
+mod runner;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// facekit: fast face detection and recognition, one static binary, no downloads at run time.
+#[derive(Parser)]
+#[command(name = "facekit", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detect faces (MTCNN): boxes, scores and 5 landmarks per face.
+    Detect(detect::DetectArgs),
+}
+
+/// Options shared by every subcommand that runs networks.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Directory with the model weights (default: $FACEKIT_MODELS, else the embedded copies).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Refuse images with more pixels than this (decoding is skipped).
+    #[arg(long, value_name = "N", default_value_t = facekit::io::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Exit status: 0 when every input was processed, 2 when any failed (or the run could not start).
+pub const EXIT_FAILURE: u8 = 2;
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Detect(args) => detect::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("facekit: error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The library's error type: every failure names the file or model it concerns and why.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout facekit.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in facekit.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A file was read but is not a usable image.
+    #[error("{}: {reason}", path.display())]
+    Image {
+        /// The file concerned.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// Model weights are missing or malformed.
+    #[error("model {name}: {reason}")]
+    Model {
+        /// The weights file name (e.g. `mtcnn.safetensors`).
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An option has a value that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A tensor operation failed.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An unusable image, with the reason.
+    pub fn image(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Image {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! facekit: end-to-end face recognition in Rust.
+//!
+//! The pipeline flows one way: [`io`] decodes an image, [`detect`] finds faces with MTCNN
+//! (boxes, scores, 5 landmarks). Weights are found by [`models`]; image resampling shared by the
+//! stages lives in [`preprocess`].
+//!
+//! ```no_run
+//! use facekit::{detect::Detector, io};
+//! let detector = Detector::new(&facekit::models::ModelSource::resolve(None), Default::default())?;
+//! let img = io::load_image("photo.jpg".as_ref(), &io::LoadOptions::default())?;
+//! for face in detector.detect(&img)? {
+//!     println!("{:?} {:.3}", face.bbox, face.score);
+//! }
+//! # Ok::<(), facekit::Error>(())
+//! ```
+
+pub mod detect;
+pub mod error;
+pub mod io;
+pub mod models;
+pub mod preprocess;
+
+pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
+pub use error::{Error, Result};
+
+/// The compute device facekit runs its networks on: CUDA when built with `cuda` and a GPU is
+/// present, otherwise the CPU.
+pub fn default_device() -> candle_core::Device {
+    #[cfg(feature = "cuda")]
+    {
+        if let Ok(dev) = candle_core::Device::new_cuda(0) {
+            return dev;
+        }
+    }
+    candle_core::Device::Cpu
+}

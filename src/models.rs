@@ -1,0 +1,77 @@
+//! Finding model weights: `--models DIR`, then `$FACEKIT_MODELS`, then the copies compiled into
+//! the binary, so an installed `facekit` works anywhere, offline.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::{Error, Result};
+
+/// File name of the converted MTCNN weights (P-, R- and O-Net, from facenet-pytorch 2.6.0).
+pub const MTCNN: &str = "mtcnn.safetensors";
+
+/// Weights compiled into the binary (see `models/README.md` for sources and checksums).
+const EMBEDDED: &[(&str, &[u8])] = &[(MTCNN, include_bytes!("../models/mtcnn.safetensors"))];
+
+/// Where weights are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A directory holding `*.safetensors` files.
+    Dir(PathBuf),
+    /// The copies compiled into the binary.
+    Embedded,
+}
+
+impl ModelSource {
+    /// The flag's directory if given, else `$FACEKIT_MODELS` if set and non-empty, else the
+    /// embedded weights.
+    pub fn resolve(flag: Option<&Path>) -> Self {
+        if let Some(dir) = flag {
+            return ModelSource::Dir(dir.to_path_buf());
+        }
+        match std::env::var_os("FACEKIT_MODELS") {
+            Some(dir) if !dir.is_empty() => ModelSource::Dir(PathBuf::from(dir)),
+            _ => ModelSource::Embedded,
+        }
+    }
+
+    /// Reads one weights file's bytes. A directory that lacks the file is an error (no silent
+    /// fallback to other weights).
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        match self {
+            ModelSource::Dir(dir) => {
+                let path = dir.join(name);
+                std::fs::read(&path).map_err(|e| Error::Model {
+                    name: name.to_string(),
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })
+            }
+            ModelSource::Embedded => EMBEDDED
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, bytes)| bytes.to_vec())
+                .ok_or_else(|| Error::Model {
+                    name: name.to_string(),
+                    reason: "not compiled into this binary".to_string(),
+                }),
+        }
+    }
+
+    /// A `VarBuilder` over one weights file, in f32 on `device`.
+    pub fn var_builder(&self, name: &str, device: &Device) -> Result<VarBuilder<'static>> {
+        let bytes = self.read(name)?;
+        VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(|e| Error::Model {
+            name: name.to_string(),
+            reason: format!("not a valid safetensors file: {e}"),
+        })
+    }
+
+    /// A short human description ("embedded" or the directory).
+    pub fn describe(&self) -> String {
+        match self {
+            ModelSource::Dir(d) => d.display().to_string(),
+            ModelSource::Embedded => "embedded".to_string(),
+        }
+    }
+}
