@@ -18,6 +18,7 @@ pub mod detect;
 pub mod error;
 pub mod io;
 pub mod models;
+pub mod nn;
 pub mod preprocess;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};

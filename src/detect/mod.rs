@@ -9,6 +9,7 @@ mod nets;
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
+use rayon::prelude::*;
 use serde::Serialize;
 
 pub use nets::{ONet, PNet, RNet};
@@ -289,7 +290,7 @@ fn crop_region(b: [f32; 4], width: u32, height: u32) -> Option<Region> {
 }
 
 /// Most crops sent through R-Net / O-Net at once (bounds memory on crowded images).
-const BATCH: usize = 256;
+const BATCH: usize = 128;
 
 /// The MTCNN face detector. Cheap to share across threads (`&Detector` is `Sync`).
 pub struct Detector {
@@ -434,16 +435,14 @@ impl Detector {
     ) -> (Vec<Candidate>, Vec<f32>) {
         let (w, h) = img.dimensions();
         let per = 3 * size * size;
-        let mut kept = Vec::with_capacity(cands.len());
-        let mut data = Vec::with_capacity(cands.len() * per);
-        for c in cands {
-            if let Some(region) = crop_region(c.b, w, h) {
-                let start = data.len();
-                data.resize(start + per, 0.0);
-                area_resize_chw(img, region, size, size, mtcnn_norm, &mut data[start..]);
-                kept.push(c);
-            }
-        }
+        let (kept, regions): (Vec<Candidate>, Vec<Region>) = cands
+            .into_iter()
+            .filter_map(|c| crop_region(c.b, w, h).map(|r| (c, r)))
+            .unzip();
+        let mut data = vec![0f32; kept.len() * per];
+        data.par_chunks_mut(per)
+            .zip(&regions)
+            .for_each(|(dst, &region)| area_resize_chw(img, region, size, size, mtcnn_norm, dst));
         (kept, data)
     }
 

@@ -1,0 +1,478 @@
+//! Building blocks of facekit's convolutional networks, with fast CPU kernels.
+//!
+//! candle's stock CPU convolution spends most of its time gathering patches, and its element-wise
+//! ops each take a full pass over memory. On the CPU these layers instead build the patch matrix
+//! with row copies (im2col), multiply with `gemm` straight into a buffer pre-filled with the bias,
+//! and apply the activation in the same buffer. On any other device (CUDA) the same layers run
+//! candle's own ops, so the weights and the network code are shared.
+
+use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Shape, Storage, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor; `None` for other devices or dtypes.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return None;
+    }
+    let t = t.contiguous().ok()?;
+    let (storage, layout): (_, &Layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => {
+            let n = layout.shape().elem_count();
+            Some(f(&v[layout.start_offset()..layout.start_offset() + n]))
+        }
+        _ => None,
+    }
+}
+
+/// A tensor's contiguous f32 values copied out (any device).
+fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
+}
+
+/// The activation applied after a layer.
+#[derive(Clone, Copy)]
+pub enum Act<'a> {
+    /// None (identity).
+    Identity,
+    /// max(x, 0).
+    Relu,
+    /// Per-channel PReLU with these slopes (one per output channel).
+    PRelu(&'a PRelu),
+    /// PReLU with one slope (one channel of a PReLU).
+    PReluSlope(f32),
+}
+
+impl Act<'_> {
+    /// The activation restricted to output channel `c`.
+    fn for_channel(self, c: usize) -> Self {
+        match self {
+            Act::PRelu(p) => Act::PReluSlope(p.slopes[c]),
+            other => other,
+        }
+    }
+}
+
+/// Per-channel PReLU: `x` if positive, else `slope[c] * x`.
+pub struct PRelu {
+    weight: Tensor,
+    slopes: Vec<f32>,
+}
+
+impl PRelu {
+    /// Loads `weight` (`[channels]`).
+    pub fn load(channels: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get(channels, "weight")?;
+        let slopes = to_f32_vec(&weight)?;
+        Ok(PRelu { weight, slopes })
+    }
+
+    /// Applies PReLU along dim 1 of `x` (rank 2 or 4), with candle ops.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let mut shape = vec![1; x.rank()];
+        shape[1] = self.slopes.len();
+        let w = self.weight.reshape(shape)?;
+        let zeros = x.zeros_like()?;
+        x.maximum(&zeros)? + x.minimum(&zeros)?.broadcast_mul(&w)?
+    }
+}
+
+impl Module for PRelu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        let inner = x.elem_count() / (b * c).max(1);
+        let out = with_cpu_f32(x, |src| {
+            let mut v = src.to_vec();
+            apply_act(&mut v, c, inner, Act::PRelu(self));
+            v
+        });
+        match out {
+            Some(v) => Tensor::from_vec(v, x.shape(), &Device::Cpu),
+            None => self.apply(x),
+        }
+    }
+}
+
+/// Applies `act` in place to `[batch, channels, inner]` data.
+fn apply_act(v: &mut [f32], channels: usize, inner: usize, act: Act) {
+    match act {
+        Act::Identity => {}
+        Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+        Act::PRelu(p) => {
+            for (i, chunk) in v.chunks_mut(inner).enumerate() {
+                prelu_slice(chunk, p.slopes[i % channels]);
+            }
+        }
+        Act::PReluSlope(a) => prelu_slice(v, a),
+    }
+}
+
+/// Branch-free PReLU (vectorises).
+fn prelu_slice(v: &mut [f32], a: f32) {
+    v.iter_mut().for_each(|x| *x = x.max(0.0) + a * x.min(0.0));
+}
+
+/// A 2-D convolution (square kernel, symmetric padding) with optional bias.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    bias_values: Vec<f32>,
+    /// Row-major `[c_out, c_in*k*k]` copy of the weights when they live on the CPU.
+    cpu_weight: Option<Vec<f32>>,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// Loads `weight` (`[c_out, c_in, k, k]`) and, if `bias`, `bias` (`[c_out]`).
+    pub fn load(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, k, k), "weight")?;
+        let bias = if bias {
+            Some(vb.get(c_out, "bias")?)
+        } else {
+            None
+        };
+        Self::new(weight, bias, stride, padding)
+    }
+
+    /// From tensors: `weight` `[c_out, c_in, k, k]`, optional `bias` `[c_out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize) -> Result<Self> {
+        let (c_out, c_in, kh, kw) = weight.dims4()?;
+        if kh != kw {
+            candle_core::bail!("only square kernels are supported, got {kh}x{kw}");
+        }
+        let bias_values = match &bias {
+            Some(b) => to_f32_vec(b)?,
+            None => vec![0.0; c_out],
+        };
+        let cpu_weight = with_cpu_f32(&weight, |w| w.to_vec());
+        Ok(Conv2d {
+            weight,
+            bias,
+            bias_values,
+            cpu_weight,
+            c_in,
+            c_out,
+            k: kh,
+            stride,
+            padding,
+        })
+    }
+
+    /// Output spatial size for an input of `h x w`.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let o = |n: usize| (n + 2 * self.padding - self.k) / self.stride + 1;
+        (o(h), o(w))
+    }
+
+    /// Convolution followed by `act`.
+    pub fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        if c != self.c_in {
+            candle_core::bail!("conv expects {} input channels, got {c}", self.c_in);
+        }
+        if h + 2 * self.padding < self.k || w + 2 * self.padding < self.k {
+            candle_core::bail!("input {h}x{w} is smaller than the {}x{} kernel", self.k, self.k);
+        }
+        let fast = match &self.cpu_weight {
+            Some(wt) => with_cpu_f32(x, |src| self.cpu_forward(src, wt, b, h, w, act)),
+            None => None,
+        };
+        if let Some(out) = fast {
+            let (oh, ow) = self.out_size(h, w);
+            return Tensor::from_vec(out, (b, self.c_out, oh, ow), &Device::Cpu);
+        }
+        // Generic path (CUDA, or tensors that are not f32).
+        let mut y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&bias.reshape((1, self.c_out, 1, 1))?)?;
+        }
+        match act {
+            Act::Identity => Ok(y),
+            Act::Relu => y.relu(),
+            Act::PRelu(p) => p.apply(&y),
+            Act::PReluSlope(a) => y.maximum(0f32)? + (y.minimum(0f32)? * a as f64)?,
+        }
+    }
+
+    /// im2col + one gemm on CPU for a batch of `b` images `c_in x h x w`: the patch matrix of
+    /// the whole batch is `[c_in*k*k, b*oh*ow]`, so small crops still make one large product.
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_forward(&self, src: &[f32], wt: &[f32], b: usize, h: usize, w: usize, act: Act) -> Vec<f32> {
+        let (oh, ow) = self.out_size(h, w);
+        let n = oh * ow;
+        let kk = self.c_in * self.k * self.k;
+        let direct = b == 1 && self.k == 1 && self.stride == 1 && self.padding == 0;
+        let bn = b * n;
+        // dst[c_out, b*n] starts as the bias; gemm adds wt[c_out, kk] @ cols[kk, b*n].
+        let mut dst = Vec::with_capacity(self.c_out * bn);
+        for &bias in &self.bias_values {
+            dst.extend(std::iter::repeat_n(bias, bn));
+        }
+        let run_gemm = |rhs: &[f32], dst: &mut [f32]| {
+            // SAFETY: the pointers cover c_out*bn, c_out*kk and kk*bn row-major f32 values.
+            unsafe {
+                gemm::gemm(
+                    self.c_out,
+                    bn,
+                    kk,
+                    dst.as_mut_ptr(),
+                    1,
+                    bn as isize,
+                    true,
+                    wt.as_ptr(),
+                    1,
+                    kk as isize,
+                    rhs.as_ptr(),
+                    1,
+                    bn as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                );
+            }
+        };
+        if direct {
+            run_gemm(src, &mut dst);
+        } else {
+            let geom = PatchGeometry {
+                c: self.c_in,
+                h,
+                w,
+                k: self.k,
+                stride: self.stride,
+                pad: self.padding,
+                oh,
+                ow,
+            };
+            with_scratch(kk * bn, |cols| {
+                im2col(src, b, &geom, cols);
+                run_gemm(cols, &mut dst);
+            });
+        }
+        if b == 1 {
+            apply_act(&mut dst, self.c_out, n, act);
+            return dst;
+        }
+        // [c_out, b, n] -> [b, c_out, n], with the activation fused into the copy.
+        let mut out = vec![0f32; b * self.c_out * n];
+        out.par_chunks_mut(self.c_out * n).enumerate().for_each(|(img, o)| {
+            for (co, plane) in o.chunks_mut(n).enumerate() {
+                plane.copy_from_slice(&dst[co * bn + img * n..co * bn + (img + 1) * n]);
+                apply_act(plane, 1, n, act.for_channel(co));
+            }
+        });
+        out
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Act::Identity)
+    }
+}
+
+thread_local! {
+    /// Per-thread patch-matrix buffer, reused across calls (a fresh one per call costs a page
+    /// fault per 4 KiB, which on large crops batches rivals the arithmetic).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` floats (contents unspecified).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a nested pool job): use a private buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// Shape of a convolution's patch extraction.
+struct PatchGeometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+/// Patch matrix `[c * k * k, b * oh * ow]` of `b` images `c x h x w`, zero outside the image.
+/// Row `(ci, ky, kx)` holds, image after image, the input pixel under that kernel tap for every
+/// output position; with stride 1 each output row is one slice copy.
+fn im2col(imgs: &[f32], b: usize, g: &PatchGeometry, cols: &mut [f32]) {
+    let n = g.oh * g.ow;
+    let (k, pad, w, h) = (g.k, g.pad, g.w, g.h);
+    cols.par_chunks_mut(b * n).enumerate().for_each(|(r, row)| {
+        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        for (img, block) in row.chunks_mut(n).enumerate() {
+            let plane = &imgs[(img * g.c + ci) * h * w..][..h * w];
+            for (oy, dst) in block.chunks_mut(g.ow).enumerate() {
+                let iy = (oy * g.stride + ky) as isize - pad as isize;
+                if iy < 0 || iy >= h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                if g.stride == 1 {
+                    // ix = ox + kx - pad must lie in [0, w).
+                    let lo = pad.saturating_sub(kx).min(g.ow);
+                    let hi = (w + pad).saturating_sub(kx).min(g.ow).max(lo);
+                    dst[..lo].fill(0.0);
+                    dst[lo..hi].copy_from_slice(&src[lo + kx - pad..hi + kx - pad]);
+                    dst[hi..].fill(0.0);
+                } else {
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * g.stride + kx) as isize - pad as isize;
+                        *d = if ix >= 0 && ix < w as isize {
+                            src[ix as usize]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// A fully connected layer `y = x W^T + b` (`W` is `[out, in]`) followed by an activation.
+pub struct Linear {
+    inner: candle_nn::Linear,
+    c_out: usize,
+}
+
+impl Linear {
+    /// Loads `weight` (`[out, in]`) and `bias` (`[out]`).
+    pub fn load(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Linear {
+            inner: candle_nn::linear(c_in, c_out, vb)?,
+            c_out,
+        })
+    }
+
+    /// The layer followed by `act`.
+    pub fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        let y = self.inner.forward(x)?;
+        match act {
+            Act::Identity => Ok(y),
+            Act::Relu => y.relu(),
+            Act::PReluSlope(a) => y.maximum(0f32)? + (y.minimum(0f32)? * a as f64)?,
+            Act::PRelu(p) => {
+                let b = y.dim(0)?;
+                match with_cpu_f32(&y, |src| {
+                    let mut v = src.to_vec();
+                    apply_act(&mut v, self.c_out, 1, act);
+                    v
+                }) {
+                    Some(v) => Tensor::from_vec(v, (b, self.c_out), &Device::Cpu),
+                    None => p.apply(&y),
+                }
+            }
+        }
+    }
+}
+
+/// Max-pool with PyTorch's `ceil_mode=True` (the last, partial window is kept) and no padding.
+pub fn max_pool_ceil(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let out = |n: usize| n.saturating_sub(k).div_ceil(s) + 1;
+    let (oh, ow) = (out(h), out(w));
+    let fast = with_cpu_f32(x, |src| {
+        let mut dst = vec![0f32; b * c * oh * ow];
+        dst.par_chunks_mut(oh * ow)
+            .zip(src.par_chunks(h * w))
+            .for_each(|(o, plane)| {
+                // Separable: max over each window's rows, then over its columns.
+                let mut rows = vec![0f32; oh * w];
+                for (oy, r) in rows.chunks_mut(w).enumerate() {
+                    let y0 = oy * s;
+                    r.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
+                    for src_row in plane[(y0 + 1) * w..(y0 + k).min(h) * w].chunks(w) {
+                        r.iter_mut().zip(src_row).for_each(|(m, &v)| *m = if v > *m { v } else { *m });
+                    }
+                }
+                for (r, out_row) in rows.chunks(w).zip(o.chunks_mut(ow)) {
+                    for (ox, m) in out_row.iter_mut().enumerate() {
+                        let x0 = ox * s;
+                        *m = r[x0..(x0 + k).min(w)].iter().fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
+                    }
+                }
+            });
+        dst
+    });
+    if let Some(v) = fast {
+        return Tensor::from_vec(v, Shape::from((b, c, oh, ow)), &Device::Cpu);
+    }
+    // Replicating the last row/column is exact for a max: every partial window already holds it.
+    let (pad_h, pad_w) = ((oh - 1) * s + k - h, (ow - 1) * s + k - w);
+    let x = if pad_h > 0 {
+        x.pad_with_same(2, 0, pad_h)?
+    } else {
+        x.clone()
+    };
+    let x = if pad_w > 0 { x.pad_with_same(3, 0, pad_w)? } else { x };
+    x.max_pool2d_with_stride(k, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(shape: (usize, usize, usize, usize)) -> Tensor {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The fast CPU convolution equals candle's reference conv2d for every stride/padding used.
+    #[test]
+    fn cpu_conv_matches_candle_conv2d() {
+        for &(k, stride, pad) in &[(3, 1, 0), (3, 1, 1), (3, 2, 0), (7, 2, 0), (2, 1, 0), (1, 1, 0)] {
+            let x = seq((2, 3, 11, 9));
+            let w = seq((4, 3, k, k));
+            let bias = Tensor::new(&[0.5f32, -1.0, 0.0, 2.0], &Device::Cpu).unwrap();
+            let conv = Conv2d::new(w.clone(), Some(bias.clone()), stride, pad).unwrap();
+            let got = conv.forward(&x).unwrap();
+            let want = x
+                .conv2d(&w, pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(got.dims(), want.dims(), "k{k} s{stride} p{pad}");
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "k{k} s{stride} p{pad}");
+        }
+    }
+
+    #[test]
+    fn max_pool_ceil_keeps_partial_windows() {
+        let x = Tensor::from_vec((0..25).map(|v| v as f32).collect::<Vec<_>>(), (1, 1, 5, 5), &Device::Cpu).unwrap();
+        let y = max_pool_ceil(&x, 2, 2).unwrap();
+        assert_eq!(y.dims(), [1, 1, 3, 3]);
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, vec![6., 8., 9., 16., 18., 19., 21., 23., 24.]);
+    }
+}

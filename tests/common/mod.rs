@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests: fixture paths, the optional ../shared data, the
+//! detector, and running the real binary.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// `../shared` beside the project root, when present. Prints a loud SKIP line when it is not.
+pub fn shared(test: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if dir.join("golden").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED {test}: ../shared (golden outputs and data sets) is not beside the project root");
+        None
+    }
+}
+
+/// The default detector with the embedded weights.
+pub fn detector() -> facekit::Detector {
+    facekit::Detector::new(&facekit::models::ModelSource::Embedded, Default::default())
+        .expect("embedded MTCNN weights load")
+}
+
+/// Runs the real `facekit` binary.
+pub fn facekit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_facekit"))
+        .args(args)
+        .env_remove("FACEKIT_MODELS")
+        .output()
+        .expect("run facekit")
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
