@@ -215,5 +215,5 @@ fn annotate(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".to_string());
-    io::write_new_file(dir, &stem, "_faces.jpg", &bytes)
+    io::write_new_file(dir, &format!("{stem}_faces"), ".jpg", &bytes)
 }
