@@ -25,7 +25,10 @@ fn main() -> anyhow::Result<()> {
             _ => paths.push(a),
         }
     }
-    anyhow::ensure!(!paths.is_empty(), "usage: bench_detect [--repeat R] [--long-side L] [--threads N] IMAGE...");
+    anyhow::ensure!(
+        !paths.is_empty(),
+        "usage: bench_detect [--repeat R] [--long-side L] [--threads N] IMAGE..."
+    );
     let mut pool = rayon::ThreadPoolBuilder::new();
     if threads > 0 {
         pool = pool.num_threads(threads);

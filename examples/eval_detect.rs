@@ -51,7 +51,12 @@ fn parse_wider(root: &Path) -> Result<Vec<(PathBuf, Vec<Gt>)>> {
                 continue;
             }
             boxes.push(Gt {
-                bbox: BBox { x1: v[0], y1: v[1], x2: v[0] + v[2], y2: v[1] + v[3] },
+                bbox: BBox {
+                    x1: v[0],
+                    y1: v[1],
+                    x2: v[0] + v[2],
+                    y2: v[1] + v[3],
+                },
                 valid: v[7] == 0.0 && v[2] > 0.0 && v[3] > 0.0,
             });
         }
@@ -71,11 +76,19 @@ fn parse_dlib(root: &Path) -> Result<Vec<(PathBuf, Vec<Gt>)>> {
         }
         let v: Vec<f32> = f[2..6].iter().map(|x| x.parse().unwrap_or(0.0)).collect();
         map.entry(f[1].to_string()).or_default().push(Gt {
-            bbox: BBox { x1: v[0], y1: v[1], x2: v[0] + v[2], y2: v[1] + v[3] },
+            bbox: BBox {
+                x1: v[0],
+                y1: v[1],
+                x2: v[0] + v[2],
+                y2: v[1] + v[3],
+            },
             valid: true,
         });
     }
-    Ok(map.into_iter().map(|(k, v)| (root.join("faces").join(k), v)).collect())
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (root.join("faces").join(k), v))
+        .collect())
 }
 
 #[derive(Default)]
@@ -127,7 +140,10 @@ fn evaluate(detector: &Detector, set: &[(PathBuf, Vec<Gt>)]) -> Result<Tally> {
                 continue;
             }
             let height = gt.bbox.height();
-            let b = BUCKETS.iter().position(|(_, lo, hi)| height >= *lo && height < *hi).unwrap_or(3);
+            let b = BUCKETS
+                .iter()
+                .position(|(_, lo, hi)| height >= *lo && height < *hi)
+                .unwrap_or(3);
             t.total[b] += 1;
             t.found[b] += h as usize;
         }
@@ -157,7 +173,10 @@ fn main() -> Result<()> {
         }
     }
     if !shared.join("data").is_dir() {
-        eprintln!("SKIPPED: {} not found; the evaluation needs ../shared/data", shared.display());
+        eprintln!(
+            "SKIPPED: {} not found; the evaluation needs ../shared/data",
+            shared.display()
+        );
         return Ok(());
     }
     let mut pool = rayon::ThreadPoolBuilder::new();
@@ -167,17 +186,34 @@ fn main() -> Result<()> {
     let pool = pool.build()?;
     let detector = Detector::new(&ModelSource::resolve(None), config)?;
     let sets = [
-        ("WIDER FACE val subset", parse_wider(&shared.join("data/widerface-val-subset"))?),
+        (
+            "WIDER FACE val subset",
+            parse_wider(&shared.join("data/widerface-val-subset"))?,
+        ),
         ("dlib example faces", parse_dlib(&shared.join("data/dlib"))?),
     ];
     let start = std::time::Instant::now();
     println!(
         "{:<24} {:>6} {:>16} {:>16} {:>16} {:>16} {:>12} {:>8}",
-        "set", "images", BUCKETS[0].0, BUCKETS[1].0, BUCKETS[2].0, BUCKETS[3].0, ">= 20 px", "FP/img"
+        "set",
+        "images",
+        BUCKETS[0].0,
+        BUCKETS[1].0,
+        BUCKETS[2].0,
+        BUCKETS[3].0,
+        ">= 20 px",
+        "FP/img"
     );
     for (name, set) in &sets {
         let t = pool.install(|| evaluate(&detector, set))?;
-        let cell = |b: usize| format!("{} ({}/{})", pct(t.found[b], t.total[b]), t.found[b], t.total[b]);
+        let cell = |b: usize| {
+            format!(
+                "{} ({}/{})",
+                pct(t.found[b], t.total[b]),
+                t.found[b],
+                t.total[b]
+            )
+        };
         let found20: usize = t.found[1..].iter().sum();
         let total20: usize = t.total[1..].iter().sum();
         println!(

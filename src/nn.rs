@@ -10,6 +10,36 @@ use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Shape, Stor
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+thread_local! {
+    /// Set while the caller parallelises across independent inputs itself (see [`serial`]).
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's CPU kernels single-threaded. Callers that already spread
+/// independent inputs (pyramid levels, crop batches, images) over the thread pool use it:
+/// two single-threaded products at once beat one product split over two threads.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    let previous = SERIAL.with(|s| s.replace(true));
+    let result = f();
+    SERIAL.with(|s| s.set(previous));
+    result
+}
+
+fn is_serial() -> bool {
+    SERIAL.with(|s| s.get()) || rayon::current_num_threads() == 1
+}
+
+/// Calls `f(index, chunk)` for each `size`-long chunk of `data`, in parallel unless [`serial`].
+fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if is_serial() {
+        data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        data.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
 /// Runs `f` on the contiguous f32 data of a CPU tensor; `None` for other devices or dtypes.
 fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     if !t.device().is_cpu() || t.dtype() != DType::F32 {
@@ -148,7 +178,12 @@ impl Conv2d {
     }
 
     /// From tensors: `weight` `[c_out, c_in, k, k]`, optional `bias` `[c_out]`.
-    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize) -> Result<Self> {
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         let (c_out, c_in, kh, kw) = weight.dims4()?;
         if kh != kw {
             candle_core::bail!("only square kernels are supported, got {kh}x{kw}");
@@ -184,7 +219,11 @@ impl Conv2d {
             candle_core::bail!("conv expects {} input channels, got {c}", self.c_in);
         }
         if h + 2 * self.padding < self.k || w + 2 * self.padding < self.k {
-            candle_core::bail!("input {h}x{w} is smaller than the {}x{} kernel", self.k, self.k);
+            candle_core::bail!(
+                "input {h}x{w} is smaller than the {}x{} kernel",
+                self.k,
+                self.k
+            );
         }
         let fast = match &self.cpu_weight {
             Some(wt) => with_cpu_f32(x, |src| self.cpu_forward(src, wt, b, h, w, act)),
@@ -210,7 +249,15 @@ impl Conv2d {
     /// im2col + one gemm on CPU for a batch of `b` images `c_in x h x w`: the patch matrix of
     /// the whole batch is `[c_in*k*k, b*oh*ow]`, so small crops still make one large product.
     #[allow(clippy::too_many_arguments)]
-    fn cpu_forward(&self, src: &[f32], wt: &[f32], b: usize, h: usize, w: usize, act: Act) -> Vec<f32> {
+    fn cpu_forward(
+        &self,
+        src: &[f32],
+        wt: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+        act: Act,
+    ) -> Vec<f32> {
         let (oh, ow) = self.out_size(h, w);
         let n = oh * ow;
         let kk = self.c_in * self.k * self.k;
@@ -243,7 +290,11 @@ impl Conv2d {
                     false,
                     false,
                     false,
-                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                    if is_serial() {
+                        gemm::Parallelism::None
+                    } else {
+                        gemm::Parallelism::Rayon(rayon::current_num_threads())
+                    },
                 );
             }
         };
@@ -271,7 +322,7 @@ impl Conv2d {
         }
         // [c_out, b, n] -> [b, c_out, n], with the activation fused into the copy.
         let mut out = vec![0f32; b * self.c_out * n];
-        out.par_chunks_mut(self.c_out * n).enumerate().for_each(|(img, o)| {
+        for_each_chunk(&mut out, self.c_out * n, |img, o| {
             for (co, plane) in o.chunks_mut(n).enumerate() {
                 plane.copy_from_slice(&dst[co * bn + img * n..co * bn + (img + 1) * n]);
                 apply_act(plane, 1, n, act.for_channel(co));
@@ -325,7 +376,7 @@ struct PatchGeometry {
 fn im2col(imgs: &[f32], b: usize, g: &PatchGeometry, cols: &mut [f32]) {
     let n = g.oh * g.ow;
     let (k, pad, w, h) = (g.k, g.pad, g.w, g.h);
-    cols.par_chunks_mut(b * n).enumerate().for_each(|(r, row)| {
+    for_each_chunk(cols, b * n, |r, row| {
         let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
         for (img, block) in row.chunks_mut(n).enumerate() {
             let plane = &imgs[(img * g.c + ci) * h * w..][..h * w];
@@ -402,25 +453,28 @@ pub fn max_pool_ceil(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
     let (oh, ow) = (out(h), out(w));
     let fast = with_cpu_f32(x, |src| {
         let mut dst = vec![0f32; b * c * oh * ow];
-        dst.par_chunks_mut(oh * ow)
-            .zip(src.par_chunks(h * w))
-            .for_each(|(o, plane)| {
-                // Separable: max over each window's rows, then over its columns.
-                let mut rows = vec![0f32; oh * w];
-                for (oy, r) in rows.chunks_mut(w).enumerate() {
-                    let y0 = oy * s;
-                    r.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
-                    for src_row in plane[(y0 + 1) * w..(y0 + k).min(h) * w].chunks(w) {
-                        r.iter_mut().zip(src_row).for_each(|(m, &v)| *m = if v > *m { v } else { *m });
-                    }
+        for_each_chunk(&mut dst, oh * ow, |i, o| {
+            let plane = &src[i * h * w..(i + 1) * h * w];
+            // Separable: max over each window's rows, then over its columns.
+            let mut rows = vec![0f32; oh * w];
+            for (oy, r) in rows.chunks_mut(w).enumerate() {
+                let y0 = oy * s;
+                r.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
+                for src_row in plane[(y0 + 1) * w..(y0 + k).min(h) * w].chunks(w) {
+                    r.iter_mut()
+                        .zip(src_row)
+                        .for_each(|(m, &v)| *m = if v > *m { v } else { *m });
                 }
-                for (r, out_row) in rows.chunks(w).zip(o.chunks_mut(ow)) {
-                    for (ox, m) in out_row.iter_mut().enumerate() {
-                        let x0 = ox * s;
-                        *m = r[x0..(x0 + k).min(w)].iter().fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
-                    }
+            }
+            for (r, out_row) in rows.chunks(w).zip(o.chunks_mut(ow)) {
+                for (ox, m) in out_row.iter_mut().enumerate() {
+                    let x0 = ox * s;
+                    *m = r[x0..(x0 + k).min(w)]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
                 }
-            });
+            }
+        });
         dst
     });
     if let Some(v) = fast {
@@ -433,7 +487,11 @@ pub fn max_pool_ceil(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
     } else {
         x.clone()
     };
-    let x = if pad_w > 0 { x.pad_with_same(3, 0, pad_w)? } else { x };
+    let x = if pad_w > 0 {
+        x.pad_with_same(3, 0, pad_w)?
+    } else {
+        x
+    };
     x.max_pool2d_with_stride(k, s)
 }
 
@@ -443,14 +501,23 @@ mod tests {
 
     fn seq(shape: (usize, usize, usize, usize)) -> Tensor {
         let n = shape.0 * shape.1 * shape.2 * shape.3;
-        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
     /// The fast CPU convolution equals candle's reference conv2d for every stride/padding used.
     #[test]
     fn cpu_conv_matches_candle_conv2d() {
-        for &(k, stride, pad) in &[(3, 1, 0), (3, 1, 1), (3, 2, 0), (7, 2, 0), (2, 1, 0), (1, 1, 0)] {
+        for &(k, stride, pad) in &[
+            (3, 1, 0),
+            (3, 1, 1),
+            (3, 2, 0),
+            (7, 2, 0),
+            (2, 1, 0),
+            (1, 1, 0),
+        ] {
             let x = seq((2, 3, 11, 9));
             let w = seq((4, 3, k, k));
             let bias = Tensor::new(&[0.5f32, -1.0, 0.0, 2.0], &Device::Cpu).unwrap();
@@ -463,13 +530,21 @@ mod tests {
                 .unwrap();
             assert_eq!(got.dims(), want.dims(), "k{k} s{stride} p{pad}");
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "k{k} s{stride} p{pad}");
+            assert!(
+                diff.to_scalar::<f32>().unwrap() < 1e-4,
+                "k{k} s{stride} p{pad}"
+            );
         }
     }
 
     #[test]
     fn max_pool_ceil_keeps_partial_windows() {
-        let x = Tensor::from_vec((0..25).map(|v| v as f32).collect::<Vec<_>>(), (1, 1, 5, 5), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(
+            (0..25).map(|v| v as f32).collect::<Vec<_>>(),
+            (1, 1, 5, 5),
+            &Device::Cpu,
+        )
+        .unwrap();
         let y = max_pool_ceil(&x, 2, 2).unwrap();
         assert_eq!(y.dims(), [1, 1, 3, 3]);
         let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();

@@ -22,7 +22,8 @@ fn upright() -> RgbImage {
 
 fn png_bytes(img: &DynamicImage) -> Vec<u8> {
     let mut out = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
     out
 }
 
@@ -61,8 +62,13 @@ fn png_with_orientation(img: &RgbImage, value: u16) -> Vec<u8> {
     let mut out = Vec::new();
     let mut enc = image::codecs::png::PngEncoder::new(&mut out);
     enc.set_exif_metadata(exif_orientation(value)).unwrap();
-    enc.write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-        .unwrap();
+    enc.write_image(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        image::ExtendedColorType::Rgb8,
+    )
+    .unwrap();
     out
 }
 
@@ -71,7 +77,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -88,7 +98,10 @@ fn png_declaring(w: u32, h: u32) -> Vec<u8> {
     out.extend(&ihdr);
     out.extend(crc32(&ihdr).to_be_bytes());
     // A token IDAT and IEND, so a decoder reads the header and reaches the data.
-    for (kind, data) in [(&b"IDAT"[..], &b"\x78\x9c\x03\x00\x00\x00\x00\x01"[..]), (&b"IEND"[..], &b""[..])] {
+    for (kind, data) in [
+        (&b"IDAT"[..], &b"\x78\x9c\x03\x00\x00\x00\x00\x01"[..]),
+        (&b"IEND"[..], &b""[..]),
+    ] {
         let mut chunk = kind.to_vec();
         chunk.extend(data);
         out.extend((data.len() as u32).to_be_bytes());
@@ -104,7 +117,12 @@ fn faces_of(record: &Value) -> Vec<[f64; 4]> {
         .unwrap_or_else(|| panic!("no faces in {record}"))
         .iter()
         .map(|f| {
-            let b: Vec<f64> = f["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let b: Vec<f64> = f["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             [b[0], b[1], b[2], b[3]]
         })
         .collect()
@@ -120,16 +138,26 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 fn json_schema_on_real_photos() {
     let a = fixture("2008_001322.jpg");
     let out = facekit(&["detect", "--json", a.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs = json_lines(&out.stdout);
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
     assert_eq!(r["path"], a.to_str().unwrap());
-    assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(500), Some(375)));
+    assert_eq!(
+        (r["width"].as_u64(), r["height"].as_u64()),
+        (Some(500), Some(375))
+    );
     let faces = r["faces"].as_array().unwrap();
     assert_eq!(faces.len(), 3);
     let scores: Vec<f64> = faces.iter().map(|f| f["score"].as_f64().unwrap()).collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "sorted by score: {scores:?}");
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "sorted by score: {scores:?}"
+    );
     for f in faces {
         let b = f["box"].as_array().unwrap();
         assert_eq!(b.len(), 4);
@@ -148,10 +176,18 @@ fn table_output_and_directories() {
     let sub = dir.path().join("album/nested");
     std::fs::create_dir_all(&sub).unwrap();
     std::fs::copy(fixture("2008_001322.jpg"), sub.join("party.jpg")).unwrap();
-    std::fs::copy(fixture("bradley_cooper_aligned.png"), dir.path().join("album/face.dat")).unwrap();
+    std::fs::copy(
+        fixture("bradley_cooper_aligned.png"),
+        dir.path().join("album/face.dat"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("album/notes.txt"), "not an image").unwrap();
     let out = facekit(&["detect", dir.path().join("album").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("FACE"), "{text}");
@@ -170,21 +206,42 @@ fn bad_inputs_are_reported_and_the_run_goes_on() {
     let webp = {
         let mut out = Vec::new();
         DynamicImage::ImageRgb8(upright())
-            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::WebP)
+            .write_to(
+                &mut std::io::Cursor::new(&mut out),
+                image::ImageFormat::WebP,
+            )
             .unwrap();
         out
     };
-    let gray = png_bytes(&DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(upright()).to_luma8()));
-    let rgba = png_bytes(&DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(upright()).to_rgba8()));
-    let rgb16 = png_bytes(&DynamicImage::ImageRgb16(DynamicImage::ImageRgb8(upright()).to_rgb16()));
+    let gray = png_bytes(&DynamicImage::ImageLuma8(
+        DynamicImage::ImageRgb8(upright()).to_luma8(),
+    ));
+    let rgba = png_bytes(&DynamicImage::ImageRgba8(
+        DynamicImage::ImageRgb8(upright()).to_rgba8(),
+    ));
+    let rgb16 = png_bytes(&DynamicImage::ImageRgb16(
+        DynamicImage::ImageRgb8(upright()).to_rgb16(),
+    ));
     let tiny = png_bytes(&DynamicImage::ImageRgb8(RgbImage::new(1, 1)));
 
     let cases: Vec<(String, Option<&str>)> = vec![
         (write(d, "empty.jpg", b""), Some("empty file")),
-        (write(d, "truncated.jpg", &photo[..photo.len() / 2]), Some("truncated JPEG")),
-        (write(d, "text.jpg", b"this is a text file, not a photo\n"), Some("not a recognised image")),
-        (write(d, "huge.png", &png_declaring(100_000, 100_000)), Some("over the 100.0 MP limit")),
-        (d.join("missing.jpg").to_string_lossy().into_owned(), Some("No such file")),
+        (
+            write(d, "truncated.jpg", &photo[..photo.len() / 2]),
+            Some("truncated JPEG"),
+        ),
+        (
+            write(d, "text.jpg", b"this is a text file, not a photo\n"),
+            Some("not a recognised image"),
+        ),
+        (
+            write(d, "huge.png", &png_declaring(100_000, 100_000)),
+            Some("over the 100.0 MP limit"),
+        ),
+        (
+            d.join("missing.jpg").to_string_lossy().into_owned(),
+            Some("No such file"),
+        ),
         (write(d, "webp.jpg", &webp), None),
         (write(d, "tiny.png", &tiny), None),
         (write(d, "gray.png", &gray), None),
@@ -199,19 +256,33 @@ fn bad_inputs_are_reported_and_the_run_goes_on() {
     let recs = json_lines(&out.stdout);
     assert_eq!(recs.len(), cases.len(), "one record per input: {recs:?}");
     for (path, want_err) in &cases {
-        let rec = recs.iter().find(|r| r["path"] == path.as_str()).unwrap_or_else(|| panic!("no record for {path}"));
+        let rec = recs
+            .iter()
+            .find(|r| r["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("no record for {path}"));
         match want_err {
             Some(reason) => {
-                let err = rec["error"].as_str().unwrap_or_else(|| panic!("{path}: expected an error, got {rec}"));
-                assert!(err.contains(reason), "{path}: {err:?} should say {reason:?}");
-                assert!(stderr.contains(path.as_str()), "stderr names {path}: {stderr}");
+                let err = rec["error"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{path}: expected an error, got {rec}"));
+                assert!(
+                    err.contains(reason),
+                    "{path}: {err:?} should say {reason:?}"
+                );
+                assert!(
+                    stderr.contains(path.as_str()),
+                    "stderr names {path}: {stderr}"
+                );
             }
             None => {
                 assert!(rec.get("error").is_none(), "{path}: unexpected error {rec}");
                 let n = faces_of(rec).len();
                 if path.ends_with("tiny.png") {
                     assert_eq!(n, 0);
-                    assert_eq!((rec["width"].as_u64(), rec["height"].as_u64()), (Some(1), Some(1)));
+                    assert_eq!(
+                        (rec["width"].as_u64(), rec["height"].as_u64()),
+                        (Some(1), Some(1))
+                    );
                 } else {
                     assert_eq!(n, 3, "{path}: faces found in every colour format");
                 }
@@ -229,10 +300,16 @@ fn exif_orientation_is_applied() {
     // Orientation 8: the other way round.
     let stored6 = image::imageops::rotate270(&up);
     let stored8 = image::imageops::rotate90(&up);
-    let up_png = write(dir.path(), "up.png", &png_bytes(&DynamicImage::ImageRgb8(up.clone())));
+    let up_png = write(
+        dir.path(),
+        "up.png",
+        &png_bytes(&DynamicImage::ImageRgb8(up.clone())),
+    );
     let up_jpg = write(dir.path(), "up.jpg", &{
         let mut v = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut v, 95).encode_image(&up).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut v, 95)
+            .encode_image(&up)
+            .unwrap();
         v
     });
     let files = [
@@ -246,7 +323,11 @@ fn exif_orientation_is_applied() {
     let mut args = vec!["detect", "--json"];
     args.extend(files.iter().map(|s| s.as_str()));
     let out = facekit(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs = json_lines(&out.stdout);
     let sorted = |r: &Value| {
         let mut f = faces_of(r);
@@ -258,12 +339,20 @@ fn exif_orientation_is_applied() {
         assert_eq!(want.len(), 3);
         for rec in &recs[i + 1..i + 3] {
             // Reported in the upright image's coordinates.
-            assert_eq!((rec["width"].as_f64(), rec["height"].as_f64()), (Some(w), Some(h)), "{rec}");
+            assert_eq!(
+                (rec["width"].as_f64(), rec["height"].as_f64()),
+                (Some(w), Some(h)),
+                "{rec}"
+            );
             let got = sorted(rec);
             assert_eq!(got.len(), 3, "{rec}");
             for (g, e) in got.iter().zip(&want) {
                 for k in 0..4 {
-                    assert!((g[k] - e[k]).abs() <= tol, "{}: {g:?} vs upright {e:?}", rec["path"]);
+                    assert!(
+                        (g[k] - e[k]).abs() <= tol,
+                        "{}: {g:?} vs upright {e:?}",
+                        rec["path"]
+                    );
                 }
             }
         }
@@ -280,16 +369,32 @@ fn annotate_writes_copies_and_never_overwrites() {
     std::fs::create_dir(&out_dir).unwrap();
     std::fs::write(out_dir.join("party_faces.jpg"), b"user's own file").unwrap();
     for _ in 0..2 {
-        let out = facekit(&["detect", "--annotate", out_dir.to_str().unwrap(), input.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = facekit(&[
+            "detect",
+            "--annotate",
+            out_dir.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(std::fs::read(&input).unwrap(), before, "input untouched");
-    assert_eq!(std::fs::read(out_dir.join("party_faces.jpg")).unwrap(), b"user's own file");
+    assert_eq!(
+        std::fs::read(out_dir.join("party_faces.jpg")).unwrap(),
+        b"user's own file"
+    );
     for name in ["party_faces-1.jpg", "party_faces-2.jpg"] {
         let img = image::open(out_dir.join(name)).unwrap();
         assert_eq!((img.width(), img.height()), (500, 375));
     }
-    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 3, "no temporary files left");
+    assert_eq!(
+        std::fs::read_dir(&out_dir).unwrap().count(),
+        3,
+        "no temporary files left"
+    );
 }
 
 #[test]
@@ -298,7 +403,12 @@ fn invalid_options_fail_cleanly() {
     let out = facekit(&["detect", "--factor", "1.5", a.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("factor"));
-    let out = facekit(&["detect", "--models", "/nonexistent/models", a.to_str().unwrap()]);
+    let out = facekit(&[
+        "detect",
+        "--models",
+        "/nonexistent/models",
+        a.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/models/mtcnn.safetensors"));
 }

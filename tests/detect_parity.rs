@@ -54,17 +54,30 @@ fn each_network_reproduces_net_checks() {
     let (reg, prob) = pnet.forward(&synthetic(1, 12, 12)).unwrap();
     let c = &checks["pnet_1x3x12x12"];
     assert_close("pnet reg", &flat(&reg), &floats(&c["reg(1x4x1x1)"]), 1e-5);
-    assert_close("pnet prob", &flat(&prob), &floats(&c["prob(1x2x1x1)"]), 1e-5);
+    assert_close(
+        "pnet prob",
+        &flat(&prob),
+        &floats(&c["prob(1x2x1x1)"]),
+        1e-5,
+    );
 
     let (reg, prob) = pnet.forward(&synthetic(1, 30, 40)).unwrap();
     let c = &checks["pnet_1x3x30x40"];
     assert_eq!(reg.dims(), [1, 4, 10, 15]);
     assert_eq!(prob.dims(), [1, 2, 10, 15]);
     let face = flat(&prob.narrow(1, 1, 1).unwrap());
-    assert_close("pnet prob map", &face, &floats(&c["prob_face_channel(row-major HxW)"]), 1e-5);
+    assert_close(
+        "pnet prob map",
+        &face,
+        &floats(&c["prob_face_channel(row-major HxW)"]),
+        1e-5,
+    );
     let reg_sum: f32 = flat(&reg).iter().sum();
     let want_sum = c["reg_sum"].as_f64().unwrap() as f32;
-    assert!((reg_sum - want_sum).abs() < 1e-3, "pnet reg sum {reg_sum} vs {want_sum}");
+    assert!(
+        (reg_sum - want_sum).abs() < 1e-3,
+        "pnet reg sum {reg_sum} vs {want_sum}"
+    );
 
     let (reg, prob) = rnet.forward(&synthetic(2, 24, 24)).unwrap();
     let c = &checks["rnet_2x3x24x24"];
@@ -89,7 +102,13 @@ fn each_network_reproduces_net_checks() {
 fn check_image(path: &std::path::Path, record: &Value, px: f32) -> usize {
     let img = load_image(path, &LoadOptions::default()).unwrap();
     let (w, h) = img.dimensions();
-    assert_eq!((w as u64, h as u64), (record["width"].as_u64().unwrap(), record["height"].as_u64().unwrap()));
+    assert_eq!(
+        (w as u64, h as u64),
+        (
+            record["width"].as_u64().unwrap(),
+            record["height"].as_u64().unwrap()
+        )
+    );
 
     // The pyramid P-Net sees, level by level.
     let levels = pyramid(w, h, 20.0, 0.709);
@@ -98,7 +117,12 @@ fn check_image(path: &std::path::Path, record: &Value, px: f32) -> usize {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| [s[2].as_u64().unwrap() as usize, s[3].as_u64().unwrap() as usize])
+        .map(|s| {
+            [
+                s[2].as_u64().unwrap() as usize,
+                s[3].as_u64().unwrap() as usize,
+            ]
+        })
         .collect();
     assert_eq!(shapes, want_shapes, "{}: pyramid", path.display());
 
@@ -110,21 +134,43 @@ fn check_image(path: &std::path::Path, record: &Value, px: f32) -> usize {
         .filter(|f| f["prob"].as_f64().unwrap() >= 0.9)
         .collect();
     let ours: Vec<_> = faces.iter().filter(|f| f.score >= 0.9).collect();
-    assert_eq!(ours.len(), golden.len(), "{}: number of faces with score >= 0.9", path.display());
+    assert_eq!(
+        ours.len(),
+        golden.len(),
+        "{}: number of faces with score >= 0.9",
+        path.display()
+    );
     for g in golden {
         let b = floats(&g["box"]);
-        let gb = facekit::BBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] }.clip(w, h);
+        let gb = facekit::BBox {
+            x1: b[0],
+            y1: b[1],
+            x2: b[2],
+            y2: b[3],
+        }
+        .clip(w, h);
         let mine = ours
             .iter()
             .min_by(|a, b| {
                 let d = |f: &&&facekit::Detection| {
-                    f.bbox.to_array().iter().zip(gb.to_array()).map(|(x, y)| (x - y).abs()).sum::<f32>()
+                    f.bbox
+                        .to_array()
+                        .iter()
+                        .zip(gb.to_array())
+                        .map(|(x, y)| (x - y).abs())
+                        .sum::<f32>()
                 };
                 d(a).total_cmp(&d(b))
             })
             .unwrap();
         for (x, y) in mine.bbox.to_array().iter().zip(gb.to_array()) {
-            assert!((x - y).abs() <= px, "{}: box {:?} vs golden {:?}", path.display(), mine.bbox, gb);
+            assert!(
+                (x - y).abs() <= px,
+                "{}: box {:?} vs golden {:?}",
+                path.display(),
+                mine.bbox,
+                gb
+            );
         }
         let lms = floats(&g["landmarks"]);
         for (k, p) in mine.landmarks.iter().enumerate() {
@@ -138,7 +184,12 @@ fn check_image(path: &std::path::Path, record: &Value, px: f32) -> usize {
             );
         }
         let gp = g["prob"].as_f64().unwrap() as f32;
-        assert!((mine.score - gp).abs() <= 0.01, "{}: score {} vs {gp}", path.display(), mine.score);
+        assert!(
+            (mine.score - gp).abs() <= 0.01,
+            "{}: score {} vs {gp}",
+            path.display(),
+            mine.score
+        );
     }
     ours.len()
 }

@@ -369,41 +369,16 @@ impl Detector {
     }
 
     /// P-Net over the pyramid: candidates per level, NMS 0.5 per level, NMS 0.7 across levels,
-    /// regression (no +1), squared.
+    /// regression (no +1), squared. Levels run in parallel, each single-threaded.
     fn stage1(&self, img: &RgbImage) -> Result<Vec<Candidate>> {
         let (w, h) = img.dimensions();
         let c = &self.config;
-        let mut all = Vec::new();
-        for level in pyramid(w, h, c.min_face_size, c.factor) {
-            let (lw, lh) = (level.width, level.height);
-            let mut data = vec![0f32; 3 * lw * lh];
-            area_resize_chw(img, Region::full(img), lw, lh, mtcnn_norm, &mut data);
-            let x = Tensor::from_vec(data, (1, 3, lh, lw), &self.device)?;
-            let (reg, prob) = self.pnet.forward(&x)?;
-            let reg = reg.squeeze(0)?.to_vec3::<f32>()?;
-            let prob = prob.squeeze(0)?.to_vec3::<f32>()?;
-            let scale = level.scale as f32;
-            let mut level_cands = Vec::new();
-            for (y, row) in prob[1].iter().enumerate() {
-                for (x, &score) in row.iter().enumerate() {
-                    if score >= c.thresholds[0] {
-                        let (bx, by) = (x as f32, y as f32);
-                        level_cands.push(Candidate {
-                            b: [
-                                ((2.0 * bx + 1.0) / scale).floor(),
-                                ((2.0 * by + 1.0) / scale).floor(),
-                                ((2.0 * bx + 12.0) / scale).floor(),
-                                ((2.0 * by + 12.0) / scale).floor(),
-                            ],
-                            score,
-                            reg: [reg[0][y][x], reg[1][y][x], reg[2][y][x], reg[3][y][x]],
-                        });
-                    }
-                }
-            }
-            let keep = nms_union(&level_cands, 0.5);
-            all.extend(keep.into_iter().map(|i| level_cands[i]));
-        }
+        let levels = pyramid(w, h, c.min_face_size, c.factor);
+        let per_level: Vec<Vec<Candidate>> = levels
+            .par_iter()
+            .map(|level| crate::nn::serial(|| self.pnet_level(img, level)))
+            .collect::<Result<_>>()?;
+        let all: Vec<Candidate> = per_level.into_iter().flatten().collect();
         let keep = nms_union(&all, 0.7);
         Ok(keep
             .into_iter()
@@ -425,25 +400,76 @@ impl Detector {
             .collect())
     }
 
+    /// P-Net on one pyramid level: cells scoring >= t1 become boxes, NMS 0.5 within the level.
+    fn pnet_level(&self, img: &RgbImage, level: &PyramidLevel) -> Result<Vec<Candidate>> {
+        let (lw, lh) = (level.width, level.height);
+        let mut data = vec![0f32; 3 * lw * lh];
+        area_resize_chw(img, Region::full(img), lw, lh, mtcnn_norm, &mut data);
+        let x = Tensor::from_vec(data, (1, 3, lh, lw), &self.device)?;
+        let (reg, prob) = self.pnet.forward(&x)?;
+        let reg = reg.squeeze(0)?.to_vec3::<f32>()?;
+        let prob = prob.squeeze(0)?.to_vec3::<f32>()?;
+        let scale = level.scale as f32;
+        let mut cands = Vec::new();
+        for (y, row) in prob[1].iter().enumerate() {
+            for (x, &score) in row.iter().enumerate() {
+                if score >= self.config.thresholds[0] {
+                    let (bx, by) = (x as f32, y as f32);
+                    cands.push(Candidate {
+                        b: [
+                            ((2.0 * bx + 1.0) / scale).floor(),
+                            ((2.0 * by + 1.0) / scale).floor(),
+                            ((2.0 * bx + 12.0) / scale).floor(),
+                            ((2.0 * by + 12.0) / scale).floor(),
+                        ],
+                        score,
+                        reg: [reg[0][y][x], reg[1][y][x], reg[2][y][x], reg[3][y][x]],
+                    });
+                }
+            }
+        }
+        let keep = nms_union(&cands, 0.5);
+        Ok(keep.into_iter().map(|i| cands[i]).collect())
+    }
+
     /// Crops each candidate (clipped, no padding), area-resizes it to `size`, normalises.
     /// Candidates whose crop would be empty are dropped (facenet-pytorch never produces one).
     fn crops(
         &self,
         img: &RgbImage,
-        cands: Vec<Candidate>,
+        cands: &[Candidate],
         size: usize,
-    ) -> (Vec<Candidate>, Vec<f32>) {
+    ) -> Result<(Vec<Candidate>, Tensor)> {
         let (w, h) = img.dimensions();
         let per = 3 * size * size;
-        let (kept, regions): (Vec<Candidate>, Vec<Region>) = cands
-            .into_iter()
-            .filter_map(|c| crop_region(c.b, w, h).map(|r| (c, r)))
-            .unzip();
-        let mut data = vec![0f32; kept.len() * per];
-        data.par_chunks_mut(per)
-            .zip(&regions)
-            .for_each(|(dst, &region)| area_resize_chw(img, region, size, size, mtcnn_norm, dst));
-        (kept, data)
+        let mut kept = Vec::with_capacity(cands.len());
+        let mut data = Vec::with_capacity(cands.len() * per);
+        for c in cands {
+            if let Some(region) = crop_region(c.b, w, h) {
+                let start = data.len();
+                data.resize(start + per, 0.0);
+                area_resize_chw(img, region, size, size, mtcnn_norm, &mut data[start..]);
+                kept.push(*c);
+            }
+        }
+        let x = Tensor::from_vec(data, (kept.len(), 3, size, size), &self.device)?;
+        Ok((kept, x))
+    }
+
+    /// Runs `f` over `cands` in chunks spread across the thread pool (each chunk's kernels
+    /// single-threaded), concatenating the results in order.
+    fn in_chunks<T: Send>(
+        &self,
+        cands: &[Candidate],
+        f: impl Fn(&[Candidate]) -> Result<Vec<T>> + Sync + Send,
+    ) -> Result<Vec<T>> {
+        let workers = rayon::current_num_threads().max(1);
+        let chunk = cands.len().div_ceil(2 * workers).clamp(16, BATCH);
+        let parts: Vec<Vec<T>> = cands
+            .par_chunks(chunk)
+            .map(|part| crate::nn::serial(|| f(part)))
+            .collect::<Result<_>>()?;
+        Ok(parts.into_iter().flatten().collect())
     }
 
     /// R-Net on 24x24 crops: keep score > t2, NMS 0.7, regression (+1), squared.
@@ -451,23 +477,26 @@ impl Detector {
         if cands.is_empty() {
             return Ok(cands);
         }
-        let (cands, data) = self.crops(img, cands, 24);
-        let mut passed = Vec::new();
-        for (chunk_cands, chunk) in cands.chunks(BATCH).zip(data.chunks(BATCH * 3 * 24 * 24)) {
-            let x = Tensor::from_slice(chunk, (chunk_cands.len(), 3, 24, 24), &self.device)?;
+        let passed = self.in_chunks(&cands, |part| {
+            let (kept, x) = self.crops(img, part, 24)?;
+            if kept.is_empty() {
+                return Ok(Vec::new());
+            }
             let (reg, prob) = self.rnet.forward(&x)?;
             let reg = reg.to_vec2::<f32>()?;
             let prob = prob.to_vec2::<f32>()?;
-            for ((c, r), p) in chunk_cands.iter().zip(reg).zip(prob) {
-                if p[1] > self.config.thresholds[1] {
-                    passed.push(Candidate {
-                        b: c.b,
-                        score: p[1],
-                        reg: [r[0], r[1], r[2], r[3]],
-                    });
-                }
-            }
-        }
+            Ok(kept
+                .iter()
+                .zip(reg)
+                .zip(prob)
+                .filter(|(_, p)| p[1] > self.config.thresholds[1])
+                .map(|((c, r), p)| Candidate {
+                    b: c.b,
+                    score: p[1],
+                    reg: [r[0], r[1], r[2], r[3]],
+                })
+                .collect())
+        })?;
         let keep = nms_union(&passed, 0.7);
         Ok(keep
             .into_iter()
@@ -492,34 +521,38 @@ impl Detector {
         if cands.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let (cands, data) = self.crops(img, cands, 48);
-        let mut passed = Vec::new();
-        let mut points = Vec::new();
-        for (chunk_cands, chunk) in cands.chunks(BATCH).zip(data.chunks(BATCH * 3 * 48 * 48)) {
-            let x = Tensor::from_slice(chunk, (chunk_cands.len(), 3, 48, 48), &self.device)?;
+        let passed = self.in_chunks(&cands, |part| {
+            let (kept, x) = self.crops(img, part, 48)?;
+            if kept.is_empty() {
+                return Ok(Vec::new());
+            }
             let (reg, lms, prob) = self.onet.forward(&x)?;
             let reg = reg.to_vec2::<f32>()?;
             let lms = lms.to_vec2::<f32>()?;
             let prob = prob.to_vec2::<f32>()?;
-            for (((c, r), lm), p) in chunk_cands.iter().zip(reg).zip(lms).zip(prob) {
+            let mut out = Vec::new();
+            for (((c, r), lm), p) in kept.iter().zip(reg).zip(lms).zip(prob) {
                 if p[1] > self.config.thresholds[2] {
                     let bw = c.b[2] - c.b[0] + 1.0;
                     let bh = c.b[3] - c.b[1] + 1.0;
-                    points.push(std::array::from_fn(|k| Point {
+                    let points: [Point; 5] = std::array::from_fn(|k| Point {
                         x: bw * lm[k] + c.b[0] - 1.0,
                         y: bh * lm[5 + k] + c.b[1] - 1.0,
-                    }));
-                    passed.push(Candidate {
+                    });
+                    let cand = Candidate {
                         b: bbreg(c.b, [r[0], r[1], r[2], r[3]]),
                         score: p[1],
                         reg: [0.0; 4],
-                    });
+                    };
+                    out.push((cand, points));
                 }
             }
-        }
-        let keep = nms_min(&passed, 0.7);
+            Ok(out)
+        })?;
+        let (boxes, points): (Vec<Candidate>, Vec<[Point; 5]>) = passed.into_iter().unzip();
+        let keep = nms_min(&boxes, 0.7);
         Ok((
-            keep.iter().map(|&i| passed[i]).collect(),
+            keep.iter().map(|&i| boxes[i]).collect(),
             keep.iter().map(|&i| points[i]).collect(),
         ))
     }

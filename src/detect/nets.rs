@@ -96,7 +96,9 @@ impl RNet {
         let x = self.conv2.forward_act(&x, Act::PRelu(&self.prelu2))?;
         let x = max_pool_ceil(&x, 3, 2)?;
         let x = self.conv3.forward_act(&x, Act::PRelu(&self.prelu3))?;
-        let x = self.dense4.forward_act(&flatten_whc(&x)?, Act::PRelu(&self.prelu4))?;
+        let x = self
+            .dense4
+            .forward_act(&flatten_whc(&x)?, Act::PRelu(&self.prelu4))?;
         let prob = candle_nn::ops::softmax(&self.dense5_1.forward_act(&x, Act::Identity)?, 1)?;
         let reg = self.dense5_2.forward_act(&x, Act::Identity)?;
         Ok((reg, prob))
@@ -149,7 +151,9 @@ impl ONet {
         let x = self.conv3.forward_act(&x, Act::PRelu(&self.prelu3))?;
         let x = max_pool_ceil(&x, 2, 2)?;
         let x = self.conv4.forward_act(&x, Act::PRelu(&self.prelu4))?;
-        let x = self.dense5.forward_act(&flatten_whc(&x)?, Act::PRelu(&self.prelu5))?;
+        let x = self
+            .dense5
+            .forward_act(&flatten_whc(&x)?, Act::PRelu(&self.prelu5))?;
         let prob = candle_nn::ops::softmax(&self.dense6_1.forward_act(&x, Act::Identity)?, 1)?;
         let reg = self.dense6_2.forward_act(&x, Act::Identity)?;
         let landmarks = self.dense6_3.forward_act(&x, Act::Identity)?;

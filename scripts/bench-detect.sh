@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Detection speed: facekit vs facenet-pytorch's MTCNN, same images, same thread count, same run.
+#
+#   bash scripts/bench-detect.sh [THREADS] [REPEAT]      (defaults: 2 threads, 5 repeats)
+#
+# Prints median milliseconds per image for three sets of ../shared photos: the small ones
+# (<= 0.5 MP) at their own size, the large ones at their own size, and all of them resized to
+# 640 px on the long side. The facenet-pytorch column needs a throwaway venv
+# (scripts/peer_env.sh, CPU torch); it is skipped with a message when that cannot be set up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads="${1:-2}"
+repeat="${2:-5}"
+shared="${SHARED:-../shared}"
+if [ ! -d "$shared/data" ]; then
+    echo "SKIPPED: $shared/data not found (the benchmark uses ../shared's photos)" >&2
+    exit 0
+fi
+small=("$shared"/data/dlib/faces/20*.jpg "$shared"/data/dlib/faces/Tom_Cruise_avp_2014_4.jpg)
+large=("$shared"/data/dlib/faces/bald_guys.jpg "$shared"/data/dlib/faces/dogs.jpg
+       "$shared"/data/facenet-pytorch/test_images/*/1.jpg "$shared"/data/facenet-pytorch/multiface.jpg)
+
+cargo build --release --quiet --example bench_detect
+ours=target/release/examples/bench_detect
+
+peer=""
+if py=$(bash scripts/peer_env.sh 2>/tmp/facekit-peer-env.log | tail -n 1) && [ -x "$py" ]; then
+    peer="$py"
+else
+    echo "NOTE: facenet-pytorch column skipped: could not set up the peer venv (see /tmp/facekit-peer-env.log)" >&2
+fi
+
+median_of() { python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["median_ms"])'; }
+
+printf '%-34s %7s %16s %18s %8s\n' "images" "count" "facekit ms" "facenet-pytorch ms" "ratio"
+row() {
+    local name="$1" long="$2"; shift 2
+    local a b ratio
+    a=$("$ours" --threads "$threads" --repeat "$repeat" --long-side "$long" "$@" | median_of)
+    if [ -n "$peer" ]; then
+        b=$("$peer" scripts/bench_detect_peer.py --threads "$threads" --repeat "$repeat" --long-side "$long" "$@" 2>/dev/null | median_of)
+        ratio=$(python3 -c "print('%.2f' % ($a / $b))")
+    else
+        b="skipped"; ratio="-"
+    fi
+    printf '%-34s %7s %16s %18s %8s\n' "$name" "$#" "$a" "$b" "$ratio"
+}
+row "<= 0.5 MP, own size" 0 "${small[@]}"
+row "1-4 MP, own size" 0 "${large[@]}"
+row "all, 640 px long side" 640 "${small[@]}" "${large[@]}"
+echo "(median ms per image over $repeat runs each, $threads threads; ratio = facekit / facenet-pytorch)"
