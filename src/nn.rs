@@ -298,21 +298,67 @@ impl Conv2d {
                 );
             }
         };
+        let geom = PatchGeometry {
+            c: self.c_in,
+            h,
+            w,
+            k: self.k,
+            stride: self.stride,
+            pad: self.padding,
+            ow,
+        };
         if direct {
             run_gemm(src, &mut dst);
-        } else {
-            let geom = PatchGeometry {
-                c: self.c_in,
-                h,
-                w,
-                k: self.k,
-                stride: self.stride,
-                pad: self.padding,
-                oh,
-                ow,
+        } else if b == 1 && kk * n > TILE_FLOATS {
+            // A large image: blocks of output rows whose patch matrix stays in cache, each
+            // block one single-threaded product, the blocks spread over the pool.
+            let rows_per = (TILE_FLOATS / (kk * ow)).max(1);
+            let blocks: Vec<std::ops::Range<usize>> = (0..oh)
+                .step_by(rows_per)
+                .map(|r| r..(r + rows_per).min(oh))
+                .collect();
+            let out = SyncPtr(dst.as_mut_ptr());
+            let job = |rows: &std::ops::Range<usize>| {
+                serial(|| {
+                    let nb = rows.len() * ow;
+                    with_scratch(kk * nb, |cols| {
+                        im2col(src, 1, &geom, rows.clone(), cols);
+                        // SAFETY: this block writes columns rows.start*ow .. rows.end*ow of
+                        // each of the c_out rows of `dst` (row stride n); blocks are disjoint.
+                        unsafe {
+                            gemm::gemm(
+                                self.c_out,
+                                nb,
+                                kk,
+                                out.get().add(rows.start * ow),
+                                1,
+                                n as isize,
+                                true,
+                                wt.as_ptr(),
+                                1,
+                                kk as isize,
+                                cols.as_ptr(),
+                                1,
+                                nb as isize,
+                                1.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    })
+                })
             };
+            if is_serial() {
+                blocks.iter().for_each(job);
+            } else {
+                blocks.par_iter().for_each(job);
+            }
+        } else {
             with_scratch(kk * bn, |cols| {
-                im2col(src, b, &geom, cols);
+                im2col(src, b, &geom, 0..oh, cols);
                 run_gemm(cols, &mut dst);
             });
         }
@@ -358,6 +404,22 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Patch-matrix size (floats) above which a single image is convolved in row blocks: 256 KiB,
+/// so a block's patches stay in the core's L2 cache between im2col and gemm.
+const TILE_FLOATS: usize = 64 * 1024;
+
+/// A raw output pointer shared by parallel jobs that write disjoint parts of one buffer.
+struct SyncPtr(*mut f32);
+// SAFETY: every user writes a disjoint region (see the call sites).
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+impl SyncPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Shape of a convolution's patch extraction.
 struct PatchGeometry {
     c: usize,
@@ -366,21 +428,26 @@ struct PatchGeometry {
     k: usize,
     stride: usize,
     pad: usize,
-    oh: usize,
     ow: usize,
 }
 
-/// Patch matrix `[c * k * k, b * oh * ow]` of `b` images `c x h x w`, zero outside the image.
-/// Row `(ci, ky, kx)` holds, image after image, the input pixel under that kernel tap for every
-/// output position; with stride 1 each output row is one slice copy.
-fn im2col(imgs: &[f32], b: usize, g: &PatchGeometry, cols: &mut [f32]) {
-    let n = g.oh * g.ow;
+/// Patch matrix `[c * k * k, b * rows.len() * ow]` of `b` images `c x h x w` for output rows
+/// `rows`, zero outside the image. Row `(ci, ky, kx)` holds, image after image, the input pixel
+/// under that kernel tap for every output position; with stride 1 each output row is one copy.
+fn im2col(
+    imgs: &[f32],
+    b: usize,
+    g: &PatchGeometry,
+    rows: std::ops::Range<usize>,
+    cols: &mut [f32],
+) {
+    let n = rows.len() * g.ow;
     let (k, pad, w, h) = (g.k, g.pad, g.w, g.h);
     for_each_chunk(cols, b * n, |r, row| {
         let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
         for (img, block) in row.chunks_mut(n).enumerate() {
             let plane = &imgs[(img * g.c + ci) * h * w..][..h * w];
-            for (oy, dst) in block.chunks_mut(g.ow).enumerate() {
+            for (oy, dst) in rows.clone().zip(block.chunks_mut(g.ow)) {
                 let iy = (oy * g.stride + ky) as isize - pad as isize;
                 if iy < 0 || iy >= h as isize {
                     dst.fill(0.0);

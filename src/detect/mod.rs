@@ -374,11 +374,22 @@ impl Detector {
         let (w, h) = img.dimensions();
         let c = &self.config;
         let levels = pyramid(w, h, c.min_face_size, c.factor);
-        let per_level: Vec<Vec<Candidate>> = levels
+        // The largest levels (each >= 1/4 of all pyramid pixels) run one at a time with
+        // multi-threaded kernels; the many small ones run side by side, single-threaded each.
+        let total: usize = levels.iter().map(|l| l.width * l.height).sum();
+        let split = levels
+            .iter()
+            .take_while(|l| 4 * l.width * l.height >= total)
+            .count();
+        let mut all: Vec<Candidate> = Vec::new();
+        for level in &levels[..split] {
+            all.extend(self.pnet_level(img, level)?);
+        }
+        let small: Vec<Vec<Candidate>> = levels[split..]
             .par_iter()
             .map(|level| crate::nn::serial(|| self.pnet_level(img, level)))
             .collect::<Result<_>>()?;
-        let all: Vec<Candidate> = per_level.into_iter().flatten().collect();
+        all.extend(small.into_iter().flatten());
         let keep = nms_union(&all, 0.7);
         Ok(keep
             .into_iter()
