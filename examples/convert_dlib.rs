@@ -64,8 +64,7 @@ const BLOCKS: [(usize, bool); 14] = [
 /// Descriptor length (fc outputs).
 const EMBEDDING_DIM: usize = 128;
 
-/// Shape predictor dimensions: cascades, trees per cascade, splits per tree, leaves per tree,
-/// parts, feature pixels per cascade.
+/// Cascades in the shape predictor.
 const SP_CASCADES: usize = 15;
 /// Regression trees per cascade.
 const SP_TREES: usize = 500;
@@ -220,7 +219,7 @@ impl<'a> Reader<'a> {
         let first = *self
             .buf
             .get(self.pos)
-            .context("unexpected end of file reading a float")?;
+            .with_context(|| format!("unexpected end of file reading a float at offset {at}"))?;
         ensure!(
             first & 0x70 == 0,
             "byte {at}: legacy text-format float is not supported"
@@ -426,7 +425,7 @@ fn resnet_topology() -> Vec<Node> {
         }),
     ];
     for &(n, down) in BLOCKS.iter().rev() {
-        // block<N,affine,stride,tag1<SUB>> = affine<con<N,1,1, relu<affine<con<N,stride, tag1<SUB>>>>>>
+        // block = affine<con<N,3,3,1,1, relu<affine<con<N,3,3,s,s, tag1<SUB>>>>>>
         let block = [
             L(Affine),
             conv3(n, 1),
@@ -978,7 +977,7 @@ impl Entry {
 
 /// Serialises `entries` as safetensors: keys sorted, `__metadata__` (sorted) first, compact
 /// JSON padded with spaces to a multiple of 8, data in header order with contiguous offsets.
-fn safetensors_bytes(mut entries: Vec<Entry>, metadata: &[(&str, String)]) -> Result<Vec<u8>> {
+fn safetensors_bytes(entries: &mut [Entry], metadata: &[(&str, String)]) -> Result<Vec<u8>> {
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for w in entries.windows(2) {
         ensure!(
@@ -1002,7 +1001,7 @@ fn safetensors_bytes(mut entries: Vec<Entry>, metadata: &[(&str, String)]) -> Re
     header.push('}');
     let mut blobs = Vec::with_capacity(entries.len());
     let mut offset = 0usize;
-    for e in &entries {
+    for e in entries.iter() {
         let blob = e.bytes();
         let shape: Vec<String> = e.shape.iter().map(|d| d.to_string()).collect();
         header.push_str(&format!(
@@ -1158,27 +1157,15 @@ fn shape_predictor_entries(sp: ShapePredictor) -> Vec<Entry> {
 }
 
 /// Writes one output file, reads it back with candle and prints a summary line.
-fn emit(path: &Path, entries: Vec<Entry>, metadata: &[(&str, String)]) -> Result<()> {
-    let count = entries.len();
+fn emit(path: &Path, mut entries: Vec<Entry>, metadata: &[(&str, String)]) -> Result<()> {
     let values: usize = entries.iter().map(Entry::len).sum();
-    // Keep a copy for the read-back check; serialisation consumes the entries.
-    let copy: Vec<Entry> = entries
-        .iter()
-        .map(|e| Entry {
-            name: e.name.clone(),
-            shape: e.shape.clone(),
-            data: match &e.data {
-                Data::F32(v) => Data::F32(v.clone()),
-                Data::U32(v) => Data::U32(v.clone()),
-            },
-        })
-        .collect();
-    let bytes = safetensors_bytes(entries, metadata)?;
+    let bytes = safetensors_bytes(&mut entries, metadata)?;
     write_atomic(path, &bytes)?;
-    verify_with_candle(path, &copy)?;
+    verify_with_candle(path, &entries)?;
     println!(
-        "wrote {}: {count} tensors, {values} values, {} bytes (read back by candle: identical)",
+        "wrote {}: {} tensors, {values} values, {} bytes (read back by candle: identical)",
         path.display(),
+        entries.len(),
         bytes.len()
     );
     Ok(())
@@ -1199,8 +1186,6 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let resnet_sha = check_sha(&args.resnet_sha256)?;
     let sp_sha = check_sha(&args.shape_predictor_sha256)?;
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating {}", args.out_dir.display()))?;
 
     // ResNet.
     let t0 = std::time::Instant::now();
@@ -1253,13 +1238,10 @@ fn main() -> Result<()> {
         ),
         ("converter", "examples/convert_dlib.rs".to_string()),
     ];
-    emit(
-        &args.out_dir.join("dlib_resnet.safetensors"),
-        resnet_entries(net)?,
-        &meta,
-    )?;
+    let resnet_meta = meta;
+    let resnet = resnet_entries(net)?;
 
-    // Shape predictor.
+    // Shape predictor (parsed before anything is written, so a bad input leaves no output).
     let t0 = std::time::Instant::now();
     let buf = std::fs::read(&args.shape_predictor)
         .with_context(|| format!("reading {}", args.shape_predictor.display()))?;
@@ -1288,10 +1270,20 @@ fn main() -> Result<()> {
         ),
         ("converter", "examples/convert_dlib.rs".to_string()),
     ];
+    let sp_meta = meta;
+
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+
+    emit(
+        &args.out_dir.join("dlib_resnet.safetensors"),
+        resnet,
+        &resnet_meta,
+    )?;
     emit(
         &args.out_dir.join("shape_predictor_5.safetensors"),
         shape_predictor_entries(sp),
-        &meta,
+        &sp_meta,
     )?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Detection speed: facekit vs facenet-pytorch's MTCNN, same images, same thread count, same run.
 #
-#   bash scripts/bench-detect.sh [THREADS] [REPEAT]      (defaults: 2 threads, 5 repeats)
+#   bash scripts/bench-detect.sh [THREADS] [REPEAT]      (defaults: 2 threads, 3 repeats; ROUNDS=3)
 #
 # Prints median milliseconds per image for three sets of ../shared photos: the small ones
 # (<= 0.5 MP) at their own size, the large ones at their own size, and all of them resized to
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads="${1:-2}"
-repeat="${2:-5}"
+repeat="${2:-3}"
 shared="${SHARED:-../shared}"
 if [ ! -d "$shared/data" ]; then
     echo "SKIPPED: $shared/data not found (the benchmark uses ../shared's photos)" >&2
@@ -30,15 +30,25 @@ else
     echo "NOTE: facenet-pytorch column skipped: could not set up the peer venv (see /tmp/facekit-peer-env.log)" >&2
 fi
 
-median_of() { python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["median_ms"])'; }
+median_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["median_ms"])'; }
+median() { python3 -c 'import statistics,sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 printf '%-34s %7s %16s %18s %8s\n' "images" "count" "facekit ms" "facenet-pytorch ms" "ratio"
+# Each row alternates facekit and facenet-pytorch for $rounds rounds (the machine is shared and
+# its speed drifts); each tool's figure is the median of its per-round medians.
+rounds="${ROUNDS:-3}"
 row() {
     local name="$1" long="$2"; shift 2
-    local a b ratio
-    a=$("$ours" --threads "$threads" --repeat "$repeat" --long-side "$long" "$@" | median_of)
+    local ours_ms=() peer_ms=() a b ratio
+    for _ in $(seq "$rounds"); do
+        ours_ms+=("$("$ours" --threads "$threads" --repeat "$repeat" --long-side "$long" "$@" | median_of)")
+        if [ -n "$peer" ]; then
+            peer_ms+=("$("$peer" scripts/bench_detect_peer.py --threads "$threads" --repeat "$repeat" --long-side "$long" "$@" 2>/dev/null | median_of)")
+        fi
+    done
+    a=$(median "${ours_ms[@]}")
     if [ -n "$peer" ]; then
-        b=$("$peer" scripts/bench_detect_peer.py --threads "$threads" --repeat "$repeat" --long-side "$long" "$@" 2>/dev/null | median_of)
+        b=$(median "${peer_ms[@]}")
         ratio=$(python3 -c "print('%.2f' % ($a / $b))")
     else
         b="skipped"; ratio="-"
@@ -48,4 +58,4 @@ row() {
 row "<= 0.5 MP, own size" 0 "${small[@]}"
 row "1-4 MP, own size" 0 "${large[@]}"
 row "all, 640 px long side" 640 "${small[@]}" "${large[@]}"
-echo "(median ms per image over $repeat runs each, $threads threads; ratio = facekit / facenet-pytorch)"
+echo "(median ms per image: $repeat runs per image per round, $rounds alternating rounds, $threads threads; ratio = facekit / facenet-pytorch)"

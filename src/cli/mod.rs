@@ -4,6 +4,7 @@
 mod detect;
 mod output;
 mod runner;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Detect faces (MTCNN): boxes, scores and 5 landmarks per face.
     Detect(detect::DetectArgs),
+    /// Same person? Compares the main face of two photos (exit 0 same, 1 different, 2 error).
+    Verify(verify::VerifyArgs),
 }
 
 /// Options shared by every subcommand that runs networks.
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Detect(args) => detect::run(args),
+        Command::Verify(args) => verify::run(args),
     };
     match result {
         Ok(code) => code,

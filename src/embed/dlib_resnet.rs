@@ -1,0 +1,129 @@
+//! dlib's face-recognition ResNet (`dlib_face_recognition_resnet_model_v1`, CC0), as dlib runs it.
+//!
+//! 150x150 RGB chip, `(pixel - mean) / 256` -> conv 7x7/2 -> affine -> relu -> max-pool 3x3/2 ->
+//! 3 x res(32) -> down(64) + 3 x res(64) -> down(128) + 2 x res(128) -> down(256) + 2 x res(256)
+//! -> down(256) -> global average -> fc 256->128 without bias. A residual block is conv -> affine
+//! -> relu -> conv -> affine, added to its input then relu; a down block starts with a stride-2
+//! conv and adds a 2x2 average-pooled input, zero-padded to the larger shape (dlib's `add_prev`).
+//! Each `affine` (batch-norm folded by dlib into `gamma * x + beta`) is folded once more into the
+//! convolution before it, so a block is two fused conv layers.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::{add_padded_relu, avg_pool2, max_pool, Act, Conv2d};
+
+/// Channel means subtracted from the R, G, B planes before dividing by 256.
+pub const MEAN_RGB: [f32; 3] = [122.782, 117.001, 104.298];
+/// Chip side the network expects.
+pub const CHIP_SIZE: usize = 150;
+/// Embedding size.
+pub const DIM: usize = 128;
+/// dlib's own "same person" distance threshold (stored in the model file).
+pub const DLIB_THRESHOLD: f32 = 0.6;
+
+/// A convolution followed by dlib's affine layer, folded into one convolution:
+/// `gamma * (W x + b) + beta = (gamma W) x + (gamma b + beta)`.
+#[allow(clippy::too_many_arguments)]
+fn conv_affine(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    vb: &VarBuilder,
+    conv: &str,
+    affine: &str,
+) -> Result<Conv2d> {
+    let w = vb.pp(conv).get((c_out, c_in, k, k), "weight")?;
+    let b = vb.pp(conv).get(c_out, "bias")?;
+    let gamma = vb.pp(affine).get(c_out, "weight")?;
+    let beta = vb.pp(affine).get(c_out, "bias")?;
+    let w = w.broadcast_mul(&gamma.reshape((c_out, 1, 1, 1))?)?;
+    let b = ((b * &gamma)? + beta)?;
+    Conv2d::new(w, Some(b), stride, padding)
+}
+
+/// One residual block: `relu(block(x) + skip(x))`.
+struct Residual {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    down: bool,
+}
+
+impl Residual {
+    fn new(c_in: usize, c_out: usize, down: bool, vb: VarBuilder) -> Result<Self> {
+        let (stride, pad) = if down { (2, 0) } else { (1, 1) };
+        Ok(Residual {
+            conv1: conv_affine(c_in, c_out, 3, stride, pad, &vb, "conv1", "affine1")?,
+            conv2: conv_affine(c_out, c_out, 3, 1, 1, &vb, "conv2", "affine2")?,
+            down,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv1.forward_act(x, Act::Relu)?;
+        let y = self.conv2.forward_act(&y, Act::Identity)?;
+        let skip = if self.down { avg_pool2(x)? } else { x.clone() };
+        add_padded_relu(&skip, &y)
+    }
+}
+
+/// The network.
+pub struct DlibResNet {
+    conv1: Conv2d,
+    layers: Vec<Residual>,
+    fc: Tensor,
+}
+
+impl DlibResNet {
+    /// Builds the network from `dlib_resnet.safetensors` weights.
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        let conv1 = conv_affine(3, 32, 7, 2, 0, &vb, "conv1", "affine1")?;
+        // (input channels, output channels, down-sampling) of the 14 blocks, input to output.
+        let plan = [
+            (32, 32, false),
+            (32, 32, false),
+            (32, 32, false),
+            (32, 64, true),
+            (64, 64, false),
+            (64, 64, false),
+            (64, 64, false),
+            (64, 128, true),
+            (128, 128, false),
+            (128, 128, false),
+            (128, 256, true),
+            (256, 256, false),
+            (256, 256, false),
+            (256, 256, true),
+        ];
+        let layers = plan
+            .iter()
+            .enumerate()
+            .map(|(i, &(c_in, c_out, down))| Residual::new(c_in, c_out, down, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<_>>()?;
+        let fc = vb.pp("fc").get((DIM, 256), "weight")?.t()?.contiguous()?;
+        Ok(DlibResNet { conv1, layers, fc })
+    }
+
+    /// Embeddings `[N, 128]` of normalised chips `[N, 3, 150, 150]` (see [`normalise_chip`]).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward_act(x, Act::Relu)?;
+        let mut x = max_pool(&x, 3, 2, false)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        let pooled = x.mean((2, 3))?;
+        pooled.matmul(&self.fc)
+    }
+}
+
+/// Writes an RGB chip as planar `(pixel - mean) / 256` floats (dlib's `input_rgb_image_sized`).
+pub fn normalise_chip(rgb: &[u8], dst: &mut [f32]) {
+    let plane = rgb.len() / 3;
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            dst[c * plane + i] = (px[c] as f32 - MEAN_RGB[c]) / 256.0;
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The one-call entry point: image in, faces with embeddings out.
+//!
+//! ```no_run
+//! let pipeline = facekit::Pipeline::new()?;
+//! let img = facekit::io::load_image("photo.jpg".as_ref(), &Default::default())?;
+//! for face in pipeline.faces(&img)? {
+//!     println!("{:?} {:.3} {:?}", face.bbox, face.score, &face.embedding[..4]);
+//! }
+//! # Ok::<(), facekit::Error>(())
+//! ```
+
+use image::RgbImage;
+use rayon::prelude::*;
+
+use crate::align::{align, Template};
+use crate::detect::{BBox, Detection, Detector, DetectorConfig, Point};
+use crate::embed::{DlibEmbedder, Embedder};
+use crate::models::ModelSource;
+use crate::Result;
+
+/// A detected face with its embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Face {
+    /// Face box, clipped to the image.
+    pub bbox: BBox,
+    /// Detector probability.
+    pub score: f32,
+    /// MTCNN's 5 landmarks (eyes, nose, mouth corners).
+    pub landmarks: [Point; 5],
+    /// The embedding (128-d for the dlib ResNet; not normalised).
+    pub embedding: Vec<f32>,
+}
+
+/// Which face of an image stands for the image (verify, pair protocols).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FacePolicy {
+    /// The face with the largest box.
+    Largest,
+    /// The face whose box centre is nearest the image centre (LFW's subject is centred).
+    Center,
+}
+
+/// Index of the face chosen by `policy` in an image of `width` x `height`.
+pub fn select_face(faces: &[Detection], policy: FacePolicy, width: u32, height: u32) -> Option<usize> {
+    let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0);
+    let key = |d: &Detection| match policy {
+        FacePolicy::Largest => -d.bbox.area(),
+        FacePolicy::Center => {
+            let c = d.bbox.center();
+            (c.x - cx).hypot(c.y - cy)
+        }
+    };
+    (0..faces.len()).min_by(|&a, &b| key(&faces[a]).total_cmp(&key(&faces[b])))
+}
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Detector settings.
+    pub detector: DetectorConfig,
+    /// Alignment template for the embedder's chips.
+    pub template: Template,
+    /// Average each embedding with the embedding of the mirrored chip (test-time flip).
+    pub flip: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            detector: DetectorConfig::default(),
+            template: Template::Dlib,
+            flip: true,
+        }
+    }
+}
+
+/// Detector + aligner + embedder.
+pub struct Pipeline {
+    detector: Detector,
+    embedder: Box<dyn Embedder>,
+    config: PipelineConfig,
+}
+
+impl Pipeline {
+    /// The default pipeline (MTCNN, dlib alignment, dlib ResNet with flip) on the embedded
+    /// weights, or `$FACEKIT_MODELS` when set.
+    pub fn new() -> Result<Self> {
+        Self::with_models(&ModelSource::resolve(None), PipelineConfig::default())
+    }
+
+    /// A pipeline with weights from `source`.
+    pub fn with_models(source: &ModelSource, config: PipelineConfig) -> Result<Self> {
+        let detector = Detector::new(source, config.detector.clone())?;
+        let embedder: Box<dyn Embedder> = Box::new(DlibEmbedder::new(source)?);
+        Ok(Pipeline {
+            detector,
+            embedder,
+            config,
+        })
+    }
+
+    /// The detector.
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// The embedder.
+    pub fn embedder(&self) -> &dyn Embedder {
+        self.embedder.as_ref()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// An identifier of what produced the embeddings (model, alignment, flip).
+    pub fn model_id(&self) -> String {
+        format!(
+            "{}+{:?}{}",
+            self.embedder.model_id(),
+            self.config.template,
+            if self.config.flip { "+flip" } else { "" }
+        )
+        .to_lowercase()
+    }
+
+    /// The aligned chip of one detection, as the embedder takes it.
+    pub fn chip(&self, img: &RgbImage, det: &Detection) -> RgbImage {
+        let size = self.embedder.chip_size() as u32;
+        align(img, &det.bbox, &det.landmarks, self.config.template, size)
+    }
+
+    /// Embeddings of the given detections of `img`, in order.
+    pub fn embed_detections(&self, img: &RgbImage, dets: &[Detection]) -> Result<Vec<Vec<f32>>> {
+        let chips: Vec<RgbImage> = dets.par_iter().map(|d| self.chip(img, d)).collect();
+        self.embed_chips(&chips)
+    }
+
+    /// Embeddings of aligned chips (with flip averaging when configured).
+    pub fn embed_chips(&self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        if !self.config.flip {
+            return self.embedder.embed(chips);
+        }
+        let mut all: Vec<RgbImage> = chips.to_vec();
+        all.extend(chips.iter().map(image::imageops::flip_horizontal));
+        let embs = self.embedder.embed(&all)?;
+        let (plain, mirrored) = embs.split_at(chips.len());
+        Ok(plain
+            .iter()
+            .zip(mirrored)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect())
+            .collect())
+    }
+
+    /// Every face in `img` with its embedding, best score first.
+    pub fn faces(&self, img: &RgbImage) -> Result<Vec<Face>> {
+        let dets = self.detector.detect(img)?;
+        let embs = self.embed_detections(img, &dets)?;
+        Ok(dets
+            .into_iter()
+            .zip(embs)
+            .map(|(d, embedding)| Face {
+                bbox: d.bbox,
+                score: d.score,
+                landmarks: d.landmarks,
+                embedding,
+            })
+            .collect())
+    }
+}
