@@ -36,19 +36,36 @@ fn parse_pairs(text: &str) -> Result<Vec<Pair>> {
         .map(|x| x.parse())
         .collect::<Result<_, _>>()?;
     let (folds, n) = (header[0], header[1]);
-    let name = |p: &str, i: &str| -> Result<String> { Ok(format!("{p}/{p}_{:04}.jpg", i.parse::<u32>()?)) };
+    let name = |p: &str, i: &str| -> Result<String> {
+        Ok(format!("{p}/{p}_{:04}.jpg", i.parse::<u32>()?))
+    };
     let mut pairs = Vec::new();
     for (k, line) in lines.filter(|l| !l.trim().is_empty()).enumerate() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let fold = k / (2 * n);
         let pair = match f.len() {
-            3 => Pair { a: name(f[0], f[1])?, b: name(f[0], f[2])?, same: true, fold },
-            4 => Pair { a: name(f[0], f[1])?, b: name(f[2], f[3])?, same: false, fold },
+            3 => Pair {
+                a: name(f[0], f[1])?,
+                b: name(f[0], f[2])?,
+                same: true,
+                fold,
+            },
+            4 => Pair {
+                a: name(f[0], f[1])?,
+                b: name(f[2], f[3])?,
+                same: false,
+                fold,
+            },
             _ => bail!("bad pairs line {line:?}"),
         };
         pairs.push(pair);
     }
-    anyhow::ensure!(pairs.len() == folds * 2 * n, "expected {} pairs, got {}", folds * 2 * n, pairs.len());
+    anyhow::ensure!(
+        pairs.len() == folds * 2 * n,
+        "expected {} pairs, got {}",
+        folds * 2 * n,
+        pairs.len()
+    );
     Ok(pairs)
 }
 
@@ -105,7 +122,10 @@ fn main() -> Result<()> {
     }
     let lfw = shared.join("data/lfw");
     if !lfw.join("pairs.txt").is_file() {
-        eprintln!("SKIPPED: {} not found; the LFW evaluation needs ../shared/data/lfw", lfw.display());
+        eprintln!(
+            "SKIPPED: {} not found; the LFW evaluation needs ../shared/data/lfw",
+            lfw.display()
+        );
         return Ok(());
     }
     let mut pairs = parse_pairs(&std::fs::read_to_string(lfw.join("pairs.txt"))?)?;
@@ -118,7 +138,10 @@ fn main() -> Result<()> {
             counts[p.fold] <= per
         });
     }
-    let mut names: Vec<&str> = pairs.iter().flat_map(|p| [p.a.as_str(), p.b.as_str()]).collect();
+    let mut names: Vec<&str> = pairs
+        .iter()
+        .flat_map(|p| [p.a.as_str(), p.b.as_str()])
+        .collect();
     names.sort();
     names.dedup();
 
@@ -137,7 +160,8 @@ fn main() -> Result<()> {
             .map(|n| -> Result<_> {
                 let img = load_image(&root.join(n), &LoadOptions::default())?;
                 let faces = facekit::nn::serial(|| pipeline.detector().detect(&img))?;
-                let pick = select_face(&faces, policy, img.width(), img.height()).map(|i| faces[i].clone());
+                let pick = select_face(&faces, policy, img.width(), img.height())
+                    .map(|i| faces[i].clone());
                 Ok((img, pick))
             })
             .collect::<Result<_>>()
@@ -156,44 +180,56 @@ fn main() -> Result<()> {
     };
     let detect_time = start.elapsed().as_secs_f64();
     // Pass 2: embed.
-    let embeddings: Vec<Vec<f32>> = pool.install(|| {
-        detections
-            .par_chunks(8)
-            .map(|chunk| -> Result<Vec<Vec<f32>>> {
-                facekit::nn::serial(|| {
-                    let chips: Vec<_> = chunk
-                        .iter()
-                        .map(|(img, det)| {
-                            let det = det.clone().unwrap_or(Detection {
-                                bbox: mean_box,
-                                score: 0.0,
-                                landmarks: mean_landmarks,
-                            });
-                            pipeline.chip(img, &det)
-                        })
-                        .collect();
-                    Ok(pipeline.embed_chips(&chips)?)
+    let embeddings: Vec<Vec<f32>> = pool
+        .install(|| {
+            detections
+                .par_chunks(8)
+                .map(|chunk| -> Result<Vec<Vec<f32>>> {
+                    facekit::nn::serial(|| {
+                        let chips: Vec<_> = chunk
+                            .iter()
+                            .map(|(img, det)| {
+                                let det = det.clone().unwrap_or(Detection {
+                                    bbox: mean_box,
+                                    score: 0.0,
+                                    landmarks: mean_landmarks,
+                                });
+                                pipeline.chip(img, &det)
+                            })
+                            .collect();
+                        Ok(pipeline.embed_chips(&chips)?)
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()
-    })?
-    .into_iter()
-    .flatten()
-    .collect();
+                .collect::<Result<Vec<_>>>()
+        })?
+        .into_iter()
+        .flatten()
+        .collect();
     let total_time = start.elapsed().as_secs_f64();
     let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let items: Vec<(f32, bool, usize)> = pairs
         .iter()
         .map(|p| {
-            let d = facekit::distance::euclidean(&embeddings[index[p.a.as_str()]], &embeddings[index[p.b.as_str()]]);
+            let d = facekit::distance::euclidean(
+                &embeddings[index[p.a.as_str()]],
+                &embeddings[index[p.b.as_str()]],
+            );
             (d, p.same, p.fold)
         })
         .collect();
     let mut accs = Vec::new();
     let mut thresholds = Vec::new();
     for k in 0..10 {
-        let train: Vec<(f32, bool)> = items.iter().filter(|x| x.2 != k).map(|x| (x.0, x.1)).collect();
-        let test: Vec<(f32, bool)> = items.iter().filter(|x| x.2 == k).map(|x| (x.0, x.1)).collect();
+        let train: Vec<(f32, bool)> = items
+            .iter()
+            .filter(|x| x.2 != k)
+            .map(|x| (x.0, x.1))
+            .collect();
+        let test: Vec<(f32, bool)> = items
+            .iter()
+            .filter(|x| x.2 == k)
+            .map(|x| (x.0, x.1))
+            .collect();
         if test.is_empty() {
             continue;
         }
@@ -207,10 +243,29 @@ fn main() -> Result<()> {
     let (best_t, best_acc) = best_threshold(&all);
     let mean_t = thresholds.iter().sum::<f32>() / thresholds.len() as f32;
     println!("model            {}", pipeline.model_id());
-    println!("pairs            {} ({} images, {} without a detected face)", items.len(), names.len(), missing);
-    println!("10-fold accuracy {:.2} % +- {:.2}", 100.0 * mean, 100.0 * std);
-    println!("fold thresholds  mean {mean_t:.4} (min {:.4}, max {:.4})", thresholds.iter().cloned().fold(f32::MAX, f32::min), thresholds.iter().cloned().fold(f32::MIN, f32::max));
-    println!("best threshold   {best_t:.4} -> {:.2} % on all pairs", 100.0 * best_acc);
-    println!("wall time        {total_time:.1} s (detection {detect_time:.1} s, {:.1} images/s)", names.len() as f64 / total_time);
+    println!(
+        "pairs            {} ({} images, {} without a detected face)",
+        items.len(),
+        names.len(),
+        missing
+    );
+    println!(
+        "10-fold accuracy {:.2} % +- {:.2}",
+        100.0 * mean,
+        100.0 * std
+    );
+    println!(
+        "fold thresholds  mean {mean_t:.4} (min {:.4}, max {:.4})",
+        thresholds.iter().cloned().fold(f32::MAX, f32::min),
+        thresholds.iter().cloned().fold(f32::MIN, f32::max)
+    );
+    println!(
+        "best threshold   {best_t:.4} -> {:.2} % on all pairs",
+        100.0 * best_acc
+    );
+    println!(
+        "wall time        {total_time:.1} s (detection {detect_time:.1} s, {:.1} images/s)",
+        names.len() as f64 / total_time
+    );
     Ok(())
 }

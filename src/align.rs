@@ -105,7 +105,9 @@ impl Similarity {
             return None;
         }
         let mean = |ps: &[Point]| {
-            let (sx, sy) = ps.iter().fold((0.0, 0.0), |(x, y), p| (x + p.x as f64, y + p.y as f64));
+            let (sx, sy) = ps
+                .iter()
+                .fold((0.0, 0.0), |(x, y), p| (x + p.x as f64, y + p.y as f64));
             (sx / n, sy / n)
         };
         let (msx, msy) = mean(from);
@@ -168,9 +170,15 @@ fn sample(img: &RgbImage, x: f32, y: f32) -> Rgb<u8> {
 /// of side `size * scale` centred on the image of the chip centre.
 pub fn extract_chip(img: &RgbImage, chip_to_image: &Similarity, size: u32) -> RgbImage {
     let s = size as f32;
-    let centre = chip_to_image.apply(Point { x: s / 2.0, y: s / 2.0 });
+    let centre = chip_to_image.apply(Point {
+        x: s / 2.0,
+        y: s / 2.0,
+    });
     let side = s * chip_to_image.scale();
-    let (cos, sin) = (chip_to_image.a / chip_to_image.scale(), chip_to_image.b / chip_to_image.scale());
+    let (cos, sin) = (
+        chip_to_image.a / chip_to_image.scale(),
+        chip_to_image.b / chip_to_image.scale(),
+    );
     let corner = |u: f32, v: f32| Point {
         x: centre.x + cos * u - sin * v,
         y: centre.y + sin * u + cos * v,
@@ -189,7 +197,13 @@ pub fn extract_chip(img: &RgbImage, chip_to_image: &Similarity, size: u32) -> Rg
 
 /// Aligns a face from MTCNN's 5 landmarks onto `template` in a `size` chip; the FaceNet template
 /// uses the box instead (grown by `44 * size / 160` px, no rotation).
-pub fn align(img: &RgbImage, bbox: &BBox, landmarks: &[Point; 5], template: Template, size: u32) -> RgbImage {
+pub fn align(
+    img: &RgbImage,
+    bbox: &BBox,
+    landmarks: &[Point; 5],
+    template: Template,
+    size: u32,
+) -> RgbImage {
     match template.points(size) {
         Some(dst) => match Similarity::estimate(&dst, landmarks) {
             Some(t) => extract_chip(img, &t, size),
@@ -205,8 +219,12 @@ pub fn crop_box(img: &RgbImage, bbox: &BBox, margin: f32, size: u32) -> RgbImage
     let (w, h) = (img.width() as f32, img.height() as f32);
     let x1 = (bbox.x1 - margin / 2.0).max(0.0).floor() as u32;
     let y1 = (bbox.y1 - margin / 2.0).max(0.0).floor() as u32;
-    let x2 = ((bbox.x2 + margin / 2.0).min(w).ceil() as u32).max(x1 + 1).min(img.width());
-    let y2 = ((bbox.y2 + margin / 2.0).min(h).ceil() as u32).max(y1 + 1).min(img.height());
+    let x2 = ((bbox.x2 + margin / 2.0).min(w).ceil() as u32)
+        .max(x1 + 1)
+        .min(img.width());
+    let y2 = ((bbox.y2 + margin / 2.0).min(h).ceil() as u32)
+        .max(y1 + 1)
+        .min(img.height());
     let x1 = x1.min(x2.saturating_sub(1));
     let y1 = y1.min(y2.saturating_sub(1));
     let view = image::imageops::crop_imm(img, x1, y1, x2 - x1, y2 - y1).to_image();
@@ -219,7 +237,12 @@ mod tests {
 
     #[test]
     fn similarity_recovers_a_known_transform() {
-        let t = Similarity { a: 1.2, b: -0.3, tx: 5.0, ty: -7.0 };
+        let t = Similarity {
+            a: 1.2,
+            b: -0.3,
+            tx: 5.0,
+            ty: -7.0,
+        };
         let from = dlib_parts_template(150, 0.25);
         let to = from.map(|p| t.apply(p));
         let est = Similarity::estimate(&from, &to).unwrap();
@@ -238,7 +261,12 @@ mod tests {
     fn identity_transform_copies_pixels() {
         let img = RgbImage::from_fn(20, 20, |x, y| Rgb([x as u8 * 10, y as u8 * 10, 7]));
         // Chip of 10 px whose corners map onto pixels (5,5) .. (14,14).
-        let t = Similarity { a: 1.0, b: 0.0, tx: 5.0, ty: 5.0 };
+        let t = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: 5.0,
+            ty: 5.0,
+        };
         let chip = extract_chip(&img, &t, 10);
         // side 10 -> corners at 5 and 15 with span 9 -> step 10/9: near, not exactly, a copy.
         assert_eq!(chip.get_pixel(0, 0), img.get_pixel(5, 5));

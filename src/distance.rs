@@ -2,7 +2,11 @@
 
 /// Euclidean distance.
 pub fn euclidean(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
 }
 
 /// Cosine distance `1 - cos(a, b)` (1 when either vector is zero).

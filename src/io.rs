@@ -249,6 +249,47 @@ pub fn write_new_file(dir: &Path, stem: &str, suffix: &str, bytes: &[u8]) -> Res
     result
 }
 
+/// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename).
+/// An existing file is an error unless `overwrite`.
+pub fn write_file_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "already exists (use --force to replace it)",
+            ),
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if overwrite {
+            std::fs::rename(&tmp, path)
+        } else {
+            // hard_link fails if `path` appeared meanwhile: never replace it.
+            std::fs::hard_link(&tmp, path)
+        }
+    };
+    let result = write().map_err(|e| Error::io(path, e));
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,10 @@ pub const DLIB_RESNET: &str = "dlib_resnet.safetensors";
 /// Weights compiled into the binary (see `models/README.md` for sources and checksums).
 const EMBEDDED: &[(&str, &[u8])] = &[
     (MTCNN, include_bytes!("../models/mtcnn.safetensors")),
-    (DLIB_RESNET, include_bytes!("../models/dlib_resnet.safetensors")),
+    (
+        DLIB_RESNET,
+        include_bytes!("../models/dlib_resnet.safetensors"),
+    ),
 ];
 
 /// Where weights are read from.

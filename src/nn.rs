@@ -590,8 +590,16 @@ pub fn add_padded_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let (c, h, w) = (ca.max(cb), ha.max(hb), wa.max(wb));
     let pad = |t: &Tensor, tc: usize, th: usize, tw: usize| -> Result<Tensor> {
-        let t = if tc < c { t.pad_with_zeros(1, 0, c - tc)? } else { t.clone() };
-        let t = if th < h { t.pad_with_zeros(2, 0, h - th)? } else { t };
+        let t = if tc < c {
+            t.pad_with_zeros(1, 0, c - tc)?
+        } else {
+            t.clone()
+        };
+        let t = if th < h {
+            t.pad_with_zeros(2, 0, h - th)?
+        } else {
+            t
+        };
         if tw < w {
             t.pad_with_zeros(3, 0, w - tw)
         } else {

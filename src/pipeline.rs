@@ -41,7 +41,12 @@ pub enum FacePolicy {
 }
 
 /// Index of the face chosen by `policy` in an image of `width` x `height`.
-pub fn select_face(faces: &[Detection], policy: FacePolicy, width: u32, height: u32) -> Option<usize> {
+pub fn select_face(
+    faces: &[Detection],
+    policy: FacePolicy,
+    width: u32,
+    height: u32,
+) -> Option<usize> {
     let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0);
     let key = |d: &Detection| match policy {
         FacePolicy::Largest => -d.bbox.area(),

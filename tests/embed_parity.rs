@@ -8,7 +8,11 @@ use facekit::embed::{DlibEmbedder, Embedder};
 use facekit::models::ModelSource;
 
 fn l2(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
 }
 
 /// Embeds each chip and returns the largest distance to dlib's descriptor.
@@ -16,7 +20,11 @@ fn check(chips: &[(std::path::PathBuf, Vec<f32>)]) -> f32 {
     let embedder = DlibEmbedder::new(&ModelSource::Embedded).expect("embedded dlib ResNet");
     let images: Vec<_> = chips
         .iter()
-        .map(|(p, _)| image::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).to_rgb8())
+        .map(|(p, _)| {
+            image::open(p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .to_rgb8()
+        })
         .collect();
     let got = embedder.embed(&images).unwrap();
     let mut worst = 0f32;
@@ -29,7 +37,10 @@ fn check(chips: &[(std::path::PathBuf, Vec<f32>)]) -> f32 {
     worst
 }
 
-fn golden_chips(json: &serde_json::Value, dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<f32>)> {
+fn golden_chips(
+    json: &serde_json::Value,
+    dir: &std::path::Path,
+) -> Vec<(std::path::PathBuf, Vec<f32>)> {
     json["chips"]
         .as_array()
         .unwrap()
@@ -53,7 +64,10 @@ fn resnet_matches_dlib_on_committed_chips() {
     let chips = golden_chips(&json, &fixture(""));
     assert_eq!(chips.len(), 4);
     let worst = check(&chips);
-    eprintln!("largest L2 to dlib over {} committed chips: {worst:.5}", chips.len());
+    eprintln!(
+        "largest L2 to dlib over {} committed chips: {worst:.5}",
+        chips.len()
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Command-line definitions (clap) and one small driver per subcommand. No model or maths code
 //! lives here: drivers loop over inputs, call the library and hand results to a writer.
 
+mod align;
 mod detect;
+mod embed;
 mod output;
 mod runner;
 mod verify;
@@ -23,6 +25,10 @@ struct Cli {
 enum Command {
     /// Detect faces (MTCNN): boxes, scores and 5 landmarks per face.
     Detect(detect::DetectArgs),
+    /// Cut aligned face chips (PNG, `<stem>_<k>.png`) for every face.
+    Align(align::AlignArgs),
+    /// One embedding per face (JSON Lines, CSV or .npy).
+    Embed(embed::EmbedArgs),
     /// Same person? Compares the main face of two photos (exit 0 same, 1 different, 2 error).
     Verify(verify::VerifyArgs),
 }
@@ -50,6 +56,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Detect(args) => detect::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Align(args) => align::run(args),
+        Command::Embed(args) => embed::run(args),
     };
     match result {
         Ok(code) => code,

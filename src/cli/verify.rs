@@ -15,7 +15,7 @@ use super::{CommonArgs, EXIT_FAILURE};
 
 /// Calibrated default threshold on the Euclidean distance of flip-averaged dlib embeddings
 /// (see README: LFW 10-fold).
-pub const DEFAULT_THRESHOLD: f32 = 0.6;
+pub const DEFAULT_THRESHOLD: f32 = 0.59;
 
 /// Which face of each photo is compared.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -121,9 +121,17 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "{}: distance {distance:.4} (threshold {:.4})",
-            if same { "same person" } else { "different people" },
+            if same {
+                "same person"
+            } else {
+                "different people"
+            },
             args.threshold
         );
     }
-    Ok(if same { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -100,7 +100,9 @@ impl DlibResNet {
         let layers = plan
             .iter()
             .enumerate()
-            .map(|(i, &(c_in, c_out, down))| Residual::new(c_in, c_out, down, vb.pp(format!("layers.{i}"))))
+            .map(|(i, &(c_in, c_out, down))| {
+                Residual::new(c_in, c_out, down, vb.pp(format!("layers.{i}")))
+            })
             .collect::<Result<_>>()?;
         let fc = vb.pp("fc").get((DIM, 256), "weight")?.t()?.contiguous()?;
         Ok(DlibResNet { conv1, layers, fc })
