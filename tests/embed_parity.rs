@@ -81,3 +81,117 @@ fn resnet_matches_dlib_on_all_golden_chips() {
     let worst = check(&chips);
     eprintln!("largest L2 to dlib over 79 golden chips: {worst:.5}");
 }
+
+/// Whole photos through facekit's own pipeline (MTCNN, MTCNN-point alignment, no flip) against
+/// face_recognition's descriptors (HOG, dlib 5-point, dlib chip) of the same faces.
+#[test]
+fn whole_image_embeddings_are_close_to_dlibs() {
+    let Some(shared) = shared("whole_image_embeddings_are_close_to_dlibs") else {
+        return;
+    };
+    let golden = read_json(&shared.join("golden/dlib.json"));
+    let config = facekit::PipelineConfig {
+        flip: false,
+        ..Default::default()
+    };
+    let pipeline = facekit::Pipeline::with_models(&ModelSource::Embedded, config).unwrap();
+    let mut dists = Vec::new();
+    for im in golden["images"].as_array().unwrap() {
+        let path = shared.join(im["path"].as_str().unwrap());
+        let img = facekit::io::load_image(&path, &Default::default()).unwrap();
+        let ours = pipeline.faces(&img).unwrap();
+        for f in im["faces"].as_array().unwrap() {
+            let css: Vec<f32> = f["location_css"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let (cx, cy) = ((css[1] + css[3]) / 2.0, (css[0] + css[2]) / 2.0);
+            let want: Vec<f32> = f["encoding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            // The facekit face whose box centre is nearest, if it is within half a face width.
+            let near = ours.iter().min_by(|a, b| {
+                let d = |x: &&facekit::Face| (x.bbox.center().x - cx).hypot(x.bbox.center().y - cy);
+                d(a).total_cmp(&d(b))
+            });
+            if let Some(face) = near {
+                let c = face.bbox.center();
+                if (c.x - cx).hypot(c.y - cy) < 0.5 * (css[1] - css[3]) {
+                    dists.push(l2(&face.embedding, &want));
+                }
+            }
+        }
+    }
+    dists.sort_by(f32::total_cmp);
+    let median = dists[dists.len() / 2];
+    let max = dists[dists.len() - 1];
+    eprintln!(
+        "{} faces matched of 79: distance to dlib's own descriptor median {median:.4}, 90th percentile {:.4}, max {max:.4}",
+        dists.len(),
+        dists[dists.len() * 9 / 10]
+    );
+    assert!(dists.len() >= 75, "{} faces matched", dists.len());
+    // Same person in LFW terms: far below the 0.59 threshold.
+    assert!(median < 0.2, "median {median}");
+    assert!(dists[dists.len() * 9 / 10] < 0.3);
+}
+
+/// dlib's 5-point shape predictor on dlib's own HOG boxes gives dlib's parts (which dlib rounds
+/// to whole pixels), and the chip cut from them embeds like dlib's chip.
+#[test]
+fn shape_predictor_matches_dlib() {
+    let Some(shared) = shared("shape_predictor_matches_dlib") else {
+        return;
+    };
+    use facekit::align::shape_predictor::ShapePredictor;
+    let predictor = ShapePredictor::new(&ModelSource::Embedded).unwrap();
+    let json = read_json(&shared.join("golden/dlib_chips.json"));
+    // Sources are named like "dlib/x.jpg" and "facenet/paul_rudd.jpg": find them in dlib.json.
+    let images = read_json(&shared.join("golden/dlib.json"));
+    let path_of = |src: &str| -> std::path::PathBuf {
+        images["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["file"].as_str() == Some(src))
+            .map(|i| shared.join(i["path"].as_str().unwrap()))
+            .unwrap_or_else(|| panic!("{src} not in dlib.json"))
+    };
+    let (mut worst, mut n) = (0f32, 0);
+    for c in json["chips"].as_array().unwrap() {
+        let path = path_of(c["source"].as_str().unwrap());
+        let img = facekit::io::load_image(&path, &Default::default()).unwrap();
+        let r: Vec<f32> = c["rect_ltrb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let rect = facekit::BBox {
+            x1: r[0],
+            y1: r[1],
+            x2: r[2],
+            y2: r[3],
+        };
+        let parts = predictor.predict(&img, &rect);
+        for (p, want) in parts.iter().zip(c["parts5"].as_array().unwrap()) {
+            let (wx, wy) = (
+                want[0].as_f64().unwrap() as f32,
+                want[1].as_f64().unwrap() as f32,
+            );
+            let d = (p.x.round() - wx).abs().max((p.y.round() - wy).abs());
+            worst = worst.max(d);
+        }
+        n += 1;
+    }
+    eprintln!(
+        "shape predictor on {n} dlib boxes: largest part difference {worst} px (after rounding)"
+    );
+    assert_eq!(n, 79);
+    assert!(worst <= 1.0, "largest part difference {worst} px");
+}

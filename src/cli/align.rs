@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use facekit::align::{align, Template};
+use facekit::align::{Aligner, Template};
 use facekit::io::{self, LoadOptions};
 use facekit::models::ModelSource;
 use facekit::Detector;
@@ -17,8 +17,10 @@ use super::{CommonArgs, EXIT_FAILURE};
 /// Alignment templates.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum TemplateArg {
-    /// dlib's 150 px chip frame (what the dlib ResNet expects).
+    /// dlib's 150 px chip from dlib's 5-point shape predictor (what the dlib ResNet expects).
     Dlib,
+    /// dlib's 150 px chip frame from MTCNN's 5 points (no shape predictor).
+    DlibMtcnn,
     /// ArcFace 112 px template.
     Arcface,
     /// FaceNet crop: box plus 44 px margin, 160 px, no rotation.
@@ -29,6 +31,7 @@ impl From<TemplateArg> for Template {
     fn from(t: TemplateArg) -> Self {
         match t {
             TemplateArg::Dlib => Template::Dlib,
+            TemplateArg::DlibMtcnn => Template::DlibMtcnn,
             TemplateArg::Arcface => Template::Arcface,
             TemplateArg::Facenet => Template::Facenet,
         }
@@ -67,6 +70,7 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
     let source = ModelSource::resolve(args.common.models.as_deref());
     let detector =
         Detector::new(&source, Default::default()).context("cannot load the MTCNN detector")?;
+    let aligner = Aligner::new(&source, template, size).context("cannot load the aligner")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let load = LoadOptions {
@@ -97,7 +101,7 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .enumerate()
             .map(|(k, f)| {
-                let chip = align(&img, &f.bbox, &f.landmarks, template, size);
+                let chip = aligner.chip(&img, &f.bbox, &f.landmarks);
                 let mut png = Vec::new();
                 chip.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
                     .map_err(|e| facekit::Error::image(path, format!("cannot encode chip: {e}")))?;

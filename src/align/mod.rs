@@ -5,6 +5,8 @@
 //! frame for MTCNN's 5 points (the default for the dlib ResNet), the ArcFace 112 px template, and
 //! the FaceNet-style crop (detection box plus a 44 px margin, no rotation).
 
+pub mod shape_predictor;
+
 use image::{Rgb, RgbImage};
 
 use crate::detect::{BBox, Point};
@@ -44,8 +46,11 @@ pub const ARCFACE_112: [[f32; 2]; 5] = [
 /// How a chip is cut out of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Template {
-    /// dlib's chip frame (padding 0.25) for MTCNN's 5 points: what the dlib ResNet expects.
+    /// dlib's own chip: dlib's 5-point shape predictor run in the face box, its parts aligned
+    /// to dlib's template (padding 0.25), exactly what the dlib ResNet was trained on.
     Dlib,
+    /// dlib's chip frame with MTCNN's 5 points mapped onto [`MTCNN_IN_DLIB_150`] (no predictor).
+    DlibMtcnn,
     /// ArcFace 112 px template for MTCNN's 5 points, scaled to the chip size.
     Arcface,
     /// FaceNet crop: the detection box grown by 44 px (22 a side), resized, no rotation.
@@ -56,18 +61,18 @@ impl Template {
     /// The chip side this template is defined for (dlib 150, ArcFace 112, FaceNet 160).
     pub fn default_size(self) -> u32 {
         match self {
-            Template::Dlib => 150,
+            Template::Dlib | Template::DlibMtcnn => 150,
             Template::Arcface => 112,
             Template::Facenet => 160,
         }
     }
 
-    /// Where MTCNN's 5 points go in a `size` chip (`None` for the box-based FaceNet crop).
+    /// Where MTCNN's 5 points go in a `size` chip (`None` for templates not built on them).
     pub fn points(self, size: u32) -> Option<[Point; 5]> {
         let (table, base) = match self {
-            Template::Dlib => (&MTCNN_IN_DLIB_150, 150.0),
+            Template::DlibMtcnn => (&MTCNN_IN_DLIB_150, 150.0),
             Template::Arcface => (&ARCFACE_112, 112.0),
-            Template::Facenet => return None,
+            Template::Dlib | Template::Facenet => return None,
         };
         let s = size as f32 / base;
         Some(table.map(|[x, y]| Point { x: x * s, y: y * s }))
@@ -195,21 +200,59 @@ pub fn extract_chip(img: &RgbImage, chip_to_image: &Similarity, size: u32) -> Rg
     })
 }
 
-/// Aligns a face from MTCNN's 5 landmarks onto `template` in a `size` chip; the FaceNet template
-/// uses the box instead (grown by `44 * size / 160` px, no rotation).
-pub fn align(
-    img: &RgbImage,
-    bbox: &BBox,
-    landmarks: &[Point; 5],
+/// Cuts aligned chips of detected faces with one template and size.
+pub struct Aligner {
     template: Template,
     size: u32,
-) -> RgbImage {
-    match template.points(size) {
-        Some(dst) => match Similarity::estimate(&dst, landmarks) {
-            Some(t) => extract_chip(img, &t, size),
-            None => crop_box(img, bbox, 0.0, size),
-        },
-        None => crop_box(img, bbox, 44.0 * size as f32 / 160.0, size),
+    predictor: Option<shape_predictor::ShapePredictor>,
+}
+
+impl Aligner {
+    /// An aligner; the dlib template loads the shape predictor from `source`.
+    pub fn new(
+        source: &crate::models::ModelSource,
+        template: Template,
+        size: u32,
+    ) -> crate::Result<Self> {
+        let predictor = match template {
+            Template::Dlib => Some(shape_predictor::ShapePredictor::new(source)?),
+            _ => None,
+        };
+        Ok(Aligner {
+            template,
+            size,
+            predictor,
+        })
+    }
+
+    /// The template.
+    pub fn template(&self) -> Template {
+        self.template
+    }
+
+    /// The chip side.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// The aligned chip of a face given its MTCNN box and landmarks. The FaceNet template uses
+    /// the box (grown by `44 * size / 160` px, no rotation).
+    pub fn chip(&self, img: &RgbImage, bbox: &BBox, landmarks: &[Point; 5]) -> RgbImage {
+        let size = self.size;
+        if let Some(predictor) = &self.predictor {
+            let rect = shape_predictor::ShapePredictor::box_from_mtcnn(bbox);
+            let parts = predictor.predict(img, &rect);
+            if let Some(t) = Similarity::estimate(&dlib_parts_template(size, 0.25), &parts) {
+                return extract_chip(img, &t, size);
+            }
+        }
+        match self.template.points(size) {
+            Some(dst) => match Similarity::estimate(&dst, landmarks) {
+                Some(t) => extract_chip(img, &t, size),
+                None => crop_box(img, bbox, 0.0, size),
+            },
+            None => crop_box(img, bbox, 44.0 * size as f32 / 160.0, size),
+        }
     }
 }
 
