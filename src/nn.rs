@@ -262,6 +262,9 @@ impl Conv2d {
         let n = oh * ow;
         let kk = self.c_in * self.k * self.k;
         let direct = b == 1 && self.k == 1 && self.stride == 1 && self.padding == 0;
+        if !direct && kk * n > TILE_FLOATS {
+            return self.cpu_forward_tiled(src, wt, b, h, w, act);
+        }
         let bn = b * n;
         // dst[c_out, b*n] starts as the bias; gemm adds wt[c_out, kk] @ cols[kk, b*n].
         let mut dst = Vec::with_capacity(self.c_out * bn);
@@ -309,53 +312,6 @@ impl Conv2d {
         };
         if direct {
             run_gemm(src, &mut dst);
-        } else if b == 1 && kk * n > TILE_FLOATS {
-            // A large image: blocks of output rows whose patch matrix stays in cache, each
-            // block one single-threaded product, the blocks spread over the pool.
-            let rows_per = (TILE_FLOATS / (kk * ow)).max(1);
-            let blocks: Vec<std::ops::Range<usize>> = (0..oh)
-                .step_by(rows_per)
-                .map(|r| r..(r + rows_per).min(oh))
-                .collect();
-            let out = SyncPtr(dst.as_mut_ptr());
-            let job = |rows: &std::ops::Range<usize>| {
-                serial(|| {
-                    let nb = rows.len() * ow;
-                    with_scratch(kk * nb, |cols| {
-                        im2col(src, 1, &geom, rows.clone(), cols);
-                        // SAFETY: this block writes columns rows.start*ow .. rows.end*ow of
-                        // each of the c_out rows of `dst` (row stride n); blocks are disjoint.
-                        unsafe {
-                            gemm::gemm(
-                                self.c_out,
-                                nb,
-                                kk,
-                                out.get().add(rows.start * ow),
-                                1,
-                                n as isize,
-                                true,
-                                wt.as_ptr(),
-                                1,
-                                kk as isize,
-                                cols.as_ptr(),
-                                1,
-                                nb as isize,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
-                    })
-                })
-            };
-            if is_serial() {
-                blocks.iter().for_each(job);
-            } else {
-                blocks.par_iter().for_each(job);
-            }
         } else {
             with_scratch(kk * bn, |cols| {
                 im2col(src, b, &geom, 0..oh, cols);
@@ -374,6 +330,90 @@ impl Conv2d {
                 apply_act(plane, 1, n, act.for_channel(co));
             }
         });
+        out
+    }
+
+    /// Large images: each image's output rows in blocks whose patch matrix stays in cache; each
+    /// block is one single-threaded product written straight into `[b, c_out, n]`, and the
+    /// blocks (of all images) are spread over the pool.
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_forward_tiled(
+        &self,
+        src: &[f32],
+        wt: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+        act: Act,
+    ) -> Vec<f32> {
+        let (oh, ow) = self.out_size(h, w);
+        let n = oh * ow;
+        let kk = self.c_in * self.k * self.k;
+        let geom = PatchGeometry {
+            c: self.c_in,
+            h,
+            w,
+            k: self.k,
+            stride: self.stride,
+            pad: self.padding,
+            ow,
+        };
+        let mut out = Vec::with_capacity(b * self.c_out * n);
+        for _ in 0..b {
+            for &bias in &self.bias_values {
+                out.extend(std::iter::repeat_n(bias, n));
+            }
+        }
+        let rows_per = (TILE_FLOATS / (kk * ow)).max(1);
+        let blocks: Vec<(usize, std::ops::Range<usize>)> = (0..b)
+            .flat_map(|img| {
+                (0..oh)
+                    .step_by(rows_per)
+                    .map(move |r| (img, r..(r + rows_per).min(oh)))
+            })
+            .collect();
+        let dst = SyncPtr(out.as_mut_ptr());
+        let in_size = self.c_in * h * w;
+        let job = |(img, rows): &(usize, std::ops::Range<usize>)| {
+            serial(|| {
+                let nb = rows.len() * ow;
+                let image = &src[img * in_size..(img + 1) * in_size];
+                with_scratch(kk * nb, |cols| {
+                    im2col(image, 1, &geom, rows.clone(), cols);
+                    // SAFETY: this block writes columns rows.start*ow .. rows.end*ow of each of
+                    // the c_out rows (stride n) of image `img`'s output; blocks are disjoint.
+                    unsafe {
+                        gemm::gemm(
+                            self.c_out,
+                            nb,
+                            kk,
+                            dst.get().add(img * self.c_out * n + rows.start * ow),
+                            1,
+                            n as isize,
+                            true,
+                            wt.as_ptr(),
+                            1,
+                            kk as isize,
+                            cols.as_ptr(),
+                            1,
+                            nb as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                })
+            })
+        };
+        if is_serial() {
+            blocks.iter().for_each(job);
+        } else {
+            blocks.par_iter().for_each(job);
+        }
+        apply_act(&mut out, self.c_out, n, act);
         out
     }
 }
