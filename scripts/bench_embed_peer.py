@@ -17,7 +17,8 @@ Measured (all times wall clock, time.perf_counter; one untimed warm-up of each):
   per_face_ms_batch16  median over R x groups of compute_face_descriptor([16 chips], J) / 16
                        (groups are consecutive chips, wrapping around the list; dlib
                        runs them as one 16-image forward pass)
-  verify_pair_ms       per --images A B pair, median over R of face_recognition's
+  verify_pair_ms       median over R x all --images A B pairs (per-pair medians and a
+                       per-stage split are under details.verify_pairs) of face_recognition's
                        end-to-end verify: load_image_file both, face_locations (HOG,
                        upsample 1), face_encodings (5-point, num_jitters J) of the
                        largest face of each, face_distance; in-process, models loaded
@@ -144,6 +145,8 @@ def main(argv=None):
 
     # Imported here so that --blas-threads is in the environment before
     # OpenBLAS initialises (it reads OPENBLAS_NUM_THREADS once, at load).
+    import warnings
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     t_imp = time.perf_counter()
     import numpy as np
     import dlib
@@ -285,11 +288,19 @@ def main(argv=None):
     startup = []
     cmd = [sys.executable, "-c", "import face_recognition"]
     env = dict(os.environ)
+
+    def spawn():
+        # stderr captured: face_recognition_models prints a pkg_resources
+        # deprecation warning on every import
+        r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if r.returncode:
+            sys.exit(f"bench_embed_peer: {' '.join(cmd)} failed:\n{r.stderr.decode(errors='replace')}")
+
     if startup_repeat > 0:
-        subprocess.run(cmd, check=True, env=env)  # warm-up: page cache for the models
+        spawn()  # warm-up: page cache for the models
         for _ in range(startup_repeat):
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, env=env)
+            spawn()
             startup.append((time.perf_counter() - t0) * 1e3)
         log(f"startup: median {statistics.median(startup):.0f} ms")
 

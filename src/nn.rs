@@ -246,9 +246,32 @@ impl Conv2d {
         }
     }
 
+    fn geometry(&self, h: usize, w: usize) -> PatchGeometry {
+        PatchGeometry {
+            c: self.c_in,
+            h,
+            w,
+            k: self.k,
+            stride: self.stride,
+            pad: self.padding,
+            ow: self.out_size(h, w).1,
+        }
+    }
+
+    /// `images` outputs `[c_out, per_image]` of bias values (gemm accumulates onto them).
+    fn bias_filled(&self, images: usize, per_image: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(images * self.c_out * per_image);
+        for _ in 0..images {
+            for &bias in &self.bias_values {
+                v.extend(std::iter::repeat_n(bias, per_image));
+            }
+        }
+        v
+    }
+
     /// im2col + one gemm on CPU for a batch of `b` images `c_in x h x w`: the patch matrix of
     /// the whole batch is `[c_in*k*k, b*oh*ow]`, so small crops still make one large product.
-    #[allow(clippy::too_many_arguments)]
+    /// Images whose own patch matrix is large go to [`Self::cpu_forward_tiled`].
     fn cpu_forward(
         &self,
         src: &[f32],
@@ -266,56 +289,18 @@ impl Conv2d {
             return self.cpu_forward_tiled(src, wt, b, h, w, act);
         }
         let bn = b * n;
-        // dst[c_out, b*n] starts as the bias; gemm adds wt[c_out, kk] @ cols[kk, b*n].
-        let mut dst = Vec::with_capacity(self.c_out * bn);
-        for &bias in &self.bias_values {
-            dst.extend(std::iter::repeat_n(bias, bn));
-        }
-        let run_gemm = |rhs: &[f32], dst: &mut [f32]| {
-            // SAFETY: the pointers cover c_out*bn, c_out*kk and kk*bn row-major f32 values.
-            unsafe {
-                gemm::gemm(
-                    self.c_out,
-                    bn,
-                    kk,
-                    dst.as_mut_ptr(),
-                    1,
-                    bn as isize,
-                    true,
-                    wt.as_ptr(),
-                    1,
-                    kk as isize,
-                    rhs.as_ptr(),
-                    1,
-                    bn as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    if is_serial() {
-                        gemm::Parallelism::None
-                    } else {
-                        gemm::Parallelism::Rayon(rayon::current_num_threads())
-                    },
-                );
-            }
-        };
-        let geom = PatchGeometry {
-            c: self.c_in,
-            h,
-            w,
-            k: self.k,
-            stride: self.stride,
-            pad: self.padding,
-            ow,
-        };
+        // dst[c_out, b*n] = bias + wt[c_out, kk] @ cols[kk, b*n].
+        let mut dst = self.bias_filled(1, bn);
+        let parallel = !is_serial();
         if direct {
-            run_gemm(src, &mut dst);
+            // SAFETY: dst holds c_out rows of bn values.
+            unsafe { gemm_acc(self.c_out, bn, kk, dst.as_mut_ptr(), bn, wt, src, parallel) };
         } else {
+            let geom = self.geometry(h, w);
             with_scratch(kk * bn, |cols| {
                 im2col(src, b, &geom, 0..oh, cols);
-                run_gemm(cols, &mut dst);
+                // SAFETY: dst holds c_out rows of bn values.
+                unsafe { gemm_acc(self.c_out, bn, kk, dst.as_mut_ptr(), bn, wt, cols, parallel) };
             });
         }
         if b == 1 {
@@ -336,7 +321,6 @@ impl Conv2d {
     /// Large images: each image's output rows in blocks whose patch matrix stays in cache; each
     /// block is one single-threaded product written straight into `[b, c_out, n]`, and the
     /// blocks (of all images) are spread over the pool.
-    #[allow(clippy::too_many_arguments)]
     fn cpu_forward_tiled(
         &self,
         src: &[f32],
@@ -349,21 +333,8 @@ impl Conv2d {
         let (oh, ow) = self.out_size(h, w);
         let n = oh * ow;
         let kk = self.c_in * self.k * self.k;
-        let geom = PatchGeometry {
-            c: self.c_in,
-            h,
-            w,
-            k: self.k,
-            stride: self.stride,
-            pad: self.padding,
-            ow,
-        };
-        let mut out = Vec::with_capacity(b * self.c_out * n);
-        for _ in 0..b {
-            for &bias in &self.bias_values {
-                out.extend(std::iter::repeat_n(bias, n));
-            }
-        }
+        let geom = self.geometry(h, w);
+        let mut out = self.bias_filled(b, n);
         let rows_per = (TILE_FLOATS / (kk * ow)).max(1);
         let blocks: Vec<(usize, std::ops::Range<usize>)> = (0..b)
             .flat_map(|img| {
@@ -383,27 +354,8 @@ impl Conv2d {
                     // SAFETY: this block writes columns rows.start*ow .. rows.end*ow of each of
                     // the c_out rows (stride n) of image `img`'s output; blocks are disjoint.
                     unsafe {
-                        gemm::gemm(
-                            self.c_out,
-                            nb,
-                            kk,
-                            dst.get().add(img * self.c_out * n + rows.start * ow),
-                            1,
-                            n as isize,
-                            true,
-                            wt.as_ptr(),
-                            1,
-                            kk as isize,
-                            cols.as_ptr(),
-                            1,
-                            nb as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
+                        let at = dst.get().add(img * self.c_out * n + rows.start * ow);
+                        gemm_acc(self.c_out, nb, kk, at, n, wt, cols, false);
                     }
                 })
             })
@@ -416,6 +368,51 @@ impl Conv2d {
         apply_act(&mut out, self.c_out, n, act);
         out
     }
+}
+
+/// `dst[m, n] += lhs[m, k] @ rhs[k, n]`, all row-major; `dst` rows are `dst_stride` apart.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` values, `dst_stride` apart, that nothing
+/// else touches during the call; `lhs` holds `m * k` values and `rhs` `k * n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    parallel: bool,
+) {
+    debug_assert!(lhs.len() >= m * k && rhs.len() >= k * n);
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_stride as isize,
+        true,
+        lhs.as_ptr(),
+        1,
+        k as isize,
+        rhs.as_ptr(),
+        1,
+        n as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }
 
 impl Module for Conv2d {

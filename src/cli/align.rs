@@ -11,8 +11,8 @@ use facekit::models::ModelSource;
 use facekit::Detector;
 
 use super::output::display_path;
-use super::runner::{progress, run_ordered, thread_pool};
-use super::{CommonArgs, EXIT_FAILURE};
+use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
+use super::CommonArgs;
 
 /// Alignment templates.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -78,17 +78,7 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
         ..LoadOptions::default()
     };
     let pool = thread_pool(args.common.threads)?;
-    let mut failures = 0usize;
-    let mut inputs = Vec::new();
-    for item in io::collect_inputs(&args.paths) {
-        match item {
-            Ok(p) => inputs.push(p),
-            Err(e) => {
-                failures += 1;
-                eprintln!("facekit: error: {e}");
-            }
-        }
-    }
+    let (inputs, mut failures) = collect_inputs(&args.paths, |e| eprintln!("facekit: error: {e}"));
     let pb = progress(inputs.len(), "images");
     let job = |path: &PathBuf| -> facekit::Result<Vec<facekit::Result<PathBuf>>> {
         let img = io::load_image(path, &load)?;
@@ -133,9 +123,5 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
         }
     });
     eprintln!("{chips} chip(s) written to {}", args.out.display());
-    Ok(if failures > 0 {
-        ExitCode::from(EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_status(failures))
 }

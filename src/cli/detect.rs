@@ -13,8 +13,8 @@ use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut};
 use imageproc::rect::Rect;
 
 use super::output::{display_path, json_line, DetectTable, ErrorRecord, FaceRecord, ImageRecord};
-use super::runner::{progress, run_ordered, thread_pool};
-use super::{CommonArgs, EXIT_FAILURE};
+use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
+use super::CommonArgs;
 
 /// Arguments of `facekit detect`.
 #[derive(Args, Debug)]
@@ -70,17 +70,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     }
     let pool = thread_pool(args.common.threads)?;
 
-    let mut failures = 0usize;
-    let mut inputs = Vec::new();
-    for item in io::collect_inputs(&args.paths) {
-        match item {
-            Ok(p) => inputs.push(p),
-            Err(e) => {
-                failures += 1;
-                report_failure(args.json, &e);
-            }
-        }
-    }
+    let (inputs, mut failures) = collect_inputs(&args.paths, |e| report_failure(args.json, e));
     if !args.json {
         DetectTable::header();
     }
@@ -148,11 +138,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    Ok(if failures > 0 {
-        ExitCode::from(EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_status(failures))
 }
 
 /// An error line on stderr, and with `--json` an error record on stdout.

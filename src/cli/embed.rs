@@ -11,8 +11,8 @@ use facekit::{Face, Pipeline, PipelineConfig};
 use serde::Serialize;
 
 use super::output::{display_path, json_line};
-use super::runner::{progress, run_ordered, thread_pool};
-use super::{CommonArgs, EXIT_FAILURE};
+use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
+use super::CommonArgs;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,17 +103,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         ..LoadOptions::default()
     };
     let pool = thread_pool(args.common.threads)?;
-    let mut failures = 0usize;
-    let mut inputs = Vec::new();
-    for item in io::collect_inputs(&args.paths) {
-        match item {
-            Ok(p) => inputs.push(p),
-            Err(e) => {
-                failures += 1;
-                eprintln!("facekit: error: {e}");
-            }
-        }
-    }
+    let (inputs, mut failures) = collect_inputs(&args.paths, |e| eprintln!("facekit: error: {e}"));
     // Text goes to stdout as it is produced, or into a buffer written atomically at the end.
     let mut text = String::new();
     let mut rows: Vec<Vec<f32>> = Vec::new();
@@ -193,11 +183,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             String::new()
         }
     );
-    Ok(if failures > 0 {
-        ExitCode::from(EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_status(failures))
 }
 
 fn emit(buf: &mut String, to_stdout: bool, line: &str) {

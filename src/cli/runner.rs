@@ -9,6 +9,35 @@ use std::sync::mpsc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 
+/// The image files named by `paths` (directories walked). Paths that cannot be read are passed
+/// to `on_error` and counted; the run goes on with the rest.
+pub fn collect_inputs(
+    paths: &[PathBuf],
+    mut on_error: impl FnMut(&facekit::Error),
+) -> (Vec<PathBuf>, usize) {
+    let mut inputs = Vec::new();
+    let mut failures = 0;
+    for item in facekit::io::collect_inputs(paths) {
+        match item {
+            Ok(p) => inputs.push(p),
+            Err(e) => {
+                failures += 1;
+                on_error(&e);
+            }
+        }
+    }
+    (inputs, failures)
+}
+
+/// Exit status for a run over many inputs: 0 when all were processed, 2 when any failed.
+pub fn exit_status(failures: usize) -> std::process::ExitCode {
+    if failures > 0 {
+        std::process::ExitCode::from(super::EXIT_FAILURE)
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
 /// Builds the thread pool the run uses.
 pub fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
     let mut builder = rayon::ThreadPoolBuilder::new();
