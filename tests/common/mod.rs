@@ -18,7 +18,13 @@ pub fn shared(test: &str) -> Option<PathBuf> {
     if dir.join("golden").is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED {test}: ../shared (golden outputs and data sets) is not beside the project root");
+        // Written straight to stderr (not eprintln!, which the test harness captures), so the
+        // skip shows in every `cargo test` run.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: ../shared (golden outputs and data sets) is not beside the project root"
+        );
         None
     }
 }
