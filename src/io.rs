@@ -214,20 +214,7 @@ fn looks_like_image(path: &Path) -> bool {
 /// first and appears under its final name complete or not at all. Returns the path written.
 pub fn write_new_file(dir: &Path, stem: &str, suffix: &str, bytes: &[u8]) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{stem}{suffix}.{}.{:?}.tmp",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(&tmp, e));
-    }
+    let tmp = write_temp(dir, &format!("{stem}{suffix}"), bytes)?;
     let result = (0..10_000)
         .map(|k| match k {
             0 => dir.join(format!("{stem}{suffix}")),
@@ -247,6 +234,28 @@ pub fn write_new_file(dir: &Path, stem: &str, suffix: &str, bytes: &[u8]) -> Res
         });
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Writes `bytes` to a hidden temporary file in `dir` (named after `name`, the process and the
+/// thread) and syncs it; the caller links or renames it into place and removes it.
+fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    match write() {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::io(&tmp, e))
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename).
@@ -269,23 +278,14 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{:?}.tmp",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        if overwrite {
-            std::fs::rename(&tmp, path)
-        } else {
-            // hard_link fails if `path` appeared meanwhile: never replace it.
-            std::fs::hard_link(&tmp, path)
-        }
-    };
-    let result = write().map_err(|e| Error::io(path, e));
+    let tmp = write_temp(&dir, &name, bytes)?;
+    let result = if overwrite {
+        std::fs::rename(&tmp, path)
+    } else {
+        // hard_link fails if `path` appeared meanwhile: never replace it.
+        std::fs::hard_link(&tmp, path)
+    }
+    .map_err(|e| Error::io(path, e));
     let _ = std::fs::remove_file(&tmp);
     result
 }

@@ -5,16 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{facekit, fixture};
+use common::{facekit, fixture, json_lines};
 use image::{DynamicImage, ImageEncoder, RgbImage};
 use serde_json::Value;
-
-fn json_lines(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-        .collect()
-}
 
 fn upright() -> RgbImage {
     facekit::io::load_image(&fixture("2008_001322.jpg"), &Default::default()).unwrap()

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{facekit, fixture, shared};
+use common::{facekit, fixture, json_lines, shared};
 use serde_json::Value;
 
 fn lfw(name: &str) -> String {
@@ -128,10 +128,7 @@ fn embed_formats() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let recs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = json_lines(&out.stdout);
     assert_eq!(
         recs.len(),
         4,
@@ -282,10 +279,7 @@ fn facenet_pytorch_test_people_are_all_different() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let recs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = json_lines(&out.stdout);
     // The largest face of each photo (angelina_jolie's photo has small background faces).
     let main: Vec<Vec<f32>> = paths
         .iter()
