@@ -1,5 +1,45 @@
 //! Distances between embeddings.
 
+/// Which distance compares embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metric {
+    /// Euclidean distance.
+    #[default]
+    Euclidean,
+    /// Cosine distance.
+    Cosine,
+}
+
+impl Metric {
+    /// The distance between `a` and `b`.
+    pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Metric::Euclidean => euclidean(a, b),
+            Metric::Cosine => cosine(a, b),
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Metric::Euclidean => "euclidean",
+            Metric::Cosine => "cosine",
+        })
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "euclidean" => Ok(Metric::Euclidean),
+            "cosine" => Ok(Metric::Cosine),
+            _ => Err(format!("unknown metric {s:?} (euclidean, cosine)")),
+        }
+    }
+}
+
 /// Euclidean distance.
 pub fn euclidean(a: &[f32], b: &[f32]) -> f32 {
     a.iter()

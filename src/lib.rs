@@ -15,15 +15,19 @@
 //! ```
 
 pub mod align;
+pub mod cache;
 pub mod detect;
 pub mod distance;
 pub mod embed;
 pub mod error;
 pub mod io;
+pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod pairs;
 pub mod pipeline;
 pub mod preprocess;
+pub mod rng;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
 pub use error::{Error, Result};

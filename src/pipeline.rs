@@ -58,6 +58,38 @@ pub fn select_face(
     (0..faces.len()).min_by(|&a, &b| key(&faces[a]).total_cmp(&key(&faces[b])))
 }
 
+/// Mean centre-face box on LFW's 250 x 250 images relative to the shorter side, centred:
+/// (width, height, vertical offset of the centre); landmarks relative to that box.
+const CENTRAL_BOX: (f32, f32, f32) = (0.3744, 0.4978, 0.0088);
+const CENTRAL_LANDMARKS: [(f32, f32); 5] = [
+    (0.287, 0.389),
+    (0.738, 0.381),
+    (0.514, 0.582),
+    (0.322, 0.760),
+    (0.718, 0.754),
+];
+
+/// See [`Pipeline::central_detection`].
+pub fn central_detection(width: u32, height: u32) -> Detection {
+    let s = width.min(height) as f32;
+    let (w, h) = (CENTRAL_BOX.0 * s, CENTRAL_BOX.1 * s);
+    let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0 + CENTRAL_BOX.2 * s);
+    let bbox = BBox {
+        x1: cx - w / 2.0,
+        y1: cy - h / 2.0,
+        x2: cx + w / 2.0,
+        y2: cy + h / 2.0,
+    };
+    Detection {
+        bbox,
+        score: 0.0,
+        landmarks: CENTRAL_LANDMARKS.map(|(u, v)| Point {
+            x: bbox.x1 + u * w,
+            y: bbox.y1 + v * h,
+        }),
+    }
+}
+
 /// Pipeline settings.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -131,6 +163,19 @@ impl Pipeline {
             if self.config.flip { "+flip" } else { "" }
         )
         .to_lowercase()
+    }
+
+    /// Everything that changes what the pipeline outputs for an image (model, alignment, flip,
+    /// detector settings): the embedding cache's key.
+    pub fn cache_key(&self) -> String {
+        format!("{}|{:?}", self.model_id(), self.config.detector)
+    }
+
+    /// The face a centred portrait would have: the fallback for pair protocols when no face is
+    /// detected (LFW's subject is centred). The box and landmarks are the mean of the centre
+    /// faces MTCNN finds on LFW, scaled to the image's shorter side.
+    pub fn central_detection(&self, width: u32, height: u32) -> Detection {
+        central_detection(width, height)
     }
 
     /// The aligned chip of one detection, as the embedder takes it.

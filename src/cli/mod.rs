@@ -6,6 +6,7 @@ mod detect;
 mod embed;
 mod output;
 mod runner;
+mod sweep;
 mod verify;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Same person? Compares the main face of two photos (exit 0 same, 1 different, 2 error).
     Verify(verify::VerifyArgs),
+    /// Which threshold? Accuracy, ROC, EER and the LFW k-fold protocol over labeled photos.
+    ThresholdSweep(sweep::SweepArgs),
 }
 
 /// Options shared by every subcommand that runs networks.
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Align(args) => align::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::ThresholdSweep(args) => sweep::run(args),
     };
     match result {
         Ok(code) => code,
