@@ -215,25 +215,36 @@ fn looks_like_image(path: &Path) -> bool {
 pub fn write_new_file(dir: &Path, stem: &str, suffix: &str, bytes: &[u8]) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp = write_temp(dir, &format!("{stem}{suffix}"), bytes)?;
-    let result = (0..10_000)
-        .map(|k| match k {
-            0 => dir.join(format!("{stem}{suffix}")),
-            k => dir.join(format!("{stem}-{k}{suffix}")),
-        })
-        // A hard link fails if the target exists: an atomic "create new".
-        .find_map(|target| match std::fs::hard_link(&tmp, &target) {
-            Ok(()) => Some(Ok(target)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
-            Err(e) => Some(Err(Error::io(&target, e))),
-        })
-        .unwrap_or_else(|| {
-            Err(Error::io(
-                dir,
-                std::io::Error::other("no free file name left"),
-            ))
-        });
+    // A hard link fails if the target exists: an atomic "create new".
+    let result = place_new(dir, stem, suffix, |target| std::fs::hard_link(&tmp, target));
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Creates `dir/<stem><suffix>` with `place`, which must fail with `AlreadyExists` rather than
+/// replace a file (a hard link, a symlink, `create_new`); on a collision it tries `<stem>-1`,
+/// `<stem>-2`, ... Returns the path created.
+pub fn place_new(
+    dir: &Path,
+    stem: &str,
+    suffix: &str,
+    mut place: impl FnMut(&Path) -> std::io::Result<()>,
+) -> Result<PathBuf> {
+    for k in 0..100_000 {
+        let target = match k {
+            0 => dir.join(format!("{stem}{suffix}")),
+            k => dir.join(format!("{stem}-{k}{suffix}")),
+        };
+        match place(&target) {
+            Ok(()) => return Ok(target),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&target, e)),
+        }
+    }
+    Err(Error::io(
+        dir,
+        std::io::Error::other("no free file name left"),
+    ))
 }
 
 /// Writes `bytes` to a hidden temporary file in `dir` (named after `name`, the process and the

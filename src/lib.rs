@@ -16,6 +16,7 @@
 
 pub mod align;
 pub mod cache;
+pub mod cluster;
 pub mod detect;
 pub mod distance;
 pub mod embed;
@@ -24,8 +25,10 @@ pub mod io;
 pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod organize;
 pub mod pairs;
 pub mod pipeline;
+pub mod plot;
 pub mod preprocess;
 pub mod rng;
 

@@ -299,16 +299,19 @@ pub struct KFold {
 pub fn k_fold(pairs: &[Scored], fold: &[usize], k: usize) -> KFold {
     let mut folds = Vec::new();
     for f in 0..k {
-        let (test, train): (Vec<(Scored, usize)>, Vec<(Scored, usize)>) = pairs
-            .iter()
-            .copied()
-            .zip(fold.iter().copied())
-            .partition(|&(_, g)| g == f);
+        let pick = |held_out: bool| -> Vec<Scored> {
+            pairs
+                .iter()
+                .zip(fold)
+                .filter(|&(_, &g)| (g == f) == held_out)
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        let test = pick(true);
         if test.is_empty() {
             continue;
         }
-        let train: Vec<Scored> = train.into_iter().map(|x| x.0).collect();
-        let test: Vec<Scored> = test.into_iter().map(|x| x.0).collect();
+        let train = pick(false);
         let (threshold, _) = Sweep::new(&train).best_threshold();
         let accuracy = Sweep::new(&test).at(threshold).accuracy;
         folds.push(FoldResult {
@@ -347,7 +350,7 @@ pub fn parse_range(text: &str) -> Result<Vec<f32>, String> {
             "range {text:?}: expected start:stop:step, e.g. 0.5:1.5:0.01"
         ));
     };
-    if !(step > 0.0) || !start.is_finite() || !stop.is_finite() || stop < start {
+    if step.is_nan() || step <= 0.0 || !start.is_finite() || !stop.is_finite() || stop < start {
         return Err(format!(
             "range {text:?}: need start <= stop and a positive step"
         ));

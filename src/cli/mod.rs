@@ -2,6 +2,7 @@
 //! lives here: drivers loop over inputs, call the library and hand results to a writer.
 
 mod align;
+mod cluster;
 mod detect;
 mod embed;
 mod output;
@@ -34,6 +35,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Which threshold? Accuracy, ROC, EER and the LFW k-fold protocol over labeled photos.
     ThresholdSweep(sweep::SweepArgs),
+    /// An album into one folder per person (copy, link or move; never overwrites).
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Options shared by every subcommand that runs networks.
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Align(args) => align::run(args),
         Command::Embed(args) => embed::run(args),
         Command::ThresholdSweep(args) => sweep::run(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(code) => code,

@@ -94,7 +94,10 @@ struct Protocol {
     sampled_from: Option<(u64, u64)>,
 }
 
-fn index_pairs(list: Vec<Pair>) -> (Vec<PathBuf>, Vec<(usize, usize, bool)>, Vec<Option<usize>>) {
+/// Distinct images, pairs as indices into them, and each pair's fold.
+type IndexedPairs = (Vec<PathBuf>, Vec<(usize, usize, bool)>, Vec<Option<usize>>);
+
+fn index_pairs(list: Vec<Pair>) -> IndexedPairs {
     let mut index: HashMap<PathBuf, usize> = HashMap::new();
     let mut images = Vec::new();
     let mut id = |p: PathBuf| {
@@ -244,6 +247,20 @@ struct Report {
 /// Runs `facekit threshold-sweep`.
 pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
+    if let Some(p) = &args.plot {
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if !matches!(ext.as_deref(), Some("png" | "svg")) {
+            bail!("{}: --plot needs a .png or .svg file name", p.display());
+        }
+        if p.exists() && !args.force {
+            bail!(
+                "{}: already exists (use --force to replace it)",
+                p.display()
+            );
+        }
+    }
     let protocol = build_protocol(&args)?;
     if protocol.pairs.is_empty() {
         bail!(
@@ -395,7 +412,59 @@ fn write_plot(
     roc: &[metrics::RocPoint],
     force: bool,
 ) -> anyhow::Result<()> {
-    let _ = (path, report, scored, roc, force);
+    // The threshold the protocol recommends: the fold mean under k-fold, else the best one.
+    let threshold = report
+        .k_fold
+        .as_ref()
+        .map_or(report.best.threshold, |k| k.threshold_mean);
+    let same: Vec<f32> = scored
+        .iter()
+        .filter(|p| p.same)
+        .map(|p| p.distance)
+        .collect();
+    let different: Vec<f32> = scored
+        .iter()
+        .filter(|p| !p.same)
+        .map(|p| p.distance)
+        .collect();
+    let curve: Vec<(f64, f64)> = roc.iter().map(|p| (p.fpr, p.tpr)).collect();
+    let at = Sweep::new(scored).at(threshold);
+    let title = format!(
+        "{} - {} pairs - {}",
+        report.protocol,
+        report.pairs.same + report.pairs.different,
+        report.model
+    );
+    let metric = format!("{} distance", report.metric);
+    let chart = facekit::plot::SweepPlot {
+        title: &title,
+        metric: &metric,
+        roc: &curve,
+        auc: report.roc_auc,
+        same: &same,
+        different: &different,
+        threshold,
+        operating_point: (at.fpr, at.tpr),
+    };
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let bytes = match ext.as_str() {
+        "svg" => facekit::plot::render_svg(&chart).into_bytes(),
+        "png" => {
+            let mut bytes = Vec::new();
+            facekit::plot::render_png(&chart)
+                .write_to(
+                    &mut std::io::Cursor::new(&mut bytes),
+                    image::ImageFormat::Png,
+                )
+                .context("encoding the plot")?;
+            bytes
+        }
+        _ => bail!("{}: --plot needs a .png or .svg file name", path.display()),
+    };
+    facekit::io::write_file_atomic(path, &bytes, force)?;
     Ok(())
 }
 

@@ -1,0 +1,587 @@
+//! `facekit cluster ALBUM --out OUT`: one folder per person, never losing or overwriting a
+//! photo; `facekit cluster --undo OUT` puts moved photos back.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use facekit::cache::EmbeddingCache;
+use facekit::cluster::{self, Algorithm, ClusterConfig};
+use facekit::distance::Metric;
+use facekit::io::{self, LoadOptions};
+use facekit::models::ModelSource;
+use facekit::organize::{self, Mode, Organizer};
+use facekit::{BBox, Pipeline, PipelineConfig};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::output::display_path;
+use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
+use super::verify::DEFAULT_THRESHOLD;
+use super::{CommonArgs, EXIT_FAILURE};
+
+/// How photos get into the output folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Copy (the album is untouched).
+    Copy,
+    /// Hard links on the same filesystem, else symlinks (the album is untouched).
+    Link,
+    /// Move, with a manifest in OUT; `--undo OUT` puts every photo back.
+    Move,
+}
+
+/// Clustering algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlgorithmArg {
+    /// Chinese Whispers on the graph of faces closer than the threshold (dlib's method).
+    ChineseWhispers,
+    /// DBSCAN: eps = threshold, min points = --min-size.
+    Dbscan,
+    /// k-means with --k clusters.
+    Kmeans,
+}
+
+/// Arguments of `facekit cluster`.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// The album: image files and folders (walked recursively).
+    #[arg(value_name = "ALBUM", required_unless_present = "undo")]
+    album: Option<PathBuf>,
+    /// Output folder: OUT/person_001, ..., OUT/unknown, OUT/no_faces, clusters.json, index.html.
+    #[arg(long, value_name = "OUT", required_unless_present = "undo")]
+    out: Option<PathBuf>,
+    /// copy (default), link, or move (undoable with --undo OUT).
+    #[arg(long, value_enum, default_value_t = ModeArg::Copy)]
+    mode: ModeArg,
+    /// Clustering algorithm.
+    #[arg(long, value_enum, default_value_t = AlgorithmArg::ChineseWhispers)]
+    algorithm: AlgorithmArg,
+    /// Faces closer than this are the same person (default: verify's calibrated 0.60 for
+    /// Euclidean; required for cosine).
+    #[arg(long, value_name = "T")]
+    threshold: Option<f32>,
+    /// Clusters with fewer faces go to OUT/unknown.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    min_size: usize,
+    /// Number of clusters (k-means only).
+    #[arg(long, value_name = "K")]
+    k: Option<usize>,
+    /// Distance between embeddings.
+    #[arg(long, default_value_t = Metric::Euclidean)]
+    metric: Metric,
+    /// Seed for the algorithms' random choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use OUT even if it is not empty (nothing in it is ever deleted or replaced).
+    #[arg(long)]
+    force: bool,
+    /// Put back every photo a `--mode move` run moved into OUT.
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["album", "out"])]
+    undo: Option<PathBuf>,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Neither read nor write the embedding cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Embedding cache directory (default: $FACEKIT_CACHE, else ~/.cache/facekit).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not average each embedding with its mirror image's.
+    #[arg(long)]
+    no_flip: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// One face in `clusters.json`.
+#[derive(Serialize)]
+struct FaceEntry {
+    path: String,
+    face: usize,
+    #[serde(rename = "box")]
+    bbox: [f32; 4],
+    cluster: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Representative {
+    path: String,
+    face: usize,
+}
+
+/// One person in `clusters.json` and the summary.
+#[derive(Serialize)]
+struct ClusterEntry {
+    id: usize,
+    folder: String,
+    size: usize,
+    photos: usize,
+    representative: Representative,
+}
+
+#[derive(Serialize)]
+struct FailedEntry {
+    path: String,
+    error: String,
+}
+
+/// `OUT/clusters.json`.
+#[derive(Serialize)]
+struct ClustersFile<'a> {
+    faces: &'a [FaceEntry],
+    clusters: &'a [ClusterEntry],
+    no_faces: &'a [String],
+    failed: &'a [FailedEntry],
+}
+
+/// The `--json` summary.
+#[derive(Serialize)]
+struct Summary<'a> {
+    out: String,
+    mode: &'static str,
+    algorithm: &'static str,
+    threshold: f32,
+    images: usize,
+    faces: usize,
+    people: usize,
+    unknown_faces: usize,
+    no_faces: usize,
+    failed: usize,
+    clusters: &'a [ClusterEntry],
+}
+
+/// Runs `facekit cluster`.
+pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    if let Some(out) = &args.undo {
+        return run_undo(out, args.json);
+    }
+    let (Some(album), Some(out)) = (args.album.clone(), args.out.clone()) else {
+        bail!("give ALBUM and --out OUT (or --undo OUT)");
+    };
+    let threshold = match (args.threshold, args.metric) {
+        (Some(t), _) => t,
+        (None, Metric::Euclidean) => DEFAULT_THRESHOLD,
+        (None, Metric::Cosine) => bail!("--metric cosine needs --threshold"),
+    };
+    if args.algorithm == AlgorithmArg::Kmeans && args.k.is_none() {
+        bail!("--algorithm kmeans needs --k (the number of people)");
+    }
+    check_out(&album, &out, args.force)?;
+
+    // Inputs: everything under ALBUM except OUT itself (OUT may live inside the album).
+    let out_abs = std::path::absolute(&out)?;
+    let mut failed: Vec<FailedEntry> = Vec::new();
+    let (inputs, _) = collect_inputs(std::slice::from_ref(&album), |e| {
+        eprintln!("facekit: {e}");
+        failed.push(FailedEntry {
+            path: String::new(),
+            error: e.to_string(),
+        });
+    });
+    let inputs: Vec<PathBuf> = inputs
+        .into_iter()
+        .filter(|p| std::path::absolute(p).map_or(true, |a| !a.starts_with(&out_abs)))
+        .collect();
+
+    let config = PipelineConfig {
+        flip: !args.no_flip,
+        ..Default::default()
+    };
+    let pipeline =
+        Pipeline::with_models(&ModelSource::resolve(args.common.models.as_deref()), config)?;
+    let cache = EmbeddingCache::for_pipeline(&pipeline, args.cache_dir.as_deref(), !args.no_cache)?;
+    let opts = LoadOptions {
+        max_pixels: args.common.max_pixels,
+        ..Default::default()
+    };
+    let pool = thread_pool(args.common.threads)?;
+
+    // 1. Every face of every photo (cached by content).
+    let pb = progress(inputs.len(), "photos");
+    let mut photos: Vec<Option<std::sync::Arc<facekit::cache::ImageFaces>>> =
+        vec![None; inputs.len()];
+    run_ordered(
+        &pool,
+        &inputs,
+        &pb,
+        |p| facekit::nn::serial(|| cache.faces_of_file(&pipeline, p, &opts, false)),
+        |i, r| match r {
+            Ok((faces, _)) => photos[i] = Some(faces),
+            Err(e) => {
+                eprintln!("facekit: {e}");
+                failed.push(FailedEntry {
+                    path: display_path(&inputs[i]),
+                    error: e.to_string(),
+                });
+            }
+        },
+    );
+    let mut owner = Vec::new(); // (photo index, face index)
+    let mut embeddings = Vec::new();
+    let mut dim = 0;
+    for (i, p) in photos.iter().enumerate() {
+        for (k, f) in p.iter().flat_map(|p| p.faces.iter()).enumerate() {
+            owner.push((i, k));
+            dim = f.embedding.len();
+            embeddings.extend_from_slice(&f.embedding);
+        }
+    }
+    // 2. Cluster.
+    let photo_ids: Vec<u32> = owner.iter().map(|&(i, _)| i as u32).collect();
+    let ccfg = ClusterConfig {
+        algorithm: match args.algorithm {
+            AlgorithmArg::ChineseWhispers => Algorithm::ChineseWhispers,
+            AlgorithmArg::Dbscan => Algorithm::Dbscan,
+            AlgorithmArg::Kmeans => Algorithm::KMeans,
+        },
+        threshold,
+        min_size: args.min_size,
+        k: args.k,
+        metric: args.metric,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let result = pool.install(|| cluster::cluster(&embeddings, dim.max(1), &photo_ids, &ccfg))?;
+    let width = result.clusters.len().to_string().len().max(3);
+    let folder = |c: usize| format!("person_{:0width$}", c + 1);
+
+    // 3. Which folders each photo goes to.
+    let mut destinations: Vec<BTreeSet<String>> = vec![BTreeSet::new(); inputs.len()];
+    for (f, &(i, _)) in owner.iter().enumerate() {
+        destinations[i].insert(match result.labels[f] {
+            Some(c) => folder(c),
+            None => "unknown".to_string(),
+        });
+    }
+    let mut no_faces = Vec::new();
+    for (i, p) in photos.iter().enumerate() {
+        if p.as_ref().is_some_and(|p| p.faces.is_empty()) {
+            destinations[i].insert("no_faces".to_string());
+            no_faces.push(display_path(&inputs[i]));
+        }
+    }
+    let faces: Vec<FaceEntry> = owner
+        .iter()
+        .zip(&result.labels)
+        .map(|(&(i, k), l)| FaceEntry {
+            path: display_path(&inputs[i]),
+            face: k,
+            bbox: photos[i]
+                .as_ref()
+                .map_or([0.0; 4], |p| p.faces[k].bbox.to_array()),
+            cluster: l.map(|c| c + 1),
+        })
+        .collect();
+    let clusters: Vec<ClusterEntry> = result
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(c, members)| {
+            let (ri, rk) = owner[result.representatives[c]];
+            let photos: BTreeSet<usize> = members.iter().map(|&f| owner[f].0).collect();
+            ClusterEntry {
+                id: c + 1,
+                folder: folder(c),
+                size: members.len(),
+                photos: photos.len(),
+                representative: Representative {
+                    path: display_path(&inputs[ri]),
+                    face: rk,
+                },
+            }
+        })
+        .collect();
+
+    // 4. The contact sheet, from the photos where they are now (before any move).
+    let sheet = pool.install(|| contact_sheet(&inputs, &photos, &owner, &result, &folder, &opts));
+
+    // 5. Place the photos.
+    let mode = match args.mode {
+        ModeArg::Copy => Mode::Copy,
+        ModeArg::Link => Mode::Link,
+        ModeArg::Move => Mode::Move,
+    };
+    let mut organizer = Organizer::new(&out, mode)?;
+    let pb = progress(inputs.len(), "placing");
+    for (i, dests) in destinations.iter().enumerate() {
+        pb.inc(1);
+        if dests.is_empty() {
+            continue;
+        }
+        let dests: Vec<String> = dests.iter().cloned().collect();
+        if let Err(e) = organizer.place(&inputs[i], &dests) {
+            pb.suspend(|| eprintln!("facekit: {e}"));
+            failed.push(FailedEntry {
+                path: display_path(&inputs[i]),
+                error: e.to_string(),
+            });
+        }
+    }
+    pb.finish_and_clear();
+    failed.retain(|f| !f.path.is_empty() || !f.error.is_empty());
+
+    let json = serde_json::to_vec_pretty(&ClustersFile {
+        faces: &faces,
+        clusters: &clusters,
+        no_faces: &no_faces,
+        failed: &failed,
+    })?;
+    let written_json = io::write_new_file(organizer.out(), "clusters", ".json", &json)?;
+    let written_html = io::write_new_file(organizer.out(), "index", ".html", sheet.as_bytes())?;
+
+    let unknown = result.labels.iter().filter(|l| l.is_none()).count();
+    if args.json {
+        let summary = Summary {
+            out: display_path(&out),
+            mode: match mode {
+                Mode::Copy => "copy",
+                Mode::Link => "link",
+                Mode::Move => "move",
+            },
+            algorithm: match args.algorithm {
+                AlgorithmArg::ChineseWhispers => "chinese-whispers",
+                AlgorithmArg::Dbscan => "dbscan",
+                AlgorithmArg::Kmeans => "kmeans",
+            },
+            threshold,
+            images: inputs.len(),
+            faces: owner.len(),
+            people: clusters.len(),
+            unknown_faces: unknown,
+            no_faces: no_faces.len(),
+            failed: failed.len(),
+            clusters: &clusters,
+        };
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        for c in &clusters {
+            println!(
+                "{}  {:>5} face(s) in {:>5} photo(s)",
+                c.folder, c.size, c.photos
+            );
+        }
+        println!(
+            "{} photo(s), {} face(s): {} people, {} unknown face(s), {} photo(s) without faces, {} failed",
+            inputs.len(),
+            owner.len(),
+            clusters.len(),
+            unknown,
+            no_faces.len(),
+            failed.len()
+        );
+        println!(
+            "wrote {} and {}",
+            display_path(&written_json),
+            display_path(&written_html)
+        );
+        if mode == Mode::Move {
+            println!(
+                "moved; to put every photo back: facekit cluster --undo {}",
+                display_path(&out)
+            );
+        }
+    }
+    Ok(exit_status(failed.len()))
+}
+
+/// OUT must be empty (or absent) unless --force, and must not be the album itself.
+fn check_out(album: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
+    if let (Ok(a), Ok(o)) = (album.canonicalize(), out.canonicalize()) {
+        if a == o {
+            bail!("{}: OUT cannot be the album itself", out.display());
+        }
+    }
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() && !force {
+                bail!(
+                    "{}: not empty; choose a new folder, or pass --force to add to it (nothing in \
+                     it is deleted or replaced)",
+                    out.display()
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot use as OUT", out.display()));
+        }
+    }
+    Ok(())
+}
+
+fn run_undo(out: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let report = organize::undo(out)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} photo(s) moved back, {} were still in place, {} copies removed",
+            report.restored, report.already_in_place, report.copies_removed
+        );
+    }
+    for p in &report.problems {
+        eprintln!("facekit: {p}");
+    }
+    Ok(if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
+/// Faces shown per person on the contact sheet.
+const SHEET_FACES: usize = 24;
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(T[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A 96 px JPEG thumbnail of the face box (with some margin), base64.
+fn thumbnail(img: &image::RgbImage, b: &BBox) -> Option<String> {
+    let (w, h) = (b.width(), b.height());
+    let side = w.max(h) * 1.3;
+    let (cx, cy) = (b.center().x, b.center().y);
+    let x0 = (cx - side / 2.0).max(0.0) as u32;
+    let y0 = (cy - side / 2.0).max(0.0) as u32;
+    let x1 = ((cx + side / 2.0) as u32).min(img.width());
+    let y1 = ((cy + side / 2.0) as u32).min(img.height());
+    if x1 <= x0 || y1 <= y0 {
+        return None;
+    }
+    let crop = image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image();
+    let thumb = image::imageops::resize(&crop, 96, 96, image::imageops::FilterType::Triangle);
+    let mut bytes = Vec::new();
+    thumb
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+        .ok()?;
+    Some(base64(&bytes))
+}
+
+/// `index.html`: per person, up to [`SHEET_FACES`] face crops, to check the result by eye.
+fn contact_sheet(
+    inputs: &[PathBuf],
+    photos: &[Option<std::sync::Arc<facekit::cache::ImageFaces>>],
+    owner: &[(usize, usize)],
+    result: &cluster::Clustering,
+    folder: &dyn Fn(usize) -> String,
+    opts: &LoadOptions,
+) -> String {
+    let mut sections: Vec<(String, Vec<usize>, usize)> = result
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(c, m)| {
+            (
+                folder(c),
+                m.iter().copied().take(SHEET_FACES).collect(),
+                m.len(),
+            )
+        })
+        .collect();
+    let unknown: Vec<usize> = (0..owner.len())
+        .filter(|&f| result.labels[f].is_none())
+        .collect();
+    if !unknown.is_empty() {
+        sections.push((
+            "unknown".into(),
+            unknown.iter().copied().take(SHEET_FACES).collect(),
+            unknown.len(),
+        ));
+    }
+    // Decode each needed photo once.
+    let mut needed: Vec<usize> = sections
+        .iter()
+        .flat_map(|s| s.1.iter().map(|&f| owner[f].0))
+        .collect();
+    needed.sort_unstable();
+    needed.dedup();
+    let thumbs: std::collections::HashMap<usize, String> = needed
+        .par_iter()
+        .flat_map_iter(|&i| {
+            let img = io::load_image(&inputs[i], opts).ok();
+            owner
+                .iter()
+                .enumerate()
+                .filter(move |(_, o)| o.0 == i)
+                .filter_map(move |(f, &(_, k))| {
+                    let img = img.as_ref()?;
+                    let b = photos[i].as_ref()?.faces.get(k)?.bbox;
+                    thumbnail(img, &b).map(|t| (f, t))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut html = String::from(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>facekit cluster</title>\n\
+         <style>body{font-family:sans-serif;margin:1em}h2{font-size:1em;margin:1em 0 .3em}\
+         img{width:96px;height:96px;margin:1px;border-radius:3px}</style></head><body>\n\
+         <h1>facekit cluster</h1>\n",
+    );
+    for (name, faces, total) in &sections {
+        html.push_str(&format!(
+            "<h2>{} &mdash; {} face(s){}</h2>\n<div>",
+            html_escape(name),
+            total,
+            if *total > faces.len() {
+                format!(", first {}", faces.len())
+            } else {
+                String::new()
+            }
+        ));
+        for &f in faces {
+            if let Some(t) = thumbs.get(&f) {
+                let title = html_escape(&format!(
+                    "{} #{}",
+                    display_path(&inputs[owner[f].0]),
+                    owner[f].1
+                ));
+                html.push_str(&format!(
+                    "<img src=\"data:image/jpeg;base64,{t}\" title=\"{title}\">"
+                ));
+            }
+        }
+        html.push_str("</div>\n");
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}
