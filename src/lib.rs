@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod preprocess;
 pub mod rng;
+pub mod train;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
 pub use error::{Error, Result};

@@ -91,3 +91,47 @@ impl ModelSource {
         }
     }
 }
+
+/// Serialises f32 tensors `(name, shape, values)` and string metadata as safetensors bytes,
+/// deterministically (tensors in the order given, metadata keys sorted), so the same weights
+/// and settings always give the same file.
+///
+/// # Panics
+/// When a tensor's values do not match its shape (a programming error).
+pub fn safetensors_f32(
+    tensors: &[(&str, Vec<usize>, &[f32])],
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Vec<u8> {
+    use serde_json::{Map, Value};
+    let mut header = Map::new();
+    header.insert(
+        "__metadata__".into(),
+        Value::Object(
+            metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        ),
+    );
+    let mut offset = 0usize;
+    for (name, shape, values) in tensors {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
+        let end = offset + 4 * values.len();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    // serde_json's Map keeps insertion order only with `preserve_order`; without it keys are
+    // sorted, which is just as deterministic.
+    let mut json = Value::Object(header).to_string().into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend((json.len() as u64).to_le_bytes());
+    out.extend(json);
+    for (_, _, values) in tensors {
+        out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    out
+}

@@ -14,7 +14,8 @@ use rayon::prelude::*;
 
 use crate::align::{Aligner, Template};
 use crate::detect::{BBox, Detection, Detector, DetectorConfig, Point};
-use crate::embed::{DlibEmbedder, Embedder};
+use crate::embed::head::{Head, HeadInput};
+use crate::embed::{DlibEmbedder, Embedder, Output};
 use crate::models::ModelSource;
 use crate::Result;
 
@@ -58,6 +59,12 @@ pub fn select_face(
     (0..faces.len()).min_by(|&a, &b| key(&faces[a]).total_cmp(&key(&faces[b])))
 }
 
+/// Default "same person" threshold on the Euclidean distance of flip-averaged dlib embeddings,
+/// calibrated on LFW by `facekit threshold-sweep ... --pairs pairs.txt --folds 10` (README): the
+/// 10 fold thresholds span 0.5991-0.6002 (mean 0.6000), the best single threshold over all 6,000
+/// pairs is 0.6001. It happens to equal dlib's own.
+pub const DEFAULT_THRESHOLD: f32 = 0.60;
+
 /// Mean centre-face box on LFW's 250 x 250 images relative to the shorter side, centred:
 /// (width, height, vertical offset of the centre); landmarks relative to that box.
 const CENTRAL_BOX: (f32, f32, f32) = (0.3744, 0.4978, 0.0088);
@@ -99,6 +106,10 @@ pub struct PipelineConfig {
     pub template: Template,
     /// Average each embedding with the embedding of the mirrored chip (test-time flip).
     pub flip: bool,
+    /// What the backbone outputs when there is no head (training caches pooled features).
+    pub output: Output,
+    /// A trained head (`facekit train`) applied to the flip-averaged backbone output.
+    pub head: Option<std::sync::Arc<Head>>,
 }
 
 impl Default for PipelineConfig {
@@ -107,6 +118,8 @@ impl Default for PipelineConfig {
             detector: DetectorConfig::default(),
             template: Template::Dlib,
             flip: true,
+            output: Output::Embedding,
+            head: None,
         }
     }
 }
@@ -129,7 +142,12 @@ impl Pipeline {
     /// A pipeline with weights from `source`.
     pub fn with_models(source: &ModelSource, config: PipelineConfig) -> Result<Self> {
         let detector = Detector::new(source, config.detector.clone())?;
-        let embedder: Box<dyn Embedder> = Box::new(DlibEmbedder::new(source)?);
+        let output = match config.head.as_deref().map(|h| h.input) {
+            Some(HeadInput::Pooled) => Output::Pooled,
+            Some(HeadInput::Embedding) => Output::Embedding,
+            None => config.output,
+        };
+        let embedder: Box<dyn Embedder> = Box::new(DlibEmbedder::with_output(source, output)?);
         let aligner = Aligner::new(source, config.template, embedder.chip_size() as u32)?;
         Ok(Pipeline {
             detector,
@@ -156,13 +174,34 @@ impl Pipeline {
 
     /// An identifier of what produced the embeddings (model, alignment, flip).
     pub fn model_id(&self) -> String {
-        format!(
+        let mut id = format!(
             "{}+{:?}{}",
             self.embedder.model_id(),
             self.config.template,
             if self.config.flip { "+flip" } else { "" }
         )
-        .to_lowercase()
+        .to_lowercase();
+        if let Some(h) = &self.config.head {
+            id.push_str(&format!("+head:{}", h.id()));
+        }
+        id
+    }
+
+    /// Length of the vectors [`Pipeline::faces`] returns.
+    pub fn dim(&self) -> usize {
+        self.config
+            .head
+            .as_ref()
+            .map_or(self.embedder.dim(), |h| h.out_dim)
+    }
+
+    /// The calibrated Euclidean "same person" threshold: the head's, or [`DEFAULT_THRESHOLD`]
+    /// for dlib's embeddings (`None` for a head trained without one).
+    pub fn default_threshold(&self) -> Option<f32> {
+        match &self.config.head {
+            Some(h) => h.threshold,
+            None => Some(DEFAULT_THRESHOLD),
+        }
     }
 
     /// Everything that changes what the pipeline outputs for an image (model, alignment, flip,
@@ -189,20 +228,25 @@ impl Pipeline {
         self.embed_chips(&chips)
     }
 
-    /// Embeddings of aligned chips (with flip averaging when configured).
+    /// Embeddings of aligned chips (with flip averaging when configured, then the head).
     pub fn embed_chips(&self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
-        if !self.config.flip {
-            return self.embedder.embed(chips);
-        }
-        let mut all: Vec<RgbImage> = chips.to_vec();
-        all.extend(chips.iter().map(image::imageops::flip_horizontal));
-        let embs = self.embedder.embed(&all)?;
-        let (plain, mirrored) = embs.split_at(chips.len());
-        Ok(plain
-            .iter()
-            .zip(mirrored)
-            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect())
-            .collect())
+        let out = if !self.config.flip {
+            self.embedder.embed(chips)?
+        } else {
+            let mut all: Vec<RgbImage> = chips.to_vec();
+            all.extend(chips.iter().map(image::imageops::flip_horizontal));
+            let embs = self.embedder.embed(&all)?;
+            let (plain, mirrored) = embs.split_at(chips.len());
+            plain
+                .iter()
+                .zip(mirrored)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect())
+                .collect()
+        };
+        Ok(match &self.config.head {
+            Some(h) => out.iter().map(|x| h.apply(x)).collect(),
+            None => out,
+        })
     }
 
     /// Every face in `img` with its embedding, best score first.

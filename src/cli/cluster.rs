@@ -12,15 +12,13 @@ use facekit::cache::EmbeddingCache;
 use facekit::cluster::{self, Algorithm, ClusterConfig};
 use facekit::distance::Metric;
 use facekit::io::{self, LoadOptions};
-use facekit::models::ModelSource;
 use facekit::organize::{self, Mode, Organizer};
-use facekit::{BBox, Pipeline, PipelineConfig};
+use facekit::BBox;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::output::display_path;
 use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
-use super::verify::DEFAULT_THRESHOLD;
 use super::{CommonArgs, EXIT_FAILURE};
 
 /// How photos get into the output folders.
@@ -91,9 +89,8 @@ pub struct ClusterArgs {
     /// Embedding cache directory (default: $FACEKIT_CACHE, else ~/.cache/facekit).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Do not average each embedding with its mirror image's.
-    #[arg(long)]
-    no_flip: bool,
+    #[command(flatten)]
+    embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -163,11 +160,6 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let (Some(album), Some(out)) = (args.album.clone(), args.out.clone()) else {
         bail!("give ALBUM and --out OUT (or --undo OUT)");
     };
-    let threshold = match (args.threshold, args.metric) {
-        (Some(t), _) => t,
-        (None, Metric::Euclidean) => DEFAULT_THRESHOLD,
-        (None, Metric::Cosine) => bail!("--metric cosine needs --threshold"),
-    };
     if args.algorithm == AlgorithmArg::Kmeans && args.k.is_none() {
         bail!("--algorithm kmeans needs --k (the number of people)");
     }
@@ -188,12 +180,15 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         .filter(|p| std::path::absolute(p).map_or(true, |a| !a.starts_with(&out_abs)))
         .collect();
 
-    let config = PipelineConfig {
-        flip: !args.no_flip,
-        ..Default::default()
+    let pipeline = args.embedding.pipeline(&args.common)?;
+    let threshold = match (args.threshold, args.metric) {
+        (Some(t), _) => t,
+        (None, Metric::Euclidean) => match pipeline.default_threshold() {
+            Some(t) => t,
+            None => bail!("this model records no threshold: pass --threshold"),
+        },
+        (None, Metric::Cosine) => bail!("--metric cosine needs --threshold"),
     };
-    let pipeline =
-        Pipeline::with_models(&ModelSource::resolve(args.common.models.as_deref()), config)?;
     let cache = EmbeddingCache::for_pipeline(&pipeline, args.cache_dir.as_deref(), !args.no_cache)?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,

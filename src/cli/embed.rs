@@ -3,11 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use facekit::io::{self, LoadOptions};
-use facekit::models::ModelSource;
-use facekit::{Face, Pipeline, PipelineConfig};
+use facekit::Face;
 use serde::Serialize;
 
 use super::output::{display_path, json_line};
@@ -40,9 +38,8 @@ pub struct EmbedArgs {
     /// Replace FILE if it exists.
     #[arg(long)]
     force: bool,
-    /// Do not average each embedding with its mirror image's.
-    #[arg(long)]
-    no_flip: bool,
+    #[command(flatten)]
+    embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -91,13 +88,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let config = PipelineConfig {
-        flip: !args.no_flip,
-        ..PipelineConfig::default()
-    };
-    let source = ModelSource::resolve(args.common.models.as_deref());
-    let pipeline = Pipeline::with_models(&source, config).context("cannot load the models")?;
-    let dim = pipeline.embedder().dim();
+    let pipeline = args.embedding.pipeline(&args.common)?;
+    let dim = pipeline.dim();
     let load = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..LoadOptions::default()

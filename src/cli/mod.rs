@@ -8,6 +8,7 @@ mod embed;
 mod output;
 mod runner;
 mod sweep;
+mod train;
 mod verify;
 
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ enum Command {
     ThresholdSweep(sweep::SweepArgs),
     /// An album into one folder per person (copy, link or move; never overwrites).
     Cluster(cluster::ClusterArgs),
+    /// Fine-tune the embedding (triplet / contrastive / hinge loss) on your labeled photos.
+    Train(train::TrainArgs),
 }
 
 /// Options shared by every subcommand that runs networks.
@@ -53,6 +56,35 @@ pub struct CommonArgs {
     pub threads: Option<usize>,
 }
 
+/// Options of every subcommand that computes embeddings.
+#[derive(Args, Debug, Clone)]
+pub struct EmbeddingArgs {
+    /// A trained head from `facekit train` (default: dlib's ResNet as published).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Do not average each embedding with its mirror image's.
+    #[arg(long)]
+    pub no_flip: bool,
+}
+
+impl EmbeddingArgs {
+    /// The pipeline these options and `common` ask for.
+    pub fn pipeline(&self, common: &CommonArgs) -> anyhow::Result<facekit::Pipeline> {
+        use anyhow::Context;
+        let head = match &self.model {
+            Some(path) => Some(std::sync::Arc::new(facekit::embed::head::Head::load(path)?)),
+            None => None,
+        };
+        let config = facekit::PipelineConfig {
+            flip: !self.no_flip,
+            head,
+            ..Default::default()
+        };
+        let source = facekit::models::ModelSource::resolve(common.models.as_deref());
+        facekit::Pipeline::with_models(&source, config).context("cannot load the models")
+    }
+}
+
 /// Exit status: 0 when every input was processed, 2 when any failed (or the run could not start).
 pub const EXIT_FAILURE: u8 = 2;
 
@@ -66,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::Embed(args) => embed::run(args),
         Command::ThresholdSweep(args) => sweep::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(code) => code,

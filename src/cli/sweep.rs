@@ -12,10 +12,8 @@ use facekit::cache::EmbeddingCache;
 use facekit::distance::Metric;
 use facekit::io::LoadOptions;
 use facekit::metrics::{self, KFold, Scored, Sweep, ThresholdRow};
-use facekit::models::ModelSource;
 use facekit::pairs::{self, Pair};
 use facekit::pipeline::{select_face, FacePolicy};
-use facekit::{Pipeline, PipelineConfig};
 use serde::Serialize;
 
 use super::output::display_path;
@@ -77,9 +75,8 @@ pub struct SweepArgs {
     /// Embedding cache directory (default: $FACEKIT_CACHE, else ~/.cache/facekit).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Do not average each embedding with its mirror image's.
-    #[arg(long)]
-    no_flip: bool,
+    #[command(flatten)]
+    embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -268,12 +265,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
             args.data.display()
         );
     }
-    let config = PipelineConfig {
-        flip: !args.no_flip,
-        ..Default::default()
-    };
-    let pipeline =
-        Pipeline::with_models(&ModelSource::resolve(args.common.models.as_deref()), config)?;
+    let pipeline = args.embedding.pipeline(&args.common)?;
     let cache = EmbeddingCache::for_pipeline(&pipeline, args.cache_dir.as_deref(), !args.no_cache)?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,

@@ -3,21 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use facekit::io::{self, LoadOptions};
-use facekit::models::ModelSource;
 use facekit::pipeline::{select_face, FacePolicy};
-use facekit::{Pipeline, PipelineConfig};
 use serde::Serialize;
 
 use super::{CommonArgs, EXIT_FAILURE};
-
-/// Default threshold on the Euclidean distance of flip-averaged dlib embeddings, calibrated on
-/// LFW by `facekit threshold-sweep ... --pairs pairs.txt --folds 10` (README): the 10 fold
-/// thresholds span 0.5991-0.6002 (mean 0.6000) and the best single threshold over all 6,000
-/// pairs is 0.6001.
-pub const DEFAULT_THRESHOLD: f32 = 0.60;
 
 /// Which face of each photo is compared.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -38,17 +29,17 @@ pub struct VerifyArgs {
     /// Second photo.
     b: PathBuf,
     /// Distance below which the faces are the same person.
-    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
-    threshold: f32,
+    /// (default: 0.60, calibrated on LFW; a trained --model's own calibrated threshold)
+    #[arg(long)]
+    threshold: Option<f32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
     /// Which face of each photo to compare.
     #[arg(long, value_enum, default_value_t = Policy::Largest)]
     policy: Policy,
-    /// Do not average each embedding with its mirror image's.
-    #[arg(long)]
-    no_flip: bool,
+    #[command(flatten)]
+    embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -64,12 +55,11 @@ struct Verdict<'a> {
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let config = PipelineConfig {
-        flip: !args.no_flip,
-        ..PipelineConfig::default()
+    let pipeline = args.embedding.pipeline(&args.common)?;
+    let threshold = match args.threshold.or(pipeline.default_threshold()) {
+        Some(t) => t,
+        None => anyhow::bail!("this model records no threshold: pass --threshold"),
     };
-    let source = ModelSource::resolve(args.common.models.as_deref());
-    let pipeline = Pipeline::with_models(&source, config).context("cannot load the models")?;
     let load = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..LoadOptions::default()
@@ -109,14 +99,14 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .flat_map(|x| eb.iter().map(move |y| facekit::distance::euclidean(x, y)))
         .fold(f32::INFINITY, f32::min);
-    let same = distance < args.threshold;
+    let same = distance < threshold;
     let (a, b) = (args.a.to_string_lossy(), args.b.to_string_lossy());
     if args.json {
         super::output::json_line(&Verdict {
             a: &a,
             b: &b,
             distance,
-            threshold: args.threshold,
+            threshold,
             same,
             model: &pipeline.model_id(),
         });
@@ -128,7 +118,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             } else {
                 "different people"
             },
-            args.threshold
+            threshold
         );
     }
     Ok(if same {

@@ -19,6 +19,8 @@ pub const MEAN_RGB: [f32; 3] = [122.782, 117.001, 104.298];
 pub const CHIP_SIZE: usize = 150;
 /// Embedding size.
 pub const DIM: usize = 128;
+/// Size of the pooled features before the final fc layer.
+pub const FEATURES: usize = 256;
 /// dlib's own "same person" distance threshold (stored in the model file).
 pub const DLIB_THRESHOLD: f32 = 0.6;
 
@@ -104,19 +106,32 @@ impl DlibResNet {
                 Residual::new(c_in, c_out, down, vb.pp(format!("layers.{i}")))
             })
             .collect::<Result<_>>()?;
-        let fc = vb.pp("fc").get((DIM, 256), "weight")?.t()?.contiguous()?;
+        let fc = vb
+            .pp("fc")
+            .get((DIM, FEATURES), "weight")?
+            .t()?
+            .contiguous()?;
         Ok(DlibResNet { conv1, layers, fc })
     }
 
     /// Embeddings `[N, 128]` of normalised chips `[N, 3, 150, 150]` (see [`normalise_chip`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.features(x)?.matmul(&self.fc)
+    }
+
+    /// The globally averaged features `[N, 256]` the final fc layer maps to the embedding.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.conv1.forward_act(x, Act::Relu)?;
         let mut x = max_pool(&x, 3, 2, false)?;
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }
-        let pooled = x.mean((2, 3))?;
-        pooled.matmul(&self.fc)
+        x.mean((2, 3))
+    }
+
+    /// The final fc layer's weight, `[256, 128]` (features x embedding).
+    pub fn fc(&self) -> &Tensor {
+        &self.fc
     }
 }
 

@@ -1,0 +1,219 @@
+//! `facekit train` on a handful of real photos: the loss drops, the model file records what it
+//! is, loads with `--model` in verify / embed / threshold-sweep / cluster, and `--resume` goes on.
+
+mod common;
+
+use std::path::Path;
+
+use common::{facekit, fixture, json_lines};
+use serde_json::Value;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The safetensors header's `__metadata__`.
+fn metadata(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"].clone()
+}
+
+#[test]
+fn trains_a_head_that_every_command_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("mine.safetensors");
+    let data = fixture("lfw"); // 2 people x 2 photos, labeled by file name
+    let cache = tmp.path().join("cache");
+    let train = |extra: &[&str]| {
+        let out = facekit(
+            &[
+                &[
+                    "train",
+                    s(&data),
+                    "--out",
+                    s(&model),
+                    "--head",
+                    "new",
+                    "--dim",
+                    "16",
+                    "--loss",
+                    "contrastive",
+                    "--val-split",
+                    "0",
+                    "--identities",
+                    "2",
+                    "--per-identity",
+                    "2",
+                    "--lr",
+                    "0.01",
+                    "--json",
+                    "--cache-dir",
+                    s(&cache),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let v = train(&["--epochs", "30"]);
+    assert_eq!(v["faces"], 4);
+    assert_eq!(v["identities"], 2);
+    let epochs = v["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 30);
+    let first = epochs[0]["loss"].as_f64().unwrap();
+    let last = epochs[29]["loss"].as_f64().unwrap();
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+
+    // The file says what it is.
+    let meta = metadata(&model);
+    assert_eq!(meta["format"], "facekit-head-v1");
+    assert_eq!(meta["architecture"], "linear");
+    assert_eq!(meta["base_model"], "dlib_resnet_v1");
+    assert_eq!(meta["out_dim"], "16");
+    assert_eq!(meta["head"], "new-projection-16");
+    assert!(meta["loss"].as_str().unwrap().contains("Contrastive"));
+    assert_eq!(meta["epochs"], "30");
+    assert!(meta["threshold"].as_str().unwrap().parse::<f32>().is_ok());
+
+    // verify uses the head and its own threshold.
+    let a = fixture("lfw/Akhmed_Zakayev_0001.jpg");
+    let b = fixture("lfw/Akhmed_Zakayev_0003.jpg");
+    let c = fixture("lfw/Abel_Pacheco_0001.jpg");
+    let same = facekit(&["verify", "--model", s(&model), "--json", s(&a), s(&b)]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    let same: Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert!(same["model"].as_str().unwrap().contains("+head:"));
+    assert_eq!(
+        same["threshold"].as_f64().unwrap() as f32,
+        meta["threshold"].as_str().unwrap().parse::<f32>().unwrap()
+    );
+    let diff = facekit(&["verify", "--model", s(&model), s(&a), s(&c)]);
+    assert_eq!(diff.status.code(), Some(1));
+    // embed: 16 values per face, unit length.
+    let emb = facekit(&["embed", "--model", s(&model), s(&a)]);
+    let rows = json_lines(&emb.stdout);
+    let e: Vec<f64> = rows[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(e.len(), 16);
+    assert!((e.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4);
+    // threshold-sweep and cluster accept it too.
+    let sweep = facekit(&[
+        "threshold-sweep",
+        s(&data),
+        "--model",
+        s(&model),
+        "--no-cache",
+        "--json",
+    ]);
+    assert!(sweep.status.success());
+    let sweep: Value = serde_json::from_slice(&sweep.stdout).unwrap();
+    assert_eq!(sweep["roc_auc"], 1.0);
+    let out = tmp.path().join("people");
+    let cl = facekit(&[
+        "cluster",
+        s(&data),
+        "--out",
+        s(&out),
+        "--model",
+        s(&model),
+        "--no-cache",
+        "--json",
+    ]);
+    assert!(
+        cl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cl.stderr)
+    );
+    let cl: Value = serde_json::from_slice(&cl.stdout).unwrap();
+    assert_eq!(cl["people"], 2);
+
+    // Resume from the checkpoint: epochs 31..35, same settings.
+    let ckpt = tmp.path().join("mine.ckpt.safetensors");
+    assert!(ckpt.exists());
+    let v = train(&["--epochs", "35", "--resume", s(&ckpt), "--force"]);
+    let epochs = v["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 5);
+    assert_eq!(epochs[0]["epoch"], 31);
+
+    // Same seed, same result.
+    let again = tmp.path().join("again.safetensors");
+    let run = |out: &Path| {
+        facekit(&[
+            "train",
+            s(&data),
+            "--out",
+            s(out),
+            "--head",
+            "new",
+            "--dim",
+            "8",
+            "--val-split",
+            "0",
+            "--identities",
+            "2",
+            "--per-identity",
+            "2",
+            "--epochs",
+            "5",
+            "--cache-dir",
+            s(&cache),
+            "--force",
+        ])
+    };
+    assert!(run(&model).status.success());
+    assert!(run(&again).status.success());
+    let (x, y) = (
+        std::fs::read(&model).unwrap(),
+        std::fs::read(&again).unwrap(),
+    );
+    assert!(x == y, "two runs with the same seed wrote different files");
+}
+
+#[test]
+fn bad_models_and_settings_are_refused_clearly() {
+    let a = fixture("lfw/Akhmed_Zakayev_0001.jpg");
+    let out = facekit(&["verify", "--model", s(&a), s(&a), s(&a)]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Akhmed_Zakayev_0001.jpg") && err.contains("safetensors"),
+        "{err}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m.safetensors");
+    // One identity only: nothing to learn from.
+    let one = tmp.path().join("one");
+    std::fs::create_dir_all(one.join("Akhmed")).unwrap();
+    for f in ["Akhmed_Zakayev_0001.jpg", "Akhmed_Zakayev_0003.jpg"] {
+        std::fs::copy(fixture("lfw").join(f), one.join("Akhmed").join(f)).unwrap();
+    }
+    let out = facekit(&[
+        "train",
+        s(&one),
+        "--out",
+        s(&model),
+        "--no-cache",
+        "--val-split",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 2 identities"));
+    assert!(!model.exists());
+}
