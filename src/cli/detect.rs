@@ -152,7 +152,7 @@ fn report_failure(json: bool, e: &facekit::Error) {
             _ => String::new(),
         };
         let reason = match e {
-            facekit::Error::Io { source, .. } => source.to_string(),
+            facekit::Error::Io { error, .. } => error.to_string(),
             facekit::Error::Image { reason, .. } => reason.clone(),
             other => other.to_string(),
         };

@@ -106,6 +106,9 @@ pub struct TrainArgs {
     /// Output size of a new head.
     #[arg(long, default_value_t = 64)]
     dim: usize,
+    /// Leave out identities with fewer photos than this.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    min_images: usize,
     /// Fraction of identities held out for validation.
     #[arg(long, default_value_t = 0.2)]
     val_split: f64,
@@ -266,7 +269,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let n_images = facekit::io::collect_inputs(std::slice::from_ref(&args.data)).len();
     let pb = progress(n_images, "faces");
     let loaded = pool.install(|| {
-        train::load_dataset(&args.data, &pipeline, &cache, &opts, policy, || pb.inc(1))
+        train::load_dataset(
+            &args.data,
+            &pipeline,
+            &cache,
+            &opts,
+            policy,
+            args.min_images,
+            || pb.inc(1),
+        )
     })?;
     pb.finish_and_clear();
     for e in &loaded.failed {
@@ -383,6 +394,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     settings.insert("lr".into(), config.lr.to_string());
     settings.insert("weight_decay".into(), config.weight_decay.to_string());
     settings.insert("val_split".into(), args.val_split.to_string());
+    settings.insert("min_images".into(), args.min_images.to_string());
     settings.insert("seed".into(), config.seed.to_string());
     settings.insert("flip".into(), (!args.no_flip).to_string());
     settings.insert("data".into(), display_path(&args.data));

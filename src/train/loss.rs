@@ -681,6 +681,25 @@ mod tests {
     }
 
     #[test]
+    fn f32_matches_f64() {
+        let mut rng = SplitMix64(99);
+        let (data, labels) = random_batch(&mut rng, 10, 5, 3);
+        let t64 =
+            l2_normalize(&Tensor::from_vec(data.clone(), (10, 5), &Device::Cpu).unwrap()).unwrap();
+        let t32 = t64.to_dtype(DType::F32).unwrap();
+        for kind in KINDS {
+            let a = compute(&t64, &labels, kind).unwrap();
+            let b = compute(&t32, &labels, kind).unwrap();
+            assert_eq!(b.loss.dtype(), DType::F32);
+            let (a, b) = (
+                a.loss.to_scalar::<f64>().unwrap(),
+                b.loss.to_scalar::<f32>().unwrap() as f64,
+            );
+            assert!((a - b).abs() < 1e-4, "{kind:?}: {a} vs {b}");
+        }
+    }
+
+    #[test]
     fn squared_distances_properties() {
         let mut rng = SplitMix64(7);
         let (data, _) = random_batch(&mut rng, 9, 5, 3);

@@ -73,7 +73,8 @@ pub struct Loaded {
 
 /// Detects, aligns and embeds (to `pipeline`'s backbone output, cached) the face each image of
 /// a labeled folder stands for (`policy`), labeling it by its subfolder (or digit-stripped
-/// file name for flat folders). Runs data-parallel in the current rayon pool; `tick` is called
+/// file name for flat folders), skipping identities with fewer than `min_images` photos. Runs
+/// data-parallel in the current rayon pool; `tick` is called
 /// once per image.
 pub fn load_dataset(
     root: &std::path::Path,
@@ -81,6 +82,7 @@ pub fn load_dataset(
     cache: &crate::cache::EmbeddingCache,
     opts: &crate::io::LoadOptions,
     policy: crate::FacePolicy,
+    min_images: usize,
     tick: impl Fn() + Sync,
 ) -> Result<Loaded> {
     use rayon::prelude::*;
@@ -93,6 +95,12 @@ pub fn load_dataset(
         }
     }
     images.sort();
+    // Identities with fewer than `min_images` photos are left out before any work.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &images {
+        *counts.entry(crate::pairs::label_of(root, p)).or_default() += 1;
+    }
+    images.retain(|p| counts[&crate::pairs::label_of(root, p)] >= min_images);
     let results: Vec<Result<(Option<Vec<f32>>, bool)>> = images
         .par_iter()
         .map(|p| {
