@@ -135,6 +135,8 @@ fn trains_a_head_that_every_command_loads() {
         s(&model),
         "--no-cache",
         "--json",
+        "--threshold",
+        meta["threshold"].as_str().unwrap(),
     ]);
     assert!(
         cl.status.success(),

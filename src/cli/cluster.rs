@@ -58,13 +58,16 @@ pub struct ClusterArgs {
     /// Clustering algorithm.
     #[arg(long, value_enum, default_value_t = AlgorithmArg::ChineseWhispers)]
     algorithm: AlgorithmArg,
-    /// Faces closer than this are the same person (default: verify's calibrated 0.60 for
-    /// Euclidean; required for cosine).
+    /// Faces closer than this are linked (default 0.50: stricter than verify's 0.60, see the
+    /// README; required with --model or --metric cosine).
     #[arg(long, value_name = "T")]
     threshold: Option<f32>,
     /// Clusters with fewer faces go to OUT/unknown.
     #[arg(long, value_name = "N", default_value_t = 2)]
     min_size: usize,
+    /// Faces narrower than this (pixels) are not clustered and go to OUT/unknown.
+    #[arg(long, value_name = "PX", default_value_t = cluster::DEFAULT_MIN_FACE)]
+    min_face: f32,
     /// Number of clusters (k-means only).
     #[arg(long, value_name = "K")]
     k: Option<usize>,
@@ -183,10 +186,11 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let pipeline = args.embedding.pipeline(&args.common)?;
     let threshold = match (args.threshold, args.metric) {
         (Some(t), _) => t,
-        (None, Metric::Euclidean) => match pipeline.default_threshold() {
-            Some(t) => t,
-            None => bail!("this model records no threshold: pass --threshold"),
-        },
+        (None, Metric::Euclidean) if args.embedding.model.is_none() => cluster::DEFAULT_THRESHOLD,
+        (None, Metric::Euclidean) => bail!(
+            "with --model, pass --threshold (clustering needs a stricter one than the model's \
+             verify threshold; measure it with threshold-sweep)"
+        ),
         (None, Metric::Cosine) => bail!("--metric cosine needs --threshold"),
     };
     let cache = EmbeddingCache::for_pipeline(&pipeline, args.cache_dir.as_deref(), !args.no_cache)?;
@@ -236,12 +240,18 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         },
         threshold,
         min_size: args.min_size,
+        min_face: args.min_face,
         k: args.k,
         metric: args.metric,
         seed: args.seed,
         ..Default::default()
     };
-    let result = pool.install(|| cluster::cluster(&embeddings, dim.max(1), &photo_ids, &ccfg))?;
+    let widths: Vec<f32> = owner
+        .iter()
+        .map(|&(i, k)| photos[i].as_ref().map_or(0.0, |p| p.faces[k].bbox.width()))
+        .collect();
+    let result = pool
+        .install(|| cluster::cluster_faces(&embeddings, dim.max(1), &photo_ids, &widths, &ccfg))?;
     let width = result.clusters.len().to_string().len().max(3);
     let folder = |c: usize| format!("person_{:0width$}", c + 1);
 
