@@ -206,133 +206,6 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
-/// The library's k-means (same k-means++ seeding with the same generator, same Lloyd rounds and
-/// stopping rule) rewritten with the changes suggested for it: the distance matrix buffer is
-/// reused (`pairwise_into`) and the argmin and means run in parallel. Prints how many points
-/// change cluster in each round, i.e. what a tolerance-based stop would save, and checks that
-/// the partition equals the library's (every point is its own photo here, so the library's
-/// same-photo step changes nothing).
-fn lloyd_replica(v: &[f32], k: usize, config: &ClusterConfig, library: &[Option<usize>]) {
-    use rayon::prelude::*;
-    let n = v.len() / DIM;
-    let start = Instant::now();
-    let mut rng = Rng::new(config.seed);
-    let mut centers: Vec<f32> = Vec::with_capacity(k * DIM);
-    let first = rng.below(n);
-    centers.extend_from_slice(&v[first * DIM..(first + 1) * DIM]);
-    let mut d2: Vec<f32> = v
-        .par_chunks(DIM)
-        .map(|r| distance::squared_euclidean(r, &centers[..DIM]))
-        .collect();
-    while centers.len() < k * DIM {
-        let total: f64 = d2.iter().map(|&x| x as f64).sum();
-        let pick = if total > 0.0 {
-            let mut r = rng.f64() * total;
-            d2.iter()
-                .position(|&x| {
-                    r -= x as f64;
-                    r < 0.0
-                })
-                .unwrap_or(n - 1)
-        } else {
-            rng.below(n)
-        };
-        let c = v[pick * DIM..(pick + 1) * DIM].to_vec();
-        d2.par_iter_mut()
-            .zip(v.par_chunks(DIM))
-            .for_each(|(d, row)| *d = d.min(distance::squared_euclidean(row, &c)));
-        centers.extend(c);
-    }
-    let seeding = start.elapsed().as_secs_f64();
-    let mut dist = vec![0f32; n * k];
-    let mut assign: Vec<usize> = vec![usize::MAX; n];
-    let mut changes = Vec::new();
-    for _ in 0..config.iterations.max(1) {
-        distance::pairwise_into(v, &centers, DIM, Metric::Euclidean, &mut dist);
-        let next: Vec<usize> = dist
-            .par_chunks(k)
-            .map(|row| {
-                (0..k)
-                    .min_by(|&a, &b| row[a].total_cmp(&row[b]))
-                    .unwrap_or(0)
-            })
-            .collect();
-        let changed = next.iter().zip(&assign).filter(|(a, b)| a != b).count();
-        changes.push(changed);
-        if changed == 0 {
-            break;
-        }
-        assign = next;
-        // Means per cluster; an empty cluster keeps its centre.
-        let (sums, counts) = v
-            .par_chunks(DIM)
-            .zip(assign.par_iter())
-            .fold(
-                || (vec![0f64; k * DIM], vec![0usize; k]),
-                |(mut s, mut c), (row, &a)| {
-                    c[a] += 1;
-                    for (x, y) in s[a * DIM..(a + 1) * DIM].iter_mut().zip(row) {
-                        *x += *y as f64;
-                    }
-                    (s, c)
-                },
-            )
-            .reduce(
-                || (vec![0f64; k * DIM], vec![0usize; k]),
-                |(mut s, mut c), (s2, c2)| {
-                    s.iter_mut().zip(&s2).for_each(|(a, b)| *a += b);
-                    c.iter_mut().zip(&c2).for_each(|(a, b)| *a += b);
-                    (s, c)
-                },
-            );
-        for c in 0..k {
-            if counts[c] > 0 {
-                for d in 0..DIM {
-                    centers[c * DIM + d] = (sums[c * DIM + d] / counts[c] as f64) as f32;
-                }
-            }
-        }
-    }
-    let total = start.elapsed().as_secs_f64();
-    let rounds = changes.len();
-    let labels: Vec<Option<usize>> = assign.iter().map(|&a| Some(a)).collect();
-    // The library drops clusters under min size; compare on the clustered points.
-    let lib_truth: Vec<usize> = library
-        .iter()
-        .enumerate()
-        .map(|(i, l)| l.unwrap_or(usize::MAX / 2 + i))
-        .collect();
-    let agree = bcubed_f1(&labels, &lib_truth);
-    let under = |t: usize| {
-        changes
-            .iter()
-            .position(|&c| c <= t)
-            .map_or(rounds, |r| r + 1)
-    };
-    println!(
-        "  replica with a reused matrix and parallel argmin/means: {total:.2} s ({seeding:.2} s \
-         parallel seeding + {rounds} rounds, {:.2} s per round); BCubed F1 vs the library's \
-         partition {agree:.4}",
-        (total - seeding) / rounds.max(1) as f64
-    );
-    println!(
-        "  points changing cluster per round: {:?}{}",
-        &changes[..changes.len().min(12)],
-        if changes.len() > 12 {
-            format!(" ... {:?}", &changes[changes.len().saturating_sub(6)..])
-        } else {
-            String::new()
-        }
-    );
-    println!(
-        "  a stop at <= 0.1 % changed ({} points) would end after round {} of {rounds}; at \
-         <= 0.01 % after round {}",
-        n / 1000,
-        under(n / 1000),
-        under(n / 10_000)
-    );
-}
-
 fn main() -> Result<()> {
     let mut algorithm = None;
     let mut n = 100_000usize;
@@ -503,11 +376,10 @@ fn main() -> Result<()> {
                 println!(
                     "  whole k-means capped at 1 round: {t1:.2} s, at 3 rounds: {t3:.2} s => \
                      {round:.2} s per Lloyd round (pairwise + serial argmin + means) => ~{:.0} \
-                     rounds in the main run (cap {}; noisy under load, the replica counts them)",
+                     rounds in the main run (cap {}; noisy under load)",
                     1.0 + (seconds - t1) / round.max(1e-9),
                     config.iterations
                 );
-                lloyd_replica(&emb, k, &config, &result.labels);
             }
         }
     }

@@ -1380,37 +1380,20 @@ fn finish(
 mod tests {
     use super::*;
 
-    /// SplitMix64: a tiny seeded generator for test data.
-    struct Rng(u64);
+    use crate::rng::Rng;
 
-    impl Rng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [0, 1).
-        fn unit(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        /// Uniform in [-1, 1).
-        fn signed(&mut self) -> f32 {
-            (2.0 * self.unit() - 1.0) as f32
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.unit() * n as f64) as usize
-        }
+    /// Uniform in [-1, 1).
+    fn signed(rng: &mut Rng) -> f32 {
+        (2.0 * rng.f64() - 1.0) as f32
     }
 
     /// `n` rows of `dim` values with norms uniform in [0.4, 1.0], like face embeddings.
     fn embeddings(rng: &mut Rng, n: usize, dim: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(n * dim);
         for _ in 0..n {
-            let row: Vec<f32> = (0..dim).map(|_| rng.signed()).collect();
+            let row: Vec<f32> = (0..dim).map(|_| signed(rng)).collect();
             let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            let target = 0.4 + 0.6 * rng.unit() as f32;
+            let target = 0.4 + 0.6 * rng.f64() as f32;
             out.extend(row.iter().map(|x| x / norm * target));
         }
         out
@@ -1550,11 +1533,11 @@ mod tests {
     #[test]
     fn pair_kernels_match_f64_reference() {
         both_paths(|path| {
-            let mut rng = Rng(7);
+            let mut rng = Rng::new(7);
             for dim in [1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 127, 128, 129, 513] {
                 for _ in 0..20 {
-                    let a: Vec<f32> = (0..dim).map(|_| rng.signed()).collect();
-                    let b: Vec<f32> = (0..dim).map(|_| rng.signed()).collect();
+                    let a: Vec<f32> = (0..dim).map(|_| signed(&mut rng)).collect();
+                    let b: Vec<f32> = (0..dim).map(|_| signed(&mut rng)).collect();
                     let rel = |got: f32, want: f64, scale: f64| {
                         (f64::from(got) - want).abs() <= 1e-5 * scale + 1e-30
                     };
@@ -1589,12 +1572,15 @@ mod tests {
     #[test]
     fn cosine_keeps_relative_accuracy_for_near_parallel_vectors() {
         both_paths(|path| {
-            let mut rng = Rng(17);
+            let mut rng = Rng::new(17);
             for dim in [2, 7, 16, 33, 128, 513] {
                 for eps in [1e-2f32, 1e-3, 1e-4] {
-                    let a: Vec<f32> = (0..dim).map(|_| rng.signed()).collect();
+                    let a: Vec<f32> = (0..dim).map(|_| signed(&mut rng)).collect();
                     // A scaled, slightly rotated copy.
-                    let b: Vec<f32> = a.iter().map(|&x| 3.0 * (x + eps * rng.signed())).collect();
+                    let b: Vec<f32> = a
+                        .iter()
+                        .map(|&x| 3.0 * (x + eps * signed(&mut rng)))
+                        .collect();
                     let (got, want) = (cosine(&a, &b), ref_distance(Metric::Cosine, &a, &b));
                     assert!(
                         (f64::from(got) - want).abs() <= 1e-3 * want,
@@ -1693,7 +1679,7 @@ mod tests {
     #[test]
     fn pairwise_matches_f64_reference() {
         both_paths(|path| {
-            let mut rng = Rng(11);
+            let mut rng = Rng::new(11);
             for (n, m, dim) in [
                 (0, 5, 4),
                 (5, 0, 4),
@@ -1708,7 +1694,7 @@ mod tests {
             }
         });
         // The big one once per path (debug builds are slow).
-        let mut rng = Rng(12);
+        let mut rng = Rng::new(12);
         check_pairwise(&mut rng, 300, 1000, 128, "detected");
         with_scalar(|| check_pairwise(&mut rng, 300, 1000, 128, "scalar"));
     }
@@ -1716,7 +1702,7 @@ mod tests {
     #[test]
     fn pairwise_same_slice_and_errors_small() {
         // a == b (shared preparation); duplicates give exactly 0 through the recheck.
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         let a = embeddings(&mut rng, 600, 128);
         let d = pairwise(&a, &a, 128, Metric::Euclidean);
         for i in 0..600 {
@@ -1810,7 +1796,7 @@ mod tests {
     #[test]
     fn neighbours_match_brute_force() {
         both_paths(|path| {
-            let mut rng = Rng(5);
+            let mut rng = Rng::new(5);
             // One query (base split across tasks), multiple query and base blocks, same set.
             check_neighbours(&mut rng, 1, 1100, 128, false, path);
             check_neighbours(&mut rng, 300, 1100, 128, false, path);
@@ -1863,7 +1849,7 @@ mod tests {
         // Clusters of rows 1e-3 apart: far below what the GEMM identity resolves in f32, so
         // the ranking inside a cluster comes from the exact recomputation alone.
         both_paths(|path| {
-            let mut rng = Rng(21);
+            let mut rng = Rng::new(21);
             let dim = 128;
             let centres = embeddings(&mut rng, 30, dim);
             let jitter = |rng: &mut Rng, count: usize| -> Vec<f32> {
@@ -1873,7 +1859,7 @@ mod tests {
                     out.extend(
                         centres[c * dim..(c + 1) * dim]
                             .iter()
-                            .map(|&x| x + 2e-4 * rng.signed()),
+                            .map(|&x| x + 2e-4 * signed(rng)),
                     );
                 }
                 out
@@ -1905,7 +1891,7 @@ mod tests {
     #[test]
     fn many_duplicates_keep_index_order() {
         // 40 copies of one row among 1000: every query equal to it must get the lowest indices.
-        let mut rng = Rng(9);
+        let mut rng = Rng::new(9);
         let dim = 128;
         let mut b = embeddings(&mut rng, 1000, dim);
         let row = b[..dim].to_vec();

@@ -135,3 +135,26 @@ pub fn safetensors_f32(
     }
     out
 }
+
+/// Little-endian f32 values of a safetensors tensor's bytes.
+pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The string metadata of a safetensors file's header (empty when it has none); the error is a
+/// reason to show after the file's name.
+pub fn safetensors_metadata(
+    bytes: &[u8],
+) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a safetensors file: {e}"))?;
+    Ok(header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect())
+}

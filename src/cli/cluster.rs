@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use facekit::cache::EmbeddingCache;
 use facekit::cluster::{self, Algorithm, ClusterConfig};
 use facekit::distance::Metric;
 use facekit::io::{self, LoadOptions};
@@ -86,12 +85,8 @@ pub struct ClusterArgs {
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
-    /// Neither read nor write the embedding cache.
-    #[arg(long)]
-    no_cache: bool,
-    /// Embedding cache directory (default: $FACEKIT_CACHE, else ~/.cache/facekit).
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: super::CacheArgs,
     #[command(flatten)]
     embedding: super::EmbeddingArgs,
     #[command(flatten)]
@@ -193,7 +188,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, Metric::Cosine) => bail!("--metric cosine needs --threshold"),
     };
-    let cache = EmbeddingCache::for_pipeline(&pipeline, args.cache_dir.as_deref(), !args.no_cache)?;
+    let cache = args.cache.open(&pipeline)?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..Default::default()

@@ -85,6 +85,31 @@ impl EmbeddingArgs {
     }
 }
 
+/// Options of the embedding cache (subcommands that embed many photos).
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Neither read nor write the embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Embedding cache directory (default: $FACEKIT_CACHE, else ~/.cache/facekit).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    /// The cache for `pipeline` (a disabled one with --no-cache).
+    pub fn open(
+        &self,
+        pipeline: &facekit::Pipeline,
+    ) -> anyhow::Result<facekit::cache::EmbeddingCache> {
+        Ok(facekit::cache::EmbeddingCache::for_pipeline(
+            pipeline,
+            self.cache_dir.as_deref(),
+            !self.no_cache,
+        )?)
+    }
+}
+
 /// Exit status: 0 when every input was processed, 2 when any failed (or the run could not start).
 pub const EXIT_FAILURE: u8 = 2;
 

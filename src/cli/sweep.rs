@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use facekit::cache::EmbeddingCache;
 use facekit::distance::Metric;
 use facekit::io::LoadOptions;
 use facekit::metrics::{self, KFold, Scored, Sweep, ThresholdRow};
@@ -69,12 +68,8 @@ pub struct SweepArgs {
     /// Replace the plot file if it exists.
     #[arg(long)]
     force: bool,
-    /// Neither read nor write the embedding cache.
-    #[arg(long)]
-    no_cache: bool,
-    /// Embedding cache directory (default: $FACEKIT_CACHE, else ~/.cache/facekit).
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: super::CacheArgs,
     #[command(flatten)]
     embedding: super::EmbeddingArgs,
     #[command(flatten)]
@@ -266,7 +261,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let pipeline = args.embedding.pipeline(&args.common)?;
-    let cache = EmbeddingCache::for_pipeline(&pipeline, args.cache_dir.as_deref(), !args.no_cache)?;
+    let cache = args.cache.open(&pipeline)?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..Default::default()

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use facekit::cache::EmbeddingCache;
 use facekit::embed::head::{Head, HeadInput};
 use facekit::embed::{DlibEmbedder, Output};
 use facekit::io::LoadOptions;
@@ -127,12 +126,8 @@ pub struct TrainArgs {
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
-    /// Neither read nor write the feature cache.
-    #[arg(long)]
-    no_cache: bool,
-    /// Feature cache directory (default: $FACEKIT_CACHE, else ~/.cache/facekit).
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: super::CacheArgs,
     /// Do not average each face's features with its mirror image's.
     #[arg(long)]
     no_flip: bool,
@@ -250,7 +245,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .context("cannot load the models")?;
-    let cache = EmbeddingCache::for_pipeline(&pipeline, args.cache_dir.as_deref(), !args.no_cache)?;
+    let cache = args.cache.open(&pipeline)?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..Default::default()

@@ -126,14 +126,7 @@ impl Head {
 
     /// Reads a head written by [`Head::to_bytes`]; `name` is used in errors.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(name, format!("not a safetensors file: {e}")))?;
-        let meta: BTreeMap<String, String> = header
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let meta = crate::models::safetensors_metadata(bytes).map_err(|e| bad(name, e))?;
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(bad(
                 name,
@@ -185,11 +178,7 @@ impl Head {
                 ),
             ));
         }
-        let weight: Vec<f32> = w
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let weight = crate::models::f32_from_le(w.data());
         if weight.iter().any(|v| !v.is_finite()) {
             return Err(bad(name, "head.weight has non-finite values"));
         }

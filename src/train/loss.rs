@@ -387,27 +387,7 @@ mod tests {
     use candle_core::{Device, Var};
     use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
-    struct SplitMix64(u64);
-    impl SplitMix64 {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn uniform(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn normal(&mut self) -> f64 {
-            let u1 = self.uniform().max(1e-300);
-            let u2 = self.uniform();
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
+    use crate::rng::Rng as SplitMix64;
 
     const KINDS: [LossKind; 6] = [
         LossKind::Triplet {
@@ -653,7 +633,7 @@ mod tests {
 
     #[test]
     fn values_match_naive_reference() {
-        let mut rng = SplitMix64(0xFACE_0001);
+        let mut rng = SplitMix64::new(0xFACE_0001);
         for trial in 0..40 {
             let b = 8 + trial % 5;
             let ids = 3 + trial % 2;
@@ -682,7 +662,7 @@ mod tests {
 
     #[test]
     fn f32_matches_f64() {
-        let mut rng = SplitMix64(99);
+        let mut rng = SplitMix64::new(99);
         let (data, labels) = random_batch(&mut rng, 10, 5, 3);
         let t64 =
             l2_normalize(&Tensor::from_vec(data.clone(), (10, 5), &Device::Cpu).unwrap()).unwrap();
@@ -701,7 +681,7 @@ mod tests {
 
     #[test]
     fn squared_distances_properties() {
-        let mut rng = SplitMix64(7);
+        let mut rng = SplitMix64::new(7);
         let (data, _) = random_batch(&mut rng, 9, 5, 3);
         let t = Tensor::from_vec(data.clone(), (9, 5), &Device::Cpu).unwrap();
         let d2 = squared_distances(&t).unwrap().to_vec2::<f64>().unwrap();
@@ -729,7 +709,7 @@ mod tests {
                 // actually exercises the loss.
                 let mut found = None;
                 for seed in 0..500u64 {
-                    let mut rng = SplitMix64(0xBEEF + seed);
+                    let mut rng = SplitMix64::new(0xBEEF + seed);
                     let (data, labels) = random_batch(&mut rng, b, d, 3);
                     let x = rows(&data, d);
                     let x = if norm { ref_normalize(&x) } else { x };
@@ -815,7 +795,7 @@ mod tests {
 
     #[test]
     fn edge_cases() {
-        let mut rng = SplitMix64(42);
+        let mut rng = SplitMix64::new(42);
         let (b, d) = (6, 4);
         let data: Vec<f64> = (0..b * d).map(|_| rng.normal()).collect();
         let same = vec![1u32; b];
@@ -945,7 +925,7 @@ mod tests {
             },
         ];
         for kind in kinds {
-            let mut rng = SplitMix64(2024);
+            let mut rng = SplitMix64::new(2024);
             let labels: Vec<u32> = (0..n).map(|i| (i % ids) as u32).collect();
             let centers: Vec<Vec<f64>> = (0..ids)
                 .map(|_| (0..d_in).map(|_| rng.normal()).collect())

@@ -534,24 +534,14 @@ impl Checkpoint {
             name: name.to_string(),
             reason: r,
         };
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let meta: BTreeMap<String, String> = header
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let meta = crate::models::safetensors_metadata(bytes).map_err(bad)?;
         if meta.get("format").map(String::as_str) != Some("facekit-train-checkpoint-v1") {
             return Err(bad("not a facekit training checkpoint (`*.ckpt.safetensors` written by `facekit train`)".into()));
         }
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let get = |n: &str| -> Result<Vec<f32>> {
             let t = st.tensor(n).map_err(|_| bad(format!("no tensor `{n}`")))?;
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
+            Ok(crate::models::f32_from_le(t.data()))
         };
         let num = |k: &str| meta.get(k).and_then(|v| v.parse::<f64>().ok());
         let epoch = num("epoch").ok_or_else(|| bad("no epoch".into()))? as usize;
