@@ -147,7 +147,9 @@ impl Pipeline {
             Some(HeadInput::Embedding) => Output::Embedding,
             None => config.output,
         };
-        let embedder: Box<dyn Embedder> = Box::new(DlibEmbedder::with_output(source, output)?);
+        let overrides = config.head.as_deref().map_or(&[][..], |h| &h.backbone[..]);
+        let embedder: Box<dyn Embedder> =
+            Box::new(DlibEmbedder::with_overrides(source, output, overrides)?);
         let aligner = Aligner::new(source, config.template, embedder.chip_size() as u32)?;
         Ok(Pipeline {
             detector,

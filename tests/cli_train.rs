@@ -219,3 +219,69 @@ fn bad_models_and_settings_are_refused_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 2 identities"));
     assert!(!model.exists());
 }
+
+/// `--train-layers last-stage`: the 256-channel blocks and the final layer train on real chips
+/// (loss falls), and the model (with its replaced backbone tensors) loads in verify.
+#[test]
+fn last_stage_trains_and_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("stage.safetensors");
+    let out = facekit(&[
+        "train",
+        s(&fixture("lfw")),
+        "--out",
+        s(&model),
+        "--train-layers",
+        "last-stage",
+        "--loss",
+        "contrastive",
+        "--val-split",
+        "0",
+        "--identities",
+        "2",
+        "--per-identity",
+        "2",
+        "--epochs",
+        "3",
+        "--json",
+        "--cache-dir",
+        s(&tmp.path().join("cache")),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let epochs = v["epochs"].as_array().unwrap();
+    let first = epochs[0]["loss"].as_f64().unwrap();
+    let last = epochs[2]["loss"].as_f64().unwrap();
+    assert!(first > 0.0 && last < first, "loss {first} -> {last}");
+    let meta = metadata(&model);
+    assert_eq!(meta["train_layers"], "last-stage");
+    assert_eq!(meta["input"], "pooled");
+    let a = fixture("lfw/Akhmed_Zakayev_0001.jpg");
+    let b = fixture("lfw/Akhmed_Zakayev_0003.jpg");
+    let c = fixture("lfw/Abel_Pacheco_0001.jpg");
+    let same = facekit(&["verify", "--model", s(&model), s(&a), s(&b)]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    let diff = facekit(&["verify", "--model", s(&model), s(&a), s(&c)]);
+    assert_eq!(diff.status.code(), Some(1));
+    // `all` is refused with the reason.
+    let out = facekit(&[
+        "train",
+        s(&fixture("lfw")),
+        "--out",
+        s(&model),
+        "--train-layers",
+        "all",
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last-stage"));
+}

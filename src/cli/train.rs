@@ -8,11 +8,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use facekit::embed::dlib_resnet::{DIM, FEATURES};
 use facekit::embed::head::{Head, HeadInput};
 use facekit::embed::{DlibEmbedder, Output};
 use facekit::io::LoadOptions;
 use facekit::models::ModelSource;
-use facekit::train::{self, Checkpoint, HeadInit, LossKind, Mining, TrainConfig, Validation};
+use facekit::train::stage::{self, Stage};
+use facekit::train::{
+    self, Checkpoint, HeadInit, LinearHead, LossKind, Mining, TrainConfig, Trainable, Validation,
+};
 use facekit::{FacePolicy, Pipeline, PipelineConfig};
 use serde::Serialize;
 
@@ -47,9 +51,9 @@ pub enum MiningArg {
 pub enum LayersArg {
     /// The head only, on frozen cached backbone features (minutes on a CPU).
     Head,
-    /// The last residual stage and the head.
+    /// The four 256-channel residual blocks and dlib's final layer (needs --head pretrained).
     LastStage,
-    /// Every layer.
+    /// Every layer (not available yet: see the error).
     All,
 }
 
@@ -173,13 +177,18 @@ fn pct(v: Option<Validation>) -> String {
 /// Runs `facekit train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    if args.train_layers != LayersArg::Head {
-        bail!(
-            "--train-layers {:?} is not available yet: facekit trains the head on frozen, cached \
-             backbone features (--train-layers head)",
-            args.train_layers
-        );
-    }
+    let stage = match args.train_layers {
+        LayersArg::Head => false,
+        LayersArg::LastStage if args.head == HeadArg::Pretrained => true,
+        LayersArg::LastStage => {
+            bail!("--train-layers last-stage trains dlib's own final layer: use --head pretrained")
+        }
+        LayersArg::All => bail!(
+            "--train-layers all is not available yet: candle has no backward pass for the \
+             ResNet's first 3x3/2 max-pool (kernel != stride); use last-stage (the four \
+             256-channel blocks and the final layer) or head"
+        ),
+    };
     if !(0.0..1.0).contains(&args.val_split) {
         bail!("--val-split must be in [0, 1)");
     }
@@ -238,8 +247,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         PipelineConfig {
             flip: !args.no_flip,
             output: match init.input() {
-                HeadInput::Pooled => Output::Pooled,
-                HeadInput::Embedding => Output::Embedding,
+                // The last stage starts from the chips: the cache only supplies the faces.
+                HeadInput::Pooled if !stage => Output::Pooled,
+                _ => Output::Embedding,
             },
             ..Default::default()
         },
@@ -281,6 +291,37 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     for p in &loaded.no_face {
         eprintln!("facekit: {}: no face found; left out", display_path(p));
     }
+    let mut loaded = loaded;
+    if stage {
+        // The frozen blocks 0-9 run once per face (and its mirror); their output is the row.
+        let embedder = DlibEmbedder::new(&source)?;
+        let flip = !args.no_flip;
+        let pb = progress(loaded.paths.len(), "stage inputs");
+        let rows: Vec<Vec<f32>> = pool.install(|| {
+            use rayon::prelude::*;
+            loaded
+                .paths
+                .par_iter()
+                .zip(&loaded.faces)
+                .map(|(path, det)| -> facekit::Result<Vec<f32>> {
+                    let r = facekit::nn::serial(|| {
+                        let img = facekit::io::load_image(path, &opts)?;
+                        let chip = pipeline.chip(&img, det);
+                        let mut chips = vec![chip.clone()];
+                        if flip {
+                            chips.push(image::imageops::flip_horizontal(&chip));
+                        }
+                        Ok(embedder.prefix(&chips, stage::FIRST_BLOCK)?.concat())
+                    });
+                    pb.inc(1);
+                    r
+                })
+                .collect::<facekit::Result<Vec<_>>>()
+        })?;
+        pb.finish_and_clear();
+        loaded.dataset.dim = rows.first().map_or(0, Vec::len);
+        loaded.dataset.features = rows.concat();
+    }
     let data = &loaded.dataset;
     let (train_rows, val_rows) = data.split(args.val_split, args.seed);
     let ids = |rows: &[usize]| {
@@ -290,24 +331,51 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             .len()
     };
 
-    // Starting point: fresh, or a checkpoint.
+    // The model and its starting point: fresh, or a checkpoint.
+    let input = init.input();
+    let normalize = config.normalize();
     let fc = DlibEmbedder::new(&source)?.fc_weight()?;
-    let (w0, in_dim, out_dim) = train::initial_weights(init, &fc, args.seed);
+    let (model, w0): (Box<dyn Trainable>, Vec<f32>) = if stage {
+        let st = Stage::pretrained(&source, !args.no_flip)?;
+        let w0 = train::flat_weights(&st)?;
+        (Box::new(st), w0)
+    } else {
+        let (w0, in_dim, out_dim) = train::initial_weights(init, &fc, args.seed);
+        (Box::new(LinearHead::new(w0.clone(), in_dim, out_dim)?), w0)
+    };
+    let has_val = !val_rows.is_empty();
+    // dlib's embedding as published: the pretrained model without normalisation.
+    let base = if !has_val {
+        None
+    } else if input == HeadInput::Embedding {
+        Some(train::validate(data, &val_rows, |x| x.to_vec()))
+    } else if stage {
+        let emb = train::embed_rows(model.as_ref(), data, &val_rows, false)?;
+        Some(train::validate_embeddings(
+            &emb,
+            &labels_of(data, &val_rows),
+        ))
+    } else {
+        let dlib = Head::new(fc.clone(), FEATURES, DIM, input, false);
+        Some(train::validate(data, &val_rows, |x| dlib.apply(x)))
+    };
     let start_state = match &args.resume {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
             let (ck, meta) = Checkpoint::from_bytes(&bytes, &path.display().to_string())?;
             if ck.weight.len() != w0.len() {
                 bail!(
-                    "{}: the checkpoint's head has {} weights, these settings need {}",
+                    "{}: the checkpoint holds {} weights, these settings need {}",
                     path.display(),
                     ck.weight.len(),
                     w0.len()
                 );
             }
-            if meta.get("head").map(String::as_str) != Some(head_name(init).as_str()) {
+            if meta.get("head").map(String::as_str) != Some(head_name(init).as_str())
+                || meta.get("train_layers").map(String::as_str) != Some(layers_name(stage))
+            {
                 bail!(
-                    "{}: the checkpoint was trained with another --head/--dim",
+                    "{}: the checkpoint was trained with another --head/--dim/--train-layers",
                     path.display()
                 );
             }
@@ -315,27 +383,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         None => Checkpoint::fresh(w0.clone()),
     };
-    let input = init.input();
-    let normalize = config.normalize();
-    let has_val = !val_rows.is_empty();
-    let base = has_val.then(|| match input {
-        // dlib's embedding as published.
-        HeadInput::Pooled => {
-            let dlib = Head::new(fc.clone(), in_dim, out_dim, input, false);
-            train::validate(data, &val_rows, |x| dlib.apply(x))
-        }
-        HeadInput::Embedding => train::validate(data, &val_rows, |x| x.to_vec()),
-    });
-    let before = has_val.then(|| {
-        let h = Head::new(
-            start_state.weight.clone(),
-            in_dim,
-            out_dim,
-            input,
-            normalize,
-        );
-        train::validate(data, &val_rows, |x| h.apply(x))
-    });
+    train::set_weights(model.as_ref(), &start_state.weight)?;
+    let before = if has_val {
+        let emb = train::embed_rows(model.as_ref(), data, &val_rows, normalize)?;
+        Some(train::validate_embeddings(
+            &emb,
+            &labels_of(data, &val_rows),
+        ))
+    } else {
+        None
+    };
     if !args.json {
         eprintln!(
             "{} faces of {} identities ({} train, {} validation); base model {}; before training {}",
@@ -352,9 +409,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         &train_rows,
         &val_rows,
         &config,
-        input,
-        in_dim,
-        out_dim,
+        model.as_ref(),
         start_state,
         |log| {
             if !args.json {
@@ -370,15 +425,32 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
 
-    // The saved head: the best checkpoint, its threshold calibrated on validation (or on the
+    // The saved model: the best checkpoint, its threshold calibrated on validation (or on the
     // training identities without a validation split).
-    let mut head = trained.best.clone();
+    train::set_weights(model.as_ref(), &trained.best_weights)?;
     let rows = if has_val { &val_rows } else { &train_rows };
-    let best = train::validate(data, rows, |x| head.apply(x));
+    let emb = train::embed_rows(model.as_ref(), data, rows, normalize)?;
+    let best = train::validate_embeddings(&emb, &labels_of(data, rows));
+    let mut head = if stage {
+        let st = Stage::pretrained(&source, !args.no_flip)?;
+        train::set_weights(&st, &trained.best_weights)?;
+        let mut h = Head::new(st.fc_weight()?, FEATURES, DIM, HeadInput::Pooled, normalize);
+        h.backbone = st.backbone_tensors()?;
+        h
+    } else {
+        let out_dim = trained.best_weights.len() / init_in_dim(init);
+        Head::new(
+            trained.best_weights.clone(),
+            init_in_dim(init),
+            out_dim,
+            input,
+            normalize,
+        )
+    };
     head.threshold = Some(best.threshold);
     let mut settings = BTreeMap::new();
     settings.insert("head".to_string(), head_name(init));
-    settings.insert("train_layers".into(), "head".into());
+    settings.insert("train_layers".into(), layers_name(stage).into());
     settings.insert("loss".into(), format!("{:?}", config.loss));
     settings.insert("identities_per_batch".into(), config.identities.to_string());
     settings.insert(
@@ -406,7 +478,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         best.accuracy.to_string(),
     );
     facekit::io::write_file_atomic(&args.out, &head.to_bytes()?, true)?;
-    let ck_bytes = trained.checkpoint.to_bytes((out_dim, in_dim), &settings)?;
+    let ck_bytes = trained.checkpoint.to_bytes(&settings)?;
     facekit::io::write_file_atomic(&ckpt_path, &ck_bytes, true)?;
 
     let summary = Summary {
@@ -450,6 +522,25 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(super::runner::exit_status(loaded.failed.len()))
+}
+
+fn layers_name(stage: bool) -> &'static str {
+    if stage {
+        "last-stage"
+    } else {
+        "head"
+    }
+}
+
+fn init_in_dim(init: HeadInit) -> usize {
+    match init.input() {
+        HeadInput::Pooled => FEATURES,
+        HeadInput::Embedding => DIM,
+    }
+}
+
+fn labels_of(data: &train::Dataset, rows: &[usize]) -> Vec<u32> {
+    rows.iter().map(|&i| data.labels[i]).collect()
 }
 
 fn head_name(init: HeadInit) -> String {

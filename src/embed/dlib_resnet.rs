@@ -121,12 +121,17 @@ impl DlibResNet {
 
     /// The globally averaged features `[N, 256]` the final fc layer maps to the embedding.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        self.prefix(x, self.layers.len())?.mean((2, 3))
+    }
+
+    /// The activations after conv1, the max-pool and the first `blocks` residual blocks (of 14).
+    pub fn prefix(&self, x: &Tensor, blocks: usize) -> Result<Tensor> {
         let x = self.conv1.forward_act(x, Act::Relu)?;
         let mut x = max_pool(&x, 3, 2, false)?;
-        for layer in &self.layers {
+        for layer in self.layers.iter().take(blocks) {
             x = layer.forward(&x)?;
         }
-        x.mean((2, 3))
+        Ok(x)
     }
 
     /// The final fc layer's weight, `[256, 128]` (features x embedding).

@@ -15,6 +15,9 @@ pub const FORMAT: &str = "facekit-head-v1";
 /// The backbone every head so far sits on.
 pub const BASE_MODEL: &str = "dlib_resnet_v1";
 
+/// A named f32 tensor: (name, shape, row-major values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// What a head takes from the backbone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadInput {
@@ -50,6 +53,9 @@ pub struct Head {
     pub threshold: Option<f32>,
     /// Everything else recorded with the head (training settings, validation figures).
     pub metadata: BTreeMap<String, String>,
+    /// Backbone tensors that replace dlib's (`--train-layers last-stage`), named as in
+    /// `dlib_resnet.safetensors`: (name, shape, values).
+    pub backbone: Vec<NamedTensor>,
 }
 
 fn bad(name: &str, reason: impl std::fmt::Display) -> Error {
@@ -76,12 +82,17 @@ impl Head {
             normalize,
             threshold: None,
             metadata: BTreeMap::new(),
+            backbone: Vec::new(),
         }
     }
 
     /// Short identifier of the weights and settings (part of cache keys and model ids).
     pub fn id(&self) -> String {
         let mut bytes: Vec<u8> = self.weight.iter().flat_map(|w| w.to_le_bytes()).collect();
+        for (name, _, values) in &self.backbone {
+            bytes.extend(name.bytes());
+            bytes.extend(values.iter().flat_map(|w| w.to_le_bytes()));
+        }
         bytes.extend(format!("{}|{}|{}", self.input.as_str(), self.normalize, self.in_dim).bytes());
         content_hash(&bytes)[..12].to_string()
     }
@@ -118,10 +129,23 @@ impl Head {
         if self.weight.len() != self.out_dim * self.in_dim {
             return Err(bad("head", "weights do not match the head's shape"));
         }
-        Ok(crate::models::safetensors_f32(
-            &[("head.weight", vec![self.out_dim, self.in_dim], &self.weight)],
-            &meta,
-        ))
+        let names: Vec<String> = self
+            .backbone
+            .iter()
+            .map(|(n, _, _)| format!("backbone.{n}"))
+            .collect();
+        let mut tensors: Vec<(&str, Vec<usize>, &[f32])> =
+            vec![("head.weight", vec![self.out_dim, self.in_dim], &self.weight)];
+        for ((_, shape, values), name) in self.backbone.iter().zip(&names) {
+            if shape.iter().product::<usize>() != values.len() {
+                return Err(bad(
+                    "head",
+                    format!("{name}: values do not match its shape"),
+                ));
+            }
+            tensors.push((name, shape.clone(), values));
+        }
+        Ok(crate::models::safetensors_f32(&tensors, &meta))
     }
 
     /// Reads a head written by [`Head::to_bytes`]; `name` is used in errors.
@@ -182,6 +206,26 @@ impl Head {
         if weight.iter().any(|v| !v.is_finite()) {
             return Err(bad(name, "head.weight has non-finite values"));
         }
+        let mut backbone = Vec::new();
+        for (tname, view) in tensors.tensors() {
+            if let Some(n) = tname.strip_prefix("backbone.") {
+                if view.dtype() != Dtype::F32 {
+                    return Err(bad(name, format!("{tname} is not F32")));
+                }
+                backbone.push((
+                    n.to_string(),
+                    view.shape().to_vec(),
+                    crate::models::f32_from_le(view.data()),
+                ));
+            }
+        }
+        backbone.sort_by(|a, b| a.0.cmp(&b.0));
+        if !backbone.is_empty() && input != HeadInput::Pooled {
+            return Err(bad(
+                name,
+                "backbone tensors need a head on the pooled features",
+            ));
+        }
         let reserved = [
             "format",
             "architecture",
@@ -199,6 +243,7 @@ impl Head {
             input,
             normalize,
             threshold,
+            backbone,
             metadata: meta
                 .into_iter()
                 .filter(|(k, _)| !reserved.contains(&k.as_str()))

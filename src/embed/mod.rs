@@ -53,17 +53,84 @@ impl DlibEmbedder {
 
     /// Loads the network, returning `output` from [`Embedder::embed`].
     pub fn with_output(source: &ModelSource, output: Output) -> Result<Self> {
+        Self::with_overrides(source, output, &[])
+    }
+
+    /// Loads the network with some of its tensors replaced (a model trained with
+    /// `--train-layers last-stage`): (name, shape, values), names as in the weights file.
+    pub fn with_overrides(
+        source: &ModelSource,
+        output: Output,
+        overrides: &[head::NamedTensor],
+    ) -> Result<Self> {
         let device = crate::default_device();
-        let vb = source.var_builder(DLIB_RESNET, &device)?;
-        let net = dlib_resnet::DlibResNet::new(vb).map_err(|e| Error::Model {
+        let bad = |reason: String| Error::Model {
             name: DLIB_RESNET.to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let vb = if overrides.is_empty() {
+            source.var_builder(DLIB_RESNET, &device)?
+        } else {
+            let bytes = source.read(DLIB_RESNET)?;
+            let mut map = candle_core::safetensors::load_buffer(&bytes, &device)?;
+            for (name, shape, values) in overrides {
+                let base = map.get(name).ok_or_else(|| {
+                    bad(format!(
+                        "the model replaces {name}, which dlib's ResNet has not"
+                    ))
+                })?;
+                if base.dims() != shape.as_slice() {
+                    return Err(bad(format!(
+                        "{name}: shape {shape:?}, dlib's is {:?}",
+                        base.dims()
+                    )));
+                }
+                map.insert(
+                    name.clone(),
+                    Tensor::from_slice(values, shape.as_slice(), &device)?,
+                );
+            }
+            candle_nn::VarBuilder::from_tensors(map, candle_core::DType::F32, &device)
+        };
+        let net = dlib_resnet::DlibResNet::new(vb).map_err(|e| bad(e.to_string()))?;
         Ok(DlibEmbedder {
             net,
             device,
             output,
         })
+    }
+
+    /// Normalised chips as one `[N, 3, 150, 150]` tensor.
+    fn batch(&self, chips: &[RgbImage]) -> Result<Tensor> {
+        let size = dlib_resnet::CHIP_SIZE;
+        let per = 3 * size * size;
+        let mut data = vec![0f32; chips.len() * per];
+        for (chip, dst) in chips.iter().zip(data.chunks_mut(per)) {
+            if chip.dimensions() != (size as u32, size as u32) {
+                return Err(Error::Config(format!(
+                    "dlib ResNet takes {size}x{size} chips, got {}x{}",
+                    chip.width(),
+                    chip.height()
+                )));
+            }
+            dlib_resnet::normalise_chip(chip.as_raw(), dst);
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (chips.len(), 3, size, size),
+            &self.device,
+        )?)
+    }
+
+    /// The activations after the first `blocks` residual blocks, flattened, one per chip (the
+    /// frozen part when training the last stage).
+    pub fn prefix(&self, chips: &[RgbImage], blocks: usize) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(chips.len());
+        for batch in chips.chunks(BATCH) {
+            let y = self.net.prefix(&self.batch(batch)?, blocks)?;
+            out.extend(y.flatten_from(1)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
     }
 
     /// The final fc layer's weight, `[128, 256]` row-major (embedding x features).
@@ -98,22 +165,9 @@ impl Embedder for DlibEmbedder {
     }
 
     fn embed(&self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
-        let size = dlib_resnet::CHIP_SIZE;
-        let per = 3 * size * size;
         let mut out = Vec::with_capacity(chips.len());
         for batch in chips.chunks(BATCH) {
-            let mut data = vec![0f32; batch.len() * per];
-            for (chip, dst) in batch.iter().zip(data.chunks_mut(per)) {
-                if chip.dimensions() != (size as u32, size as u32) {
-                    return Err(Error::Config(format!(
-                        "dlib ResNet takes {size}x{size} chips, got {}x{}",
-                        chip.width(),
-                        chip.height()
-                    )));
-                }
-                dlib_resnet::normalise_chip(chip.as_raw(), dst);
-            }
-            let x = Tensor::from_vec(data, (batch.len(), 3, size, size), &self.device)?;
+            let x = self.batch(batch)?;
             let y = match self.output {
                 Output::Embedding => self.net.forward(&x)?,
                 Output::Pooled => self.net.features(&x)?,

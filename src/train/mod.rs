@@ -4,13 +4,14 @@
 //! checkpoint kept, and exact resume (weights, AdamW moments and the epoch are checkpointed).
 
 pub mod loss;
+pub mod stage;
 
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor, Var};
 
 use crate::distance::{self, Metric};
-use crate::embed::head::{Head, HeadInput};
+use crate::embed::head::HeadInput;
 use crate::metrics::{self, Scored, Sweep};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -63,6 +64,8 @@ pub struct Loaded {
     pub dataset: Dataset,
     /// The image of each row.
     pub paths: Vec<std::path::PathBuf>,
+    /// The face of each row (the one `policy` chose in its image).
+    pub faces: Vec<crate::Detection>,
     /// Images without a detected face (left out).
     pub no_face: Vec<std::path::PathBuf>,
     /// Images that could not be read (left out), with the reason.
@@ -101,7 +104,8 @@ pub fn load_dataset(
         *counts.entry(crate::pairs::label_of(root, p)).or_default() += 1;
     }
     images.retain(|p| counts[&crate::pairs::label_of(root, p)] >= min_images);
-    let results: Vec<Result<(Option<Vec<f32>>, bool)>> = images
+    type Pick = (Option<(Vec<f32>, crate::Detection)>, bool);
+    let results: Vec<Result<Pick>> = images
         .par_iter()
         .map(|p| {
             let r = crate::nn::serial(|| cache.faces_of_file(pipeline, p, opts, false));
@@ -113,17 +117,21 @@ pub fn load_dataset(
                 .map(crate::cache::face_detection)
                 .collect();
             let pick = crate::pipeline::select_face(&dets, policy, faces.width, faces.height);
-            Ok((pick.map(|i| faces.faces[i].embedding.clone()), hit))
+            Ok((
+                pick.map(|i| (faces.faces[i].embedding.clone(), dets[i].clone())),
+                hit,
+            ))
         })
         .collect();
     let mut names: BTreeMap<String, u32> = BTreeMap::new();
-    let (mut features, mut labels, mut paths, mut no_face) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut features, mut labels, mut paths, mut no_face, mut picked) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut dim = 0;
     let mut cached = 0;
     for (path, r) in images.into_iter().zip(results) {
         match r {
-            Ok((Some(f), hit)) => {
+            Ok((Some((f, det)), hit)) => {
+                picked.push(det);
                 cached += usize::from(hit);
                 let label = crate::pairs::label_of(root, &path);
                 let next = names.len() as u32;
@@ -151,6 +159,7 @@ pub fn load_dataset(
             identities,
         },
         paths,
+        faces: picked,
         no_face,
         failed,
         cached,
@@ -240,13 +249,19 @@ pub struct Validation {
 /// all same pairs and as many different pairs (seeded sample, at most 20,000 pairs).
 pub fn validate(data: &Dataset, rows: &[usize], map: impl Fn(&[f32]) -> Vec<f32>) -> Validation {
     let mapped: Vec<Vec<f32>> = rows.iter().map(|&i| map(data.row(i))).collect();
-    let labels: Vec<String> = rows.iter().map(|&i| data.labels[i].to_string()).collect();
+    let labels: Vec<u32> = rows.iter().map(|&i| data.labels[i]).collect();
+    validate_embeddings(&mapped, &labels)
+}
+
+/// [`validate`] on embeddings already computed, with their identities.
+pub fn validate_embeddings(embeddings: &[Vec<f32>], labels: &[u32]) -> Validation {
+    let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
     let drawn = crate::pairs::labeled_pairs(&labels, 20_000, 7);
     let scored: Vec<Scored> = drawn
         .pairs
         .iter()
         .map(|&(a, b, same)| Scored {
-            distance: distance::euclidean(&mapped[a], &mapped[b]),
+            distance: distance::euclidean(&embeddings[a], &embeddings[b]),
             same,
         })
         .collect();
@@ -290,11 +305,12 @@ pub struct Checkpoint {
     pub best: Option<(Vec<f32>, f64, usize)>,
 }
 
-/// A trained head and its history.
+/// A trained model and its history.
 pub struct Trained {
-    /// The best head by validation accuracy (the last one without validation).
-    pub best: Head,
-    /// Epoch the best head comes from.
+    /// The best weights by validation accuracy (the last ones without validation), all
+    /// variables concatenated in [`Trainable::vars`] order.
+    pub best_weights: Vec<f32>,
+    /// Epoch the best weights come from (0: the starting point).
     pub best_epoch: usize,
     /// The state after the last epoch (for `--resume`).
     pub checkpoint: Checkpoint,
@@ -340,28 +356,123 @@ fn sample_batch(groups: &[Vec<usize>], p: usize, k: usize, rng: &mut Rng) -> Vec
     batch
 }
 
-/// Trains a head on `data`'s `train` rows, validating on `val` rows after every epoch.
-/// `start` is the initial state (fresh or a resumed checkpoint); `on_epoch` sees each log.
+/// What [`train`] trains: a set of variables and a batched forward pass from dataset rows to
+/// embeddings (before any L2 normalisation).
+pub trait Trainable {
+    /// The trainable variables, in a fixed order (checkpoints store them concatenated).
+    fn vars(&self) -> Vec<Var>;
+    /// Embeddings `[B, out]` of dataset rows `[B, row length]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// A linear head `y = W x` (`W`: `out x in`).
+pub struct LinearHead {
+    w: Var,
+}
+
+impl LinearHead {
+    /// A head with weights `out x in` (row-major).
+    pub fn new(weight: Vec<f32>, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(LinearHead {
+            w: Var::from_vec(weight, (out_dim, in_dim), &Device::Cpu)?,
+        })
+    }
+}
+
+impl Trainable for LinearHead {
+    fn vars(&self) -> Vec<Var> {
+        vec![self.w.clone()]
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.w.as_tensor().t()?)
+    }
+}
+
+/// A model's variables flattened and concatenated (the checkpoint layout).
+pub fn flat_weights(model: &dyn Trainable) -> Result<Vec<f32>> {
+    flat(&model.vars())
+}
+
+/// Sets a model's variables from a concatenation written by [`flat_weights`].
+pub fn set_weights(model: &dyn Trainable, weights: &[f32]) -> Result<()> {
+    let vars = model.vars();
+    for (var, value) in vars.iter().zip(unflat(weights, &vars)?) {
+        var.set(&value)?;
+    }
+    Ok(())
+}
+
+/// All variables flattened and concatenated.
+fn flat(vars: &[Var]) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for v in vars {
+        out.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Tensors shaped like `vars` from a concatenation.
+fn unflat(values: &[f32], vars: &[Var]) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(vars.len());
+    let mut at = 0;
+    for v in vars {
+        let n = v.as_tensor().elem_count();
+        let part = values
+            .get(at..at + n)
+            .ok_or_else(|| Error::Config("checkpoint does not match the model".into()))?;
+        out.push(Tensor::from_slice(
+            part,
+            v.as_tensor().shape(),
+            &Device::Cpu,
+        )?);
+        at += n;
+    }
+    if at != values.len() {
+        return Err(Error::Config("checkpoint does not match the model".into()));
+    }
+    Ok(out)
+}
+
+/// Embeddings of `rows` through `model` (batched, normalised when `normalize`).
+pub fn embed_rows(
+    model: &dyn Trainable,
+    data: &Dataset,
+    rows: &[usize],
+    normalize: bool,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(256) {
+        let x: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| data.row(i).iter().copied())
+            .collect();
+        let x = Tensor::from_vec(x, (chunk.len(), data.dim), &Device::Cpu)?;
+        let mut y = model.forward(&x)?;
+        if normalize {
+            y = loss::l2_normalize(&y)?;
+        }
+        out.extend(y.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Trains `model` on `data`'s `train_rows`, validating on `val_rows` after every epoch.
+/// `start` is the initial state (fresh from the model's current values, or a resumed
+/// checkpoint); `on_epoch` sees each log.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     data: &Dataset,
     train_rows: &[usize],
     val_rows: &[usize],
     config: &TrainConfig,
-    input: HeadInput,
-    in_dim: usize,
-    out_dim: usize,
+    model: &dyn Trainable,
     start: Checkpoint,
     mut on_epoch: impl FnMut(&EpochLog),
 ) -> Result<Trained> {
     if config.identities < 2 || config.per_identity < 2 {
         return Err(Error::Config(
             "batches need at least 2 identities x 2 images (--identities, --per-identity)".into(),
-        ));
-    }
-    if start.weight.len() != in_dim * out_dim {
-        return Err(Error::Config(
-            "checkpoint weights do not match the head's shape".into(),
         ));
     }
     // Identities with at least two training faces.
@@ -377,21 +488,33 @@ pub fn train(
         )));
     }
     let device = Device::Cpu;
-    let w = Var::from_vec(start.weight.clone(), (out_dim, in_dim), &device)?;
-    let mut m = Tensor::from_vec(start.m.clone(), (out_dim, in_dim), &device)?;
-    let mut v = Tensor::from_vec(start.v.clone(), (out_dim, in_dim), &device)?;
+    let vars = model.vars();
+    for (var, value) in vars.iter().zip(unflat(&start.weight, &vars)?) {
+        var.set(&value)?;
+    }
+    let mut m = unflat(&start.m, &vars)?;
+    let mut v = unflat(&start.v, &vars)?;
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let p = config.identities.min(groups.len());
     let k = config.per_identity;
     let steps = train_rows.len().div_ceil(p * k).max(1);
     let normalize = config.normalize();
+    let validation = |model: &dyn Trainable| -> Result<Validation> {
+        let emb = embed_rows(model, data, val_rows, normalize)?;
+        Ok(validate_embeddings(
+            &emb,
+            &val_rows.iter().map(|&i| data.labels[i]).collect::<Vec<_>>(),
+        ))
+    };
     let mut best = start.best.clone();
     if best.is_none() && !val_rows.is_empty() {
-        // The starting point is a candidate too (epoch 0): fine-tuning never returns a head
+        // The starting point is a candidate too (epoch 0): fine-tuning never returns a model
         // worse on validation than the one it started from.
-        let head = Head::new(start.weight.clone(), in_dim, out_dim, input, normalize);
-        let val = validate(data, val_rows, |x| head.apply(x));
-        best = Some((start.weight.clone(), val.accuracy, start.epoch));
+        best = Some((
+            start.weight.clone(),
+            validation(model)?.accuracy,
+            start.epoch,
+        ));
     }
     let mut logs = Vec::new();
     let mut step_count = start.epoch * steps;
@@ -412,9 +535,9 @@ pub fn train(
                 .iter()
                 .flat_map(|&i| data.row(i).iter().copied())
                 .collect();
-            let x = Tensor::from_vec(x, (batch.len(), in_dim), &device)?;
+            let x = Tensor::from_vec(x, (batch.len(), data.dim), &device)?;
             let labels: Vec<u32> = batch.iter().map(|&i| data.labels[i]).collect();
-            let mut emb = x.matmul(&w.as_tensor().t()?)?;
+            let mut emb = model.forward(&x)?;
             if normalize {
                 emb = loss::l2_normalize(&emb)?;
             }
@@ -423,27 +546,30 @@ pub fn train(
             active += out.active;
             candidates += out.candidates;
             let grads = out.loss.backward()?;
-            let Some(g) = grads.get(w.as_tensor()) else {
-                continue;
-            };
             // AdamW (Loshchilov & Hutter): decoupled weight decay, bias-corrected moments.
             step_count += 1;
             let t = step_count as i32;
-            m = ((&m * b1)? + (g * (1.0 - b1))?)?;
-            v = ((&v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let m_hat = (&m / (1.0 - b1.powi(t)))?;
-            let v_hat = (&v / (1.0 - b2.powi(t)))?;
-            let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
-            let decayed = (w.as_tensor() * (1.0 - config.lr * config.weight_decay))?;
-            w.set(&(decayed - (update * config.lr)?)?)?;
+            for (i, var) in vars.iter().enumerate() {
+                let Some(g) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
+                m[i] = ((&m[i] * b1)? + (g * (1.0 - b1))?)?;
+                v[i] = ((&v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+                let m_hat = (&m[i] / (1.0 - b1.powi(t)))?;
+                let v_hat = (&v[i] / (1.0 - b2.powi(t)))?;
+                let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+                let decayed = (var.as_tensor() * (1.0 - config.lr * config.weight_decay))?;
+                var.set(&(decayed - (update * config.lr)?)?)?;
+            }
         }
-        let weights = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        let head = Head::new(weights.clone(), in_dim, out_dim, input, normalize);
-        let validation =
-            (!val_rows.is_empty()).then(|| validate(data, val_rows, |x| head.apply(x)));
-        if let Some(val) = validation {
+        let val = if val_rows.is_empty() {
+            None
+        } else {
+            Some(validation(model)?)
+        };
+        if let Some(val) = val {
             if best.as_ref().is_none_or(|b| val.accuracy > b.1) {
-                best = Some((weights.clone(), val.accuracy, epoch));
+                best = Some((flat(&vars)?, val.accuracy, epoch));
             }
         }
         let log = EpochLog {
@@ -454,24 +580,30 @@ pub fn train(
             } else {
                 active as f64 / candidates as f64
             },
-            validation,
+            validation: val,
         };
         on_epoch(&log);
         logs.push(log);
     }
-    let last = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let last = flat(&vars)?;
     let (best_weights, best_epoch) = match &best {
         Some((wts, _, e)) => (wts.clone(), *e),
         None => (last.clone(), epoch),
     };
-    let best_head = Head::new(best_weights, in_dim, out_dim, input, normalize);
+    let flat_tensors = |t: &[Tensor]| -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for x in t {
+            out.extend(x.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    };
     Ok(Trained {
-        best: best_head,
+        best_weights,
         best_epoch,
         checkpoint: Checkpoint {
             weight: last,
-            m: m.flatten_all()?.to_vec1::<f32>()?,
-            v: v.flatten_all()?.to_vec1::<f32>()?,
+            m: flat_tensors(&m)?,
+            v: flat_tensors(&v)?,
             epoch,
             best,
         },
@@ -494,20 +626,14 @@ impl Checkpoint {
 
     /// The checkpoint as safetensors bytes (tensors `weight`, `adam_m`, `adam_v`, `best`;
     /// metadata: epoch, best accuracy and epoch, and `settings`).
-    pub fn to_bytes(
-        &self,
-        shape: (usize, usize),
-        settings: &BTreeMap<String, String>,
-    ) -> Result<Vec<u8>> {
-        let n = shape.0 * shape.1;
+    pub fn to_bytes(&self, settings: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+        let n = self.weight.len();
         let best = self.best.as_ref().map_or(&self.weight, |b| &b.0);
         if [&self.weight, &self.m, &self.v, best]
             .iter()
             .any(|t| t.len() != n)
         {
-            return Err(Error::Config(
-                "checkpoint tensors do not match the head's shape".into(),
-            ));
+            return Err(Error::Config("checkpoint tensors differ in length".into()));
         }
         let mut meta = settings.clone();
         meta.insert("format".into(), "facekit-train-checkpoint-v1".into());
@@ -516,7 +642,8 @@ impl Checkpoint {
             meta.insert("best_accuracy".into(), acc.to_string());
             meta.insert("best_epoch".into(), e.to_string());
         }
-        let shape = vec![shape.0, shape.1];
+        // All variables concatenated, in the model's order.
+        let shape = vec![n];
         Ok(crate::models::safetensors_f32(
             &[
                 ("weight", shape.clone(), &self.weight),
@@ -568,6 +695,7 @@ pub const METRIC: Metric = Metric::Euclidean;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::head::Head;
 
     /// Synthetic features: `ids` identities, `per` noisy samples each around a random centre in
     /// a 128-d space where a few directions carry identity and the rest is noise.
@@ -616,9 +744,7 @@ mod tests {
             &tr,
             &val,
             &config,
-            HeadInput::Embedding,
-            i,
-            o,
+            &LinearHead::new(w0.clone(), i, o).unwrap(),
             Checkpoint::fresh(w0.clone()),
             |_| {},
         )
@@ -642,28 +768,24 @@ mod tests {
             &tr,
             &val,
             &short,
-            HeadInput::Embedding,
-            i,
-            o,
-            Checkpoint::fresh(w0),
+            &LinearHead::new(w0.clone(), i, o).unwrap(),
+            Checkpoint::fresh(w0.clone()),
             |_| {},
         )
         .unwrap();
-        let bytes = half.checkpoint.to_bytes((o, i), &BTreeMap::new()).unwrap();
+        let bytes = half.checkpoint.to_bytes(&BTreeMap::new()).unwrap();
         let (ck, _) = Checkpoint::from_bytes(&bytes, "ck").unwrap();
         let rest = train(
             &data,
             &tr,
             &val,
             &config,
-            HeadInput::Embedding,
-            i,
-            o,
+            &LinearHead::new(w0.clone(), i, o).unwrap(),
             ck,
             |_| {},
         )
         .unwrap();
         assert_eq!(rest.checkpoint.weight, full.checkpoint.weight);
-        assert_eq!(rest.best.weight, full.best.weight);
+        assert_eq!(rest.best_weights, full.best_weights);
     }
 }
