@@ -9,85 +9,18 @@
 //! mean landmarks of all detections (a centred face) and are counted.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use facekit::align::Template;
 use facekit::detect::{BBox, Detection, Point};
 use facekit::io::{load_image, LoadOptions};
+use facekit::metrics::{self, Scored, Sweep};
 use facekit::models::ModelSource;
+use facekit::pairs::parse_lfw_pairs;
 use facekit::pipeline::{select_face, FacePolicy, Pipeline, PipelineConfig};
 use rayon::prelude::*;
-
-struct Pair {
-    a: String,
-    b: String,
-    same: bool,
-    fold: usize,
-}
-
-fn parse_pairs(text: &str) -> Result<Vec<Pair>> {
-    let mut lines = text.lines();
-    let header: Vec<usize> = lines
-        .next()
-        .context("empty pairs file")?
-        .split_whitespace()
-        .map(|x| x.parse())
-        .collect::<Result<_, _>>()?;
-    let (folds, n) = (header[0], header[1]);
-    let name = |p: &str, i: &str| -> Result<String> {
-        Ok(format!("{p}/{p}_{:04}.jpg", i.parse::<u32>()?))
-    };
-    let mut pairs = Vec::new();
-    for (k, line) in lines.filter(|l| !l.trim().is_empty()).enumerate() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let fold = k / (2 * n);
-        let pair = match f.len() {
-            3 => Pair {
-                a: name(f[0], f[1])?,
-                b: name(f[0], f[2])?,
-                same: true,
-                fold,
-            },
-            4 => Pair {
-                a: name(f[0], f[1])?,
-                b: name(f[2], f[3])?,
-                same: false,
-                fold,
-            },
-            _ => bail!("bad pairs line {line:?}"),
-        };
-        pairs.push(pair);
-    }
-    anyhow::ensure!(
-        pairs.len() == folds * 2 * n,
-        "expected {} pairs, got {}",
-        folds * 2 * n,
-        pairs.len()
-    );
-    Ok(pairs)
-}
-
-/// Accuracy of `dist < t` predicting "same".
-fn accuracy(items: &[(f32, bool)], t: f32) -> f64 {
-    items.iter().filter(|(d, s)| (*d < t) == *s).count() as f64 / items.len() as f64
-}
-
-/// The threshold (midpoint between consecutive distances) with the best accuracy.
-fn best_threshold(items: &[(f32, bool)]) -> (f32, f64) {
-    let mut d: Vec<f32> = items.iter().map(|x| x.0).collect();
-    d.sort_by(f32::total_cmp);
-    let mut best = (0.0, 0.0);
-    for w in d.windows(2) {
-        let t = (w[0] + w[1]) / 2.0;
-        let acc = accuracy(items, t);
-        if acc > best.1 {
-            best = (t, acc);
-        }
-    }
-    best
-}
 
 fn main() -> Result<()> {
     let mut shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
@@ -129,19 +62,22 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let mut pairs = parse_pairs(&std::fs::read_to_string(lfw.join("pairs.txt"))?)?;
+    let root = lfw.join("lfw-deepfunneled");
+    let file = lfw.join("pairs.txt");
+    let mut pairs = parse_lfw_pairs(&std::fs::read_to_string(&file)?, &root, &file)?.pairs;
+    let fold_of = |p: &facekit::pairs::Pair| p.fold.unwrap_or(0);
     if limit < pairs.len() {
         // A quick look: the first `limit` pairs of every fold.
         let per = limit.div_ceil(10);
         let mut counts = [0usize; 10];
         pairs.retain(|p| {
-            counts[p.fold] += 1;
-            counts[p.fold] <= per
+            counts[fold_of(p)] += 1;
+            counts[fold_of(p)] <= per
         });
     }
-    let mut names: Vec<&str> = pairs
+    let mut names: Vec<&Path> = pairs
         .iter()
-        .flat_map(|p| [p.a.as_str(), p.b.as_str()])
+        .flat_map(|p| [p.a.as_path(), p.b.as_path()])
         .collect();
     names.sort();
     names.dedup();
@@ -153,16 +89,20 @@ fn main() -> Result<()> {
     let pool = pool.build()?;
     let pipeline = Pipeline::with_models(&ModelSource::resolve(None), config.clone())?;
     let start = Instant::now();
-    let root = lfw.join("lfw-deepfunneled");
     // Pass 1: detect and choose the central face.
     let detections: Vec<(image::RgbImage, Option<Detection>)> = pool.install(|| {
         names
             .par_iter()
             .map(|n| -> Result<_> {
-                let img = load_image(&root.join(n), &LoadOptions::default())?;
+                let img = load_image(n, &LoadOptions::default())?;
                 let faces = facekit::nn::serial(|| pipeline.detector().detect(&img))?;
-                let pick = select_face(&faces, policy, img.width(), img.height())
-                    .map(|i| faces[i].clone());
+                let pick = select_face(
+                    faces.iter().map(|d| &d.bbox),
+                    policy,
+                    img.width(),
+                    img.height(),
+                )
+                .map(|i| faces[i].clone());
                 Ok((img, pick))
             })
             .collect::<Result<_>>()
@@ -207,46 +147,27 @@ fn main() -> Result<()> {
         .flatten()
         .collect();
     let total_time = start.elapsed().as_secs_f64();
-    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let items: Vec<(f32, bool, usize)> = pairs
+    let index: HashMap<&Path, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let scored: Vec<Scored> = pairs
         .iter()
-        .map(|p| {
-            let d = facekit::distance::euclidean(
-                &embeddings[index[p.a.as_str()]],
-                &embeddings[index[p.b.as_str()]],
-            );
-            (d, p.same, p.fold)
+        .map(|p| Scored {
+            distance: facekit::distance::euclidean(
+                &embeddings[index[p.a.as_path()]],
+                &embeddings[index[p.b.as_path()]],
+            ),
+            same: p.same,
         })
         .collect();
-    let mut accs = Vec::new();
-    let mut thresholds = Vec::new();
-    for k in 0..10 {
-        let train: Vec<(f32, bool)> = items
-            .iter()
-            .filter(|x| x.2 != k)
-            .map(|x| (x.0, x.1))
-            .collect();
-        let test: Vec<(f32, bool)> = items
-            .iter()
-            .filter(|x| x.2 == k)
-            .map(|x| (x.0, x.1))
-            .collect();
-        if test.is_empty() {
-            continue;
-        }
-        let (t, _) = best_threshold(&train);
-        thresholds.push(t);
-        accs.push(accuracy(&test, t));
-    }
-    let mean = accs.iter().sum::<f64>() / accs.len() as f64;
-    let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / accs.len() as f64).sqrt();
-    let all: Vec<(f32, bool)> = items.iter().map(|x| (x.0, x.1)).collect();
-    let (best_t, best_acc) = best_threshold(&all);
-    let mean_t = thresholds.iter().sum::<f32>() / thresholds.len() as f32;
+    let folds: Vec<usize> = pairs.iter().map(fold_of).collect();
+    let kf = metrics::k_fold(&scored, &folds, 10);
+    let thresholds: Vec<f32> = kf.folds.iter().map(|f| f.threshold).collect();
+    let (mean, std) = (kf.accuracy_mean, kf.accuracy_std);
+    let (best_t, best_acc) = Sweep::new(&scored).best_threshold();
+    let mean_t = kf.threshold_mean;
     println!("model            {}", pipeline.model_id());
     println!(
         "pairs            {} ({} images, {} without a detected face)",
-        items.len(),
+        scored.len(),
         names.len(),
         missing
     );

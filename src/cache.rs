@@ -14,7 +14,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::detect::{BBox, Detection, Point};
+use crate::detect::{BBox, Point};
 use crate::io::{decode_image, LoadOptions};
 use crate::pipeline::{Face, Pipeline};
 use crate::{Error, Result};
@@ -289,15 +289,6 @@ fn analyze(pipeline: &Pipeline, img: &RgbImage) -> Result<ImageFaces> {
         faces: pipeline.faces(img)?,
         central: None,
     })
-}
-
-/// The detection an [`ImageFaces`] entry stands for, for embedding lookups by face index.
-pub fn face_detection(face: &Face) -> Detection {
-    Detection {
-        bbox: face.bbox,
-        score: face.score,
-        landmarks: face.landmarks,
-    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,14 @@ impl Error {
         }
     }
 
+    /// The file the error concerns, if it concerns one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. } | Error::Image { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
     /// An unusable image, with the reason.
     pub fn image(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Image {

@@ -32,6 +32,17 @@ pub struct Face {
     pub embedding: Vec<f32>,
 }
 
+impl Face {
+    /// The detection this face came from (box, score, landmarks).
+    pub fn detection(&self) -> Detection {
+        Detection {
+            bbox: self.bbox,
+            score: self.score,
+            landmarks: self.landmarks,
+        }
+    }
+}
+
 /// Which face of an image stands for the image (verify, pair protocols).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FacePolicy {
@@ -41,22 +52,27 @@ pub enum FacePolicy {
     Center,
 }
 
-/// Index of the face chosen by `policy` in an image of `width` x `height`.
-pub fn select_face(
-    faces: &[Detection],
+/// Index of the face chosen by `policy` among face boxes in an image of `width` x `height`
+/// (the first on ties).
+pub fn select_face<'a>(
+    boxes: impl IntoIterator<Item = &'a BBox>,
     policy: FacePolicy,
     width: u32,
     height: u32,
 ) -> Option<usize> {
     let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0);
-    let key = |d: &Detection| match policy {
-        FacePolicy::Largest => -d.bbox.area(),
+    let key = |b: &BBox| match policy {
+        FacePolicy::Largest => -b.area(),
         FacePolicy::Center => {
-            let c = d.bbox.center();
+            let c = b.center();
             (c.x - cx).hypot(c.y - cy)
         }
     };
-    (0..faces.len()).min_by(|&a, &b| key(&faces[a]).total_cmp(&key(&faces[b])))
+    boxes
+        .into_iter()
+        .enumerate()
+        .min_by(|a, b| key(a.1).total_cmp(&key(b.1)))
+        .map(|(i, _)| i)
 }
 
 /// Default "same person" threshold on the Euclidean distance of flip-averaged dlib embeddings,
@@ -75,27 +91,6 @@ const CENTRAL_LANDMARKS: [(f32, f32); 5] = [
     (0.322, 0.760),
     (0.718, 0.754),
 ];
-
-/// See [`Pipeline::central_detection`].
-pub fn central_detection(width: u32, height: u32) -> Detection {
-    let s = width.min(height) as f32;
-    let (w, h) = (CENTRAL_BOX.0 * s, CENTRAL_BOX.1 * s);
-    let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0 + CENTRAL_BOX.2 * s);
-    let bbox = BBox {
-        x1: cx - w / 2.0,
-        y1: cy - h / 2.0,
-        x2: cx + w / 2.0,
-        y2: cy + h / 2.0,
-    };
-    Detection {
-        bbox,
-        score: 0.0,
-        landmarks: CENTRAL_LANDMARKS.map(|(u, v)| Point {
-            x: bbox.x1 + u * w,
-            y: bbox.y1 + v * h,
-        }),
-    }
-}
 
 /// Pipeline settings.
 #[derive(Debug, Clone)]
@@ -216,7 +211,23 @@ impl Pipeline {
     /// detected (LFW's subject is centred). The box and landmarks are the mean of the centre
     /// faces MTCNN finds on LFW, scaled to the image's shorter side.
     pub fn central_detection(&self, width: u32, height: u32) -> Detection {
-        central_detection(width, height)
+        let s = width.min(height) as f32;
+        let (w, h) = (CENTRAL_BOX.0 * s, CENTRAL_BOX.1 * s);
+        let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0 + CENTRAL_BOX.2 * s);
+        let bbox = BBox {
+            x1: cx - w / 2.0,
+            y1: cy - h / 2.0,
+            x2: cx + w / 2.0,
+            y2: cy + h / 2.0,
+        };
+        Detection {
+            bbox,
+            score: 0.0,
+            landmarks: CENTRAL_LANDMARKS.map(|(u, v)| Point {
+                x: bbox.x1 + u * w,
+                y: bbox.y1 + v * h,
+            }),
+        }
     }
 
     /// The aligned chip of one detection, as the embedder takes it.

@@ -169,7 +169,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let (inputs, _) = collect_inputs(std::slice::from_ref(&album), |e| {
         eprintln!("facekit: {e}");
         failed.push(FailedEntry {
-            path: String::new(),
+            path: e.path().map(display_path).unwrap_or_default(),
             error: e.to_string(),
         });
     });
@@ -323,7 +323,6 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         }
     }
     pb.finish_and_clear();
-    failed.retain(|f| !f.path.is_empty() || !f.error.is_empty());
 
     let json = serde_json::to_vec_pretty(&ClustersFile {
         faces: &faces,

@@ -145,12 +145,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
 fn report_failure(json: bool, e: &facekit::Error) {
     eprintln!("facekit: error: {e}");
     if json {
-        let path = match e {
-            facekit::Error::Io { path, .. } | facekit::Error::Image { path, .. } => {
-                display_path(path)
-            }
-            _ => String::new(),
-        };
+        let path = e.path().map(display_path).unwrap_or_default();
         let reason = match e {
             facekit::Error::Io { error, .. } => error.to_string(),
             facekit::Error::Image { reason, .. } => reason.clone(),

@@ -28,6 +28,15 @@ pub enum FaceSelect {
     Largest,
 }
 
+impl From<FaceSelect> for FacePolicy {
+    fn from(f: FaceSelect) -> Self {
+        match f {
+            FaceSelect::Center => FacePolicy::Center,
+            FaceSelect::Largest => FacePolicy::Largest,
+        }
+    }
+}
+
 /// Arguments of `facekit threshold-sweep`.
 #[derive(Args, Debug)]
 pub struct SweepArgs {
@@ -239,13 +248,12 @@ struct Report {
 /// Runs `facekit threshold-sweep`.
 pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    if let Some(p) = &args.plot {
-        let ext = p
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if !matches!(ext.as_deref(), Some("png" | "svg")) {
-            bail!("{}: --plot needs a .png or .svg file name", p.display());
-        }
+    // Checked before any work: the format (from the name) and no silent replacement.
+    let plot = match &args.plot {
+        Some(p) => Some((p, PlotFormat::of(p)?)),
+        None => None,
+    };
+    if let Some((p, _)) = plot {
         if p.exists() && !args.force {
             bail!(
                 "{}: already exists (use --force to replace it)",
@@ -266,10 +274,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         max_pixels: args.common.max_pixels,
         ..Default::default()
     };
-    let policy = match args.face_select {
-        FaceSelect::Center => FacePolicy::Center,
-        FaceSelect::Largest => FacePolicy::Largest,
-    };
+    let policy = FacePolicy::from(args.face_select);
     let pool = thread_pool(args.common.threads)?;
     let pb = progress(protocol.images.len(), "images");
     let mut chosen: Vec<Option<Vec<f32>>> = vec![None; protocol.images.len()];
@@ -282,13 +287,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let job = |path: &PathBuf| -> Chosen {
         let (faces, hit) =
             facekit::nn::serial(|| cache.faces_of_file(&pipeline, path, &opts, true))?;
-        let dets: Vec<facekit::Detection> = faces
-            .faces
-            .iter()
-            .map(facekit::cache::face_detection)
-            .collect();
+        let boxes = faces.faces.iter().map(|f| &f.bbox);
         Ok(
-            match select_face(&dets, policy, faces.width, faces.height) {
+            match select_face(boxes, policy, faces.width, faces.height) {
                 Some(i) => (faces.faces[i].embedding.clone(), false, hit),
                 None => (faces.central.clone().unwrap_or_default(), true, hit),
             },
@@ -381,8 +382,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         k_fold,
         thresholds: thresholds.iter().map(|&t| sweep.at(t)).collect(),
     };
-    if let Some(path) = &args.plot {
-        write_plot(path, &report, &scored, &roc, args.force)?;
+    if let Some((path, format)) = plot {
+        write_plot(path, format, &report, &sweep, &scored, &roc, args.force)?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -392,14 +393,36 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_status(report.images.failed))
 }
 
+/// The file formats `--plot` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlotFormat {
+    Png,
+    Svg,
+}
+
+impl PlotFormat {
+    /// The format a file name asks for.
+    fn of(path: &Path) -> anyhow::Result<Self> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("png") => Ok(PlotFormat::Png),
+            Some("svg") => Ok(PlotFormat::Svg),
+            _ => bail!("{}: --plot needs a .png or .svg file name", path.display()),
+        }
+    }
+}
+
 fn write_plot(
     path: &Path,
+    format: PlotFormat,
     report: &Report,
+    sweep: &Sweep,
     scored: &[Scored],
     roc: &[metrics::RocPoint],
     force: bool,
 ) -> anyhow::Result<()> {
-    // The threshold the protocol recommends: the fold mean under k-fold, else the best one.
     let threshold = report
         .k_fold
         .as_ref()
@@ -415,7 +438,7 @@ fn write_plot(
         .map(|p| p.distance)
         .collect();
     let curve: Vec<(f64, f64)> = roc.iter().map(|p| (p.fpr, p.tpr)).collect();
-    let at = Sweep::new(scored).at(threshold);
+    let at = sweep.at(threshold);
     let title = format!(
         "{} - {} pairs - {}",
         report.protocol,
@@ -433,13 +456,9 @@ fn write_plot(
         threshold,
         operating_point: (at.fpr, at.tpr),
     };
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    let bytes = match ext.as_str() {
-        "svg" => facekit::plot::render_svg(&chart).into_bytes(),
-        "png" => {
+    let bytes = match format {
+        PlotFormat::Svg => facekit::plot::render_svg(&chart).into_bytes(),
+        PlotFormat::Png => {
             let mut bytes = Vec::new();
             facekit::plot::render_png(&chart)
                 .write_to(
@@ -449,7 +468,6 @@ fn write_plot(
                 .context("encoding the plot")?;
             bytes
         }
-        _ => bail!("{}: --plot needs a .png or .svg file name", path.display()),
     };
     facekit::io::write_file_atomic(path, &bytes, force)?;
     Ok(())

@@ -260,10 +260,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         max_pixels: args.common.max_pixels,
         ..Default::default()
     };
-    let policy = match args.face_select {
-        super::sweep::FaceSelect::Center => FacePolicy::Center,
-        super::sweep::FaceSelect::Largest => FacePolicy::Largest,
-    };
+    let policy = FacePolicy::from(args.face_select);
     if !args.data.is_dir() {
         bail!(
             "{}: not a folder of identity subfolders",
@@ -271,30 +268,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let pool = thread_pool(args.common.threads)?;
-    let n_images = facekit::io::collect_inputs(std::slice::from_ref(&args.data)).len();
+    let (images, unreadable) = train::labeled_images(&args.data, args.min_images);
+    let n_images = images.len();
     let pb = progress(n_images, "faces");
-    let loaded = pool.install(|| {
-        train::load_dataset(
-            &args.data,
-            &pipeline,
-            &cache,
-            &opts,
-            policy,
-            args.min_images,
-            || pb.inc(1),
-        )
+    let mut loaded = pool.install(|| {
+        train::load_dataset(&args.data, images, &pipeline, &cache, &opts, policy, || {
+            pb.inc(1)
+        })
     })?;
     pb.finish_and_clear();
+    loaded.failed.extend(unreadable);
     for e in &loaded.failed {
         eprintln!("facekit: {e}");
     }
     for p in &loaded.no_face {
         eprintln!("facekit: {}: no face found; left out", display_path(p));
     }
-    let mut loaded = loaded;
+    // dlib's network: the frozen part for the last stage, and its final layer.
+    let dlib = DlibEmbedder::new(&source)?;
     if stage {
         // The frozen blocks 0-9 run once per face (and its mirror); their output is the row.
-        let embedder = DlibEmbedder::new(&source)?;
         let flip = !args.no_flip;
         let pb = progress(loaded.paths.len(), "stage inputs");
         let rows: Vec<Vec<f32>> = pool.install(|| {
@@ -311,7 +304,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                         if flip {
                             chips.push(image::imageops::flip_horizontal(&chip));
                         }
-                        Ok(embedder.prefix(&chips, stage::FIRST_BLOCK)?.concat())
+                        Ok(dlib.prefix(&chips, stage::FIRST_BLOCK)?.concat())
                     });
                     pb.inc(1);
                     r
@@ -334,15 +327,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     // The model and its starting point: fresh, or a checkpoint.
     let input = init.input();
     let normalize = config.normalize();
-    let fc = DlibEmbedder::new(&source)?.fc_weight()?;
-    let (model, w0): (Box<dyn Trainable>, Vec<f32>) = if stage {
-        let st = Stage::pretrained(&source, !args.no_flip)?;
-        let w0 = train::flat_weights(&st)?;
-        (Box::new(st), w0)
+    let fc = dlib.fc_weight()?;
+    let model = if stage {
+        Model::Stage(Stage::pretrained(&source, !args.no_flip)?)
     } else {
         let (w0, in_dim, out_dim) = train::initial_weights(init, &fc, args.seed);
-        (Box::new(LinearHead::new(w0.clone(), in_dim, out_dim)?), w0)
+        Model::Head {
+            head: LinearHead::new(w0, in_dim, out_dim)?,
+            in_dim,
+            out_dim,
+        }
     };
+    let w0 = train::flat_weights(model.trainable())?;
     let has_val = !val_rows.is_empty();
     // dlib's embedding as published: the pretrained model without normalisation.
     let base = if !has_val {
@@ -350,7 +346,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     } else if input == HeadInput::Embedding {
         Some(train::validate(data, &val_rows, |x| x.to_vec()))
     } else if stage {
-        let emb = train::embed_rows(model.as_ref(), data, &val_rows, false)?;
+        let emb = train::embed_rows(model.trainable(), data, &val_rows, false)?;
         Some(train::validate_embeddings(
             &emb,
             &labels_of(data, &val_rows),
@@ -383,9 +379,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         None => Checkpoint::fresh(w0.clone()),
     };
-    train::set_weights(model.as_ref(), &start_state.weight)?;
+    train::set_weights(model.trainable(), &start_state.weight)?;
     let before = if has_val {
-        let emb = train::embed_rows(model.as_ref(), data, &val_rows, normalize)?;
+        let emb = train::embed_rows(model.trainable(), data, &val_rows, normalize)?;
         Some(train::validate_embeddings(
             &emb,
             &labels_of(data, &val_rows),
@@ -409,7 +405,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         &train_rows,
         &val_rows,
         &config,
-        model.as_ref(),
+        model.trainable(),
         start_state,
         |log| {
             if !args.json {
@@ -427,25 +423,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
     // The saved model: the best checkpoint, its threshold calibrated on validation (or on the
     // training identities without a validation split).
-    train::set_weights(model.as_ref(), &trained.best_weights)?;
+    train::set_weights(model.trainable(), &trained.best_weights)?;
     let rows = if has_val { &val_rows } else { &train_rows };
-    let emb = train::embed_rows(model.as_ref(), data, rows, normalize)?;
+    let emb = train::embed_rows(model.trainable(), data, rows, normalize)?;
     let best = train::validate_embeddings(&emb, &labels_of(data, rows));
-    let mut head = if stage {
-        let st = Stage::pretrained(&source, !args.no_flip)?;
-        train::set_weights(&st, &trained.best_weights)?;
-        let mut h = Head::new(st.fc_weight()?, FEATURES, DIM, HeadInput::Pooled, normalize);
-        h.backbone = st.backbone_tensors()?;
-        h
-    } else {
-        let out_dim = trained.best_weights.len() / init_in_dim(init);
-        Head::new(
+    let mut head = match &model {
+        // The model holds the best weights now (set above).
+        Model::Stage(st) => {
+            let mut h = Head::new(st.fc_weight()?, FEATURES, DIM, HeadInput::Pooled, normalize);
+            h.backbone = st.backbone_tensors()?;
+            h
+        }
+        Model::Head {
+            in_dim, out_dim, ..
+        } => Head::new(
             trained.best_weights.clone(),
-            init_in_dim(init),
-            out_dim,
+            *in_dim,
+            *out_dim,
             input,
             normalize,
-        )
+        ),
     };
     head.threshold = Some(best.threshold);
     let mut settings = BTreeMap::new();
@@ -524,18 +521,30 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(super::runner::exit_status(loaded.failed.len()))
 }
 
+/// What trains: a linear head on cached features, or the last stage of the ResNet.
+enum Model {
+    Head {
+        head: LinearHead,
+        in_dim: usize,
+        out_dim: usize,
+    },
+    Stage(Stage),
+}
+
+impl Model {
+    fn trainable(&self) -> &dyn Trainable {
+        match self {
+            Model::Head { head, .. } => head,
+            Model::Stage(st) => st,
+        }
+    }
+}
+
 fn layers_name(stage: bool) -> &'static str {
     if stage {
         "last-stage"
     } else {
         "head"
-    }
-}
-
-fn init_in_dim(init: HeadInit) -> usize {
-    match init.input() {
-        HeadInput::Pooled => FEATURES,
-        HeadInput::Embedding => DIM,
     }
 }
 

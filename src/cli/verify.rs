@@ -77,9 +77,14 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     FacePolicy::Center
                 };
-                select_face(&dets, policy, img.width(), img.height())
-                    .map(|i| vec![dets[i].clone()])
-                    .unwrap_or_default()
+                select_face(
+                    dets.iter().map(|d| &d.bbox),
+                    policy,
+                    img.width(),
+                    img.height(),
+                )
+                .map(|i| vec![dets[i].clone()])
+                .unwrap_or_default()
             }
         };
         anyhow::ensure!(!chosen.is_empty(), "{}: no face found", path.display());

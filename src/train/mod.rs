@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor, Var};
 
-use crate::distance::{self, Metric};
+use crate::distance;
 use crate::embed::head::HeadInput;
 use crate::metrics::{self, Scored, Sweep};
 use crate::rng::Rng;
@@ -74,21 +74,12 @@ pub struct Loaded {
     pub cached: usize,
 }
 
-/// Detects, aligns and embeds (to `pipeline`'s backbone output, cached) the face each image of
-/// a labeled folder stands for (`policy`), labeling it by its subfolder (or digit-stripped
-/// file name for flat folders), skipping identities with fewer than `min_images` photos. Runs
-/// data-parallel in the current rayon pool; `tick` is called
-/// once per image.
-pub fn load_dataset(
+/// The images of a labeled folder (sorted) whose identity has at least `min_images` of them,
+/// and the paths that could not be read.
+pub fn labeled_images(
     root: &std::path::Path,
-    pipeline: &crate::Pipeline,
-    cache: &crate::cache::EmbeddingCache,
-    opts: &crate::io::LoadOptions,
-    policy: crate::FacePolicy,
     min_images: usize,
-    tick: impl Fn() + Sync,
-) -> Result<Loaded> {
-    use rayon::prelude::*;
+) -> (Vec<std::path::PathBuf>, Vec<Error>) {
     let mut images = Vec::new();
     let mut failed = Vec::new();
     for item in crate::io::collect_inputs(&[root.to_path_buf()]) {
@@ -98,12 +89,29 @@ pub fn load_dataset(
         }
     }
     images.sort();
-    // Identities with fewer than `min_images` photos are left out before any work.
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for p in &images {
         *counts.entry(crate::pairs::label_of(root, p)).or_default() += 1;
     }
     images.retain(|p| counts[&crate::pairs::label_of(root, p)] >= min_images);
+    (images, failed)
+}
+
+/// Detects, aligns and embeds (to `pipeline`'s backbone output, cached) the face each of
+/// `images` (from [`labeled_images`] under `root`) stands for (`policy`), labeling it by its
+/// subfolder (or digit-stripped file name for flat folders). Runs data-parallel in the current
+/// rayon pool; `tick` is called once per image.
+pub fn load_dataset(
+    root: &std::path::Path,
+    images: Vec<std::path::PathBuf>,
+    pipeline: &crate::Pipeline,
+    cache: &crate::cache::EmbeddingCache,
+    opts: &crate::io::LoadOptions,
+    policy: crate::FacePolicy,
+    tick: impl Fn() + Sync,
+) -> Result<Loaded> {
+    use rayon::prelude::*;
+    let mut failed = Vec::new();
     type Pick = (Option<(Vec<f32>, crate::Detection)>, bool);
     let results: Vec<Result<Pick>> = images
         .par_iter()
@@ -111,14 +119,10 @@ pub fn load_dataset(
             let r = crate::nn::serial(|| cache.faces_of_file(pipeline, p, opts, false));
             tick();
             let (faces, hit) = r?;
-            let dets: Vec<crate::Detection> = faces
-                .faces
-                .iter()
-                .map(crate::cache::face_detection)
-                .collect();
-            let pick = crate::pipeline::select_face(&dets, policy, faces.width, faces.height);
+            let boxes = faces.faces.iter().map(|f| &f.bbox);
+            let pick = crate::pipeline::select_face(boxes, policy, faces.width, faces.height);
             Ok((
-                pick.map(|i| (faces.faces[i].embedding.clone(), dets[i].clone())),
+                pick.map(|i| (faces.faces[i].embedding.clone(), faces.faces[i].detection())),
                 hit,
             ))
         })
@@ -688,9 +692,6 @@ impl Checkpoint {
         ))
     }
 }
-
-/// The Euclidean metric the heads are evaluated with (re-exported for callers' reports).
-pub const METRIC: Metric = Metric::Euclidean;
 
 #[cfg(test)]
 mod tests {
