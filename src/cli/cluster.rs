@@ -513,25 +513,22 @@ fn contact_sheet(
             unknown.len(),
         ));
     }
-    // Decode each needed photo once.
-    let mut needed: Vec<usize> = sections
-        .iter()
-        .flat_map(|s| s.1.iter().map(|&f| owner[f].0))
-        .collect();
-    needed.sort_unstable();
-    needed.dedup();
+    // The faces shown, grouped by photo: each photo is decoded once, and only the faces the
+    // sheet shows are cut out.
+    let mut needed: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for &f in sections.iter().flat_map(|s| s.1.iter()) {
+        needed.entry(owner[f].0).or_default().push(f);
+    }
+    let needed: Vec<(usize, Vec<usize>)> = needed.into_iter().collect();
     let thumbs: std::collections::HashMap<usize, String> = needed
         .par_iter()
-        .flat_map_iter(|&i| {
-            let img = io::load_image(&inputs[i], opts).ok();
-            owner
+        .flat_map_iter(|(i, faces)| {
+            let img = io::load_image(&inputs[*i], opts).ok();
+            faces
                 .iter()
-                .enumerate()
-                .filter(move |(_, o)| o.0 == i)
-                .filter_map(move |(f, &(_, k))| {
-                    let img = img.as_ref()?;
-                    let b = photos[i].as_ref()?.faces.get(k)?.bbox;
-                    thumbnail(img, &b).map(|t| (f, t))
+                .filter_map(|&f| {
+                    let b = photos[*i].as_ref()?.faces.get(owner[f].1)?.bbox;
+                    thumbnail(img.as_ref()?, &b).map(|t| (f, t))
                 })
                 .collect::<Vec<_>>()
         })
