@@ -115,6 +115,7 @@ pub struct EmbeddingCache {
     file: Option<PathBuf>,
     entries: RwLock<HashMap<String, Arc<ImageFaces>>>,
     writer: Mutex<Option<File>>,
+    skipped: usize,
 }
 
 impl EmbeddingCache {
@@ -137,6 +138,7 @@ impl EmbeddingCache {
             file: None,
             entries: RwLock::new(HashMap::new()),
             writer: Mutex::new(None),
+            skipped: 0,
         }
     }
 
@@ -151,34 +153,32 @@ impl EmbeddingCache {
             .create(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)
             .map_err(|e| Error::io(&path, e))?;
         let mut entries = HashMap::new();
-        let mut lines = text.lines();
+        let mut lines = text.split(|&b| b == b'\n').filter(|l| !l.is_empty());
         let header = serde_json::json!({ "facekit_cache": FORMAT, "key": key }).to_string();
+        let mut skipped = 0;
         match lines.next() {
             None => {
                 file.write_all(format!("{header}\n").as_bytes())
                     .map_err(|e| Error::io(&path, e))?;
             }
-            Some(first) if first == header => {}
-            Some(_) => {
-                return Err(Error::Config(format!(
-                    "{}: not a facekit cache for this pipeline; remove it or use --no-cache",
-                    path.display()
-                )))
-            }
+            Some(first) if first == header.as_bytes() => {}
+            // Damaged beyond its first line: still usable, the rest is read line by line.
+            Some(_) => skipped += 1,
         }
         for line in lines {
-            // Skip lines a killed run left half-written.
-            if let Ok(l) = serde_json::from_str::<Line>(line) {
-                if l.v == FORMAT {
+            // Lines a killed run left half-written, or damaged bytes: skipped and counted.
+            match serde_json::from_slice::<Line>(line) {
+                Ok(l) if l.v == FORMAT => {
                     entries.insert(l.sha256.clone(), Arc::new(l.into_faces()));
                 }
+                _ => skipped += 1,
             }
         }
-        if !text.is_empty() && !text.ends_with('\n') {
+        if !text.is_empty() && !text.ends_with(b"\n") {
             // Terminate a partial line so the next record starts cleanly.
             file.seek(SeekFrom::End(0))
                 .and_then(|_| file.write_all(b"\n"))
@@ -188,6 +188,7 @@ impl EmbeddingCache {
             file: Some(path),
             entries: RwLock::new(entries),
             writer: Mutex::new(Some(file)),
+            skipped,
         })
     }
 
@@ -204,12 +205,18 @@ impl EmbeddingCache {
                     "no cache directory (set FACEKIT_CACHE or HOME, or use --no-cache)".into(),
                 )
             })?;
-        Self::open(&dir, &pipeline.cache_key())
+        Self::open(&dir, &pipeline.cache_key()?)
     }
 
     /// The cache file, if caching is on.
     pub fn path(&self) -> Option<&Path> {
         self.file.as_deref()
+    }
+
+    /// Lines of the cache file that could not be read when it was opened (damaged or
+    /// half-written by a killed run): skipped, never a failure; those images are embedded again.
+    pub fn skipped_lines(&self) -> usize {
+        self.skipped
     }
 
     /// Number of images cached.
@@ -260,7 +267,19 @@ impl EmbeddingCache {
         opts: &LoadOptions,
         central: bool,
     ) -> Result<(Arc<ImageFaces>, bool)> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        crate::io::guard(path, || {
+            self.faces_of_file_unguarded(pipeline, path, opts, central)
+        })
+    }
+
+    fn faces_of_file_unguarded(
+        &self,
+        pipeline: &Pipeline,
+        path: &Path,
+        opts: &LoadOptions,
+        central: bool,
+    ) -> Result<(Arc<ImageFaces>, bool)> {
+        let bytes = crate::io::read_image_bytes(path, opts)?;
         let sha = content_hash(&bytes);
         let cached = self.get(&sha);
         if let Some(c) = &cached {
@@ -268,7 +287,7 @@ impl EmbeddingCache {
                 return Ok((c.clone(), true));
             }
         }
-        let img = decode_image(&bytes, opts).map_err(|reason| Error::image(path, reason))?;
+        let img = decode_image(bytes, opts).map_err(|reason| Error::image(path, reason))?;
         let mut faces = match cached {
             Some(c) => (*c).clone(),
             None => analyze(pipeline, &img)?,

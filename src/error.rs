@@ -41,6 +41,29 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+impl Clone for Error {
+    /// A copy with the same message (an I/O error keeps its kind and text; a tensor error
+    /// becomes its text).
+    fn clone(&self) -> Self {
+        match self {
+            Error::Io { path, error } => Error::Io {
+                path: path.clone(),
+                error: std::io::Error::new(error.kind(), error.to_string()),
+            },
+            Error::Image { path, reason } => Error::Image {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::Model { name, reason } => Error::Model {
+                name: name.clone(),
+                reason: reason.clone(),
+            },
+            Error::Config(s) => Error::Config(s.clone()),
+            Error::Candle(e) => Error::Config(format!("tensor error: {e}")),
+        }
+    }
+}
+
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
@@ -55,6 +78,15 @@ impl Error {
         match self {
             Error::Io { path, .. } | Error::Image { path, .. } => Some(path),
             _ => None,
+        }
+    }
+
+    /// The reason alone, without the file name (for records that carry the path separately).
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Io { error, .. } => error.to_string(),
+            Error::Image { reason, .. } => reason.clone(),
+            other => other.to_string(),
         }
     }
 

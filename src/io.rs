@@ -1,8 +1,11 @@
-//! Everything that touches files: decoding images by content (JPEG, PNG, WebP, BMP, TIFF, GIF),
-//! EXIF orientation, pixel limits, walking directories, and atomic no-overwrite writes.
+//! Everything that touches files: opening only regular files within a byte budget, decoding
+//! images by content (JPEG, PNG, WebP, BMP, TIFF, GIF) within a memory budget, EXIF orientation,
+//! walking directories (loops, dangling links and unreadable entries reported per file), the
+//! per-file fault boundary, paths in machine-readable output, and atomic no-overwrite writes.
 
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
@@ -10,6 +13,19 @@ use crate::{Error, Result};
 
 /// Default refusal limit: images over 100 megapixels are not decoded.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// Memory one image may take while it is decoded: the file's bytes, the decoder's own buffer in
+/// the image's native layout and the 8-bit RGB result, at their largest simultaneous use.
+/// Images that would need more are refused with the reason (together with the detector's
+/// bounded working memory this keeps one input under 1 GB).
+pub const DECODE_BUDGET: u64 = 768 << 20;
+
+/// How much of a file is read before its header must have said how large the image is.
+const HEADER_PREFIX: usize = 1 << 20;
+
+/// Bytes a file may hold past what its declared image can need uncompressed (metadata,
+/// embedded previews, trailing data such as a phone's motion-photo video).
+const BYTE_MARGIN: u64 = 32 << 20;
 
 /// Formats facekit decodes (the first frame of a GIF).
 const SUPPORTED: &[ImageFormat] = &[
@@ -19,6 +35,12 @@ const SUPPORTED: &[ImageFormat] = &[
     ImageFormat::Bmp,
     ImageFormat::Tiff,
     ImageFormat::Gif,
+];
+
+/// File name extensions of the supported formats: in a walked folder, a file with one of these
+/// that is not a readable image is reported rather than passed over.
+const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "jpe", "jfif", "png", "webp", "bmp", "dib", "tif", "tiff", "gif",
 ];
 
 /// How images are decoded.
@@ -46,40 +68,133 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
         .filter(|f| SUPPORTED.contains(f))
 }
 
-/// Reads and decodes an image file into upright 8-bit RGB.
-///
-/// Errors name the file and the reason: unreadable, empty, not an image, truncated, or over the
-/// pixel limit.
-pub fn load_image(path: &Path, opts: &LoadOptions) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_image(&bytes, opts).map_err(|reason| Error::image(path, reason))
+/// Runs `f`, the work on one input file, so that nothing that goes wrong inside it (a panic in
+/// a C decoder or a kernel included) escapes: it becomes an error naming `path`. This is the
+/// per-file fault boundary every multi-file run goes through.
+pub fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _scope = GateScope::enter();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => Err(Error::image(
+            path,
+            format!(
+                "internal error while processing it: {}",
+                panic_message(&*payload)
+            ),
+        )),
+    }
 }
 
-/// Decodes image bytes (format by content) into upright 8-bit RGB; the error is a reason
-/// suitable for showing after a file name.
-pub fn decode_image(bytes: &[u8], opts: &LoadOptions) -> std::result::Result<RgbImage, String> {
-    if bytes.is_empty() {
-        return Err("empty file (0 bytes)".to_string());
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else {
+        "unknown panic".to_string()
     }
-    let format = match image::guess_format(bytes) {
-        Ok(f) if SUPPORTED.contains(&f) => f,
-        Ok(f) => return Err(format!("unsupported image format {f:?}")),
-        Err(_) => {
-            return Err(
-                "not a recognised image (content is not JPEG, PNG, WebP, BMP, TIFF or GIF)"
-                    .to_string(),
-            )
+}
+
+/// What a path that is not a regular file is, for error messages.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    let ft = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO";
         }
+        if ft.is_socket() {
+            return "a socket";
+        }
+        if ft.is_char_device() {
+            return "a character device";
+        }
+        if ft.is_block_device() {
+            return "a block device";
+        }
+    }
+    if ft.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
+/// Opens `path` for reading only if it is a regular file (after following links). FIFOs,
+/// devices and sockets are refused without being read; opening does not block on a FIFO.
+pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    let not_regular = |meta: &std::fs::Metadata| {
+        Error::image(path, format!("not a regular file ({})", kind_of(meta)))
     };
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    // Room for the largest accepted image at 16-bit RGBA plus decoder scratch.
-    limits.max_alloc = Some(opts.max_pixels.saturating_mul(8).saturating_add(64 << 20));
-    reader.limits(limits);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
-    let (w, h) = decoder.dimensions();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Swapped for a FIFO between the check and the open: do not wait for a writer.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads an image file's bytes: a regular file only, and no more than its declared image can
+/// need (the header's dimensions, uncompressed, plus a margin). Images over the pixel limit are
+/// refused from their header, before the rest is read.
+pub fn read_image_bytes(path: &Path, opts: &LoadOptions) -> Result<Vec<u8>> {
+    let (mut file, len) = open_regular(path)?;
+    if len == 0 {
+        return Err(Error::image(path, "empty file (0 bytes)"));
+    }
+    let mut bytes = Vec::new();
+    let prefix = len.min(HEADER_PREFIX as u64);
+    (&mut file)
+        .take(prefix)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    let cap = match header_dimensions(&bytes) {
+        Some((w, h)) => {
+            check_pixels(w, h, opts).map_err(|reason| Error::image(path, reason))?;
+            (w as u64 * h as u64).saturating_mul(8) + BYTE_MARGIN
+        }
+        None => opts.max_pixels.saturating_mul(8) + BYTE_MARGIN,
+    };
+    if len > bytes.len() as u64 {
+        let rest = len.min(cap).saturating_sub(bytes.len() as u64);
+        bytes
+            .try_reserve_exact(rest as usize)
+            .map_err(|_| Error::image(path, "out of memory reading the file"))?;
+        file.take(rest)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(bytes)
+}
+
+/// The width and height an image's header declares, when `prefix` holds the header.
+fn header_dimensions(prefix: &[u8]) -> Option<(u32, u32)> {
+    let format = sniff_format(prefix)?;
+    std::panic::catch_unwind(|| {
+        ImageReader::with_format(Cursor::new(prefix), format)
+            .into_dimensions()
+            .ok()
+    })
+    .ok()
+    .flatten()
+}
+
+/// The pixel-limit check, with the reason for refusing.
+fn check_pixels(w: u32, h: u32, opts: &LoadOptions) -> std::result::Result<(), String> {
     let pixels = w as u64 * h as u64;
     if pixels > opts.max_pixels {
         return Err(format!(
@@ -91,28 +206,102 @@ pub fn decode_image(bytes: &[u8], opts: &LoadOptions) -> std::result::Result<Rgb
     if pixels == 0 {
         return Err(format!("image has no pixels ({w}x{h})"));
     }
+    Ok(())
+}
+
+/// Reads and decodes an image file into upright 8-bit RGB.
+///
+/// Errors name the file and the reason: not a regular file, unreadable, empty, not an image,
+/// truncated or corrupt, over the pixel limit or the decoding memory budget.
+pub fn load_image(path: &Path, opts: &LoadOptions) -> Result<RgbImage> {
+    let bytes = read_image_bytes(path, opts)?;
+    decode_image(bytes, opts).map_err(|reason| Error::image(path, reason))
+}
+
+/// Decodes image bytes (format by content) into upright 8-bit RGB; the error is a reason
+/// suitable for showing after a file name. A panic inside a decoder is caught and returned as
+/// the reason. `bytes` is dropped as soon as the decoder is done with it.
+pub fn decode_image(
+    bytes: impl Into<Vec<u8>>,
+    opts: &LoadOptions,
+) -> std::result::Result<RgbImage, String> {
+    let bytes = bytes.into();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_unguarded(bytes, opts)
+    }))
+    .unwrap_or_else(|payload| {
+        Err(format!(
+            "cannot decode: {}",
+            panic_message(&*payload).trim_start_matches("libjpeg fatal error: ")
+        ))
+    })
+}
+
+fn decode_unguarded(bytes: Vec<u8>, opts: &LoadOptions) -> std::result::Result<RgbImage, String> {
+    if bytes.is_empty() {
+        return Err("empty file (0 bytes)".to_string());
+    }
+    let format = match image::guess_format(&bytes) {
+        Ok(f) if SUPPORTED.contains(&f) => f,
+        Ok(f) => return Err(format!("unsupported image format {f:?}")),
+        Err(_) => {
+            return Err(
+                "not a recognised image (content is not JPEG, PNG, WebP, BMP, TIFF or GIF)"
+                    .to_string(),
+            )
+        }
+    };
+    let file_len = bytes.len() as u64;
+    let mut reader = ImageReader::with_format(Cursor::new(&bytes[..]), format);
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(DECODE_BUDGET);
+    reader.limits(limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w, h, opts)?;
+    let pixels = w as u64 * h as u64;
+    gate_acquire(pixels);
+    let native = decoder.total_bytes();
+    let rgb = pixels * 3;
+    let is_rgb8 = decoder.color_type() == image::ColorType::Rgb8;
+    let needed = (file_len + native)
+        .max(if is_rgb8 { 0 } else { native + rgb })
+        .max(2 * rgb);
+    if format != ImageFormat::Jpeg && needed > DECODE_BUDGET {
+        return Err(format!(
+            "image is {w}x{h} {:?}: decoding it needs {} MB, over the {} MB memory budget",
+            decoder.color_type(),
+            needed >> 20,
+            DECODE_BUDGET >> 20
+        ));
+    }
     // A malformed EXIF block is not worth refusing the image for: keep it as stored.
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = match format {
+    let img = match format {
         // libjpeg-turbo's decoder (via mozjpeg): the same pixels Pillow, OpenCV and so the Python
         // peers see. zune-jpeg (image's default) differs by a grey level here and there, which is
-        // enough to flip MTCNN's NMS choices on some faces. Unusual JPEGs (CMYK, arithmetic
-        // coding) fall back to image's decoder.
-        ImageFormat::Jpeg => match decode_jpeg_libjpeg(bytes) {
-            Ok(rgb) => DynamicImage::ImageRgb8(rgb),
-            Err(JpegError::Truncated) => {
-                return Err(
-                    "truncated JPEG (no end-of-image marker after the last scan)".to_string(),
-                )
+        // enough to flip MTCNN's NMS choices on some faces.
+        ImageFormat::Jpeg => {
+            drop(decoder);
+            let rgb = decode_jpeg_libjpeg(&bytes)?;
+            drop(bytes);
+            DynamicImage::ImageRgb8(rgb)
+        }
+        _ => {
+            let native = DynamicImage::from_decoder(decoder)
+                .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+            drop(bytes);
+            match native {
+                DynamicImage::ImageRgb8(_) => native,
+                other => DynamicImage::ImageRgb8(other.to_rgb8()),
             }
-            Err(JpegError::Unsupported) => DynamicImage::from_decoder(decoder)
-                .map_err(|e| format!("cannot decode {format:?}: {e}"))?,
-        },
-        _ => DynamicImage::from_decoder(decoder)
-            .map_err(|e| format!("cannot decode {format:?}: {e}"))?,
+        }
     };
+    let mut img = img;
     if opts.apply_exif_orientation {
         img.apply_orientation(orientation);
     }
@@ -120,13 +309,6 @@ pub fn decode_image(bytes: &[u8], opts: &LoadOptions) -> std::result::Result<Rgb
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
-}
-
-enum JpegError {
-    /// The file ends before its end-of-image marker.
-    Truncated,
-    /// libjpeg refused it (e.g. CMYK or arithmetic coding): try image's decoder.
-    Unsupported,
 }
 
 /// True when a JPEG's last scan is followed by an end-of-image marker. Entropy-coded data cannot
@@ -140,30 +322,137 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-/// Decodes a JPEG to RGB with libjpeg-turbo's algorithms (accurate integer IDCT, fancy upsampling).
-fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, JpegError> {
-    if !jpeg_is_complete(bytes) {
-        return Err(JpegError::Truncated);
-    }
-    let other = |_: std::io::Error| JpegError::Unsupported;
-    let mut started = mozjpeg::Decompress::new_mem(bytes)
-        .map_err(other)?
-        .rgb()
-        .map_err(other)?;
-    let (w, h) = (started.width() as u32, started.height() as u32);
-    let pixels: Vec<u8> = started.read_scanlines().map_err(other)?;
-    started.finish().map_err(other)?;
-    RgbImage::from_raw(w, h, pixels).ok_or(JpegError::Unsupported)
+/// True when the JPEG has an Adobe APP14 segment: its CMYK/YCCK samples are stored inverted
+/// (as Photoshop writes them).
+fn jpeg_has_adobe_marker(bytes: &[u8]) -> bool {
+    bytes
+        .windows(9)
+        .any(|w| w[0] == 0xFF && w[1] == 0xEE && &w[4..9] == b"Adobe")
 }
 
-/// The input files named by `paths`: files as given, directories walked recursively (sorted)
-/// keeping only files whose content is a supported image. Paths that do not exist or cannot be
-/// read are returned as errors, in order, so a run can report them and go on.
+/// Decodes a JPEG to RGB with libjpeg-turbo's algorithms (accurate integer IDCT, fancy
+/// upsampling). CMYK and YCCK JPEGs are converted to RGB (as Pillow does); arithmetic coding is
+/// supported. libjpeg's fatal errors unwind; [`decode_image`] catches them.
+fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    use mozjpeg::ColorSpace;
+    if !jpeg_is_complete(bytes) {
+        return Err("truncated JPEG (no end-of-image marker after the last scan)".to_string());
+    }
+    let fail = |e: std::io::Error| format!("cannot decode JPEG: {e}");
+    let decompress = mozjpeg::Decompress::new_mem(bytes).map_err(fail)?;
+    let (w, h) = (decompress.width() as u32, decompress.height() as u32);
+    let cmyk = matches!(
+        decompress.color_space(),
+        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
+    );
+    if cmyk {
+        let mut started = decompress
+            .to_colorspace(ColorSpace::JCS_CMYK)
+            .map_err(fail)?;
+        let mut rgb = Vec::new();
+        rgb.try_reserve_exact(w as usize * h as usize * 3)
+            .map_err(|_| "out of memory".to_string())?;
+        let mut row = vec![0u8; w as usize * 4];
+        let inverted = jpeg_has_adobe_marker(bytes);
+        for _ in 0..h {
+            started.read_scanlines_into(&mut row).map_err(fail)?;
+            for px in row.chunks_exact(4) {
+                let [c, m, y, k] = if inverted {
+                    [px[0], px[1], px[2], px[3]].map(u32::from)
+                } else {
+                    [px[0], px[1], px[2], px[3]].map(|v| 255 - u32::from(v))
+                };
+                // Stored (inverted) values are 255 - ink: R = (255 - C)(255 - K) / 255.
+                rgb.extend([c, m, y].map(|v| ((v * k + 127) / 255) as u8));
+            }
+        }
+        started.finish().map_err(fail)?;
+        return RgbImage::from_raw(w, h, rgb).ok_or_else(|| "JPEG size mismatch".to_string());
+    }
+    let mut started = decompress.rgb().map_err(fail)?;
+    let pixels: Vec<u8> = started.read_scanlines().map_err(fail)?;
+    started.finish().map_err(fail)?;
+    RgbImage::from_raw(w, h, pixels).ok_or_else(|| "JPEG size mismatch".to_string())
+}
+
+/// A bound on the pixels of the images being decoded and processed at once across threads, so
+/// that running on several threads cannot multiply the memory one large image takes: a thread
+/// inside [`guard`] that loads an image waits until the images other threads hold leave room
+/// (one image at a time always proceeds; a thread that already holds one never waits).
+struct Gate {
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+/// Pixels of images in flight at once (two 16 MP photos, or one larger image alone).
+const GATE_PIXELS: u64 = 40_000_000;
+
+static GATE: Gate = Gate {
+    used: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+thread_local! {
+    /// Pixels this thread holds in the gate, while inside [`guard`] (`None` outside).
+    static HELD: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the current thread as inside a fault boundary; on leaving, the pixels it acquired are
+/// given back.
+struct GateScope {
+    outer: Option<u64>,
+}
+
+impl GateScope {
+    fn enter() -> Self {
+        GateScope {
+            outer: HELD.with(|h| h.replace(Some(0))),
+        }
+    }
+}
+
+impl Drop for GateScope {
+    fn drop(&mut self) {
+        let held = HELD.with(|h| h.replace(self.outer)).unwrap_or(0);
+        if held > 0 {
+            let mut used = GATE.used.lock().unwrap_or_else(|p| p.into_inner());
+            *used = used.saturating_sub(held);
+            GATE.freed.notify_all();
+        }
+    }
+}
+
+/// Takes `pixels` from the gate for the rest of the current [`guard`] scope (nothing outside
+/// one).
+fn gate_acquire(pixels: u64) {
+    let Some(held) = HELD.with(|h| h.get()) else {
+        return;
+    };
+    let pixels = pixels.min(GATE_PIXELS);
+    let mut used = GATE.used.lock().unwrap_or_else(|p| p.into_inner());
+    // A thread holding pixels already never waits (it could be waited for itself).
+    while held == 0 && *used > 0 && *used + pixels > GATE_PIXELS {
+        used = GATE.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+    }
+    *used += pixels;
+    HELD.with(|h| h.set(Some(held + pixels)));
+}
+
+/// The input files named by `paths`, in order: files as given, directories walked recursively
+/// (entries sorted by name) keeping files whose content is a supported image. Symlinked
+/// directories are followed, once each (a loop is reported, not walked again). Everything that
+/// cannot be used is returned as an error in its place, so a run reports it and goes on: paths
+/// that do not exist, dangling links, directories or entries that cannot be read, special files
+/// (FIFOs, sockets, devices), and files named like images whose content is not one. Files named
+/// otherwise that are not images (`notes.txt`) are passed over silently in walks.
 pub fn collect_inputs(paths: &[PathBuf]) -> Vec<std::result::Result<PathBuf, Error>> {
     let mut out = Vec::new();
     for path in paths {
         match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => walk_dir(path, &mut out),
+            Ok(meta) if meta.is_dir() => {
+                let mut seen = Vec::new();
+                walk_dir(path, &meta, &mut seen, &mut out);
+            }
             Ok(_) => out.push(Ok(path.clone())),
             Err(e) => out.push(Err(Error::io(path, e))),
         }
@@ -171,42 +460,177 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Vec<std::result::Result<PathBuf, Err
     out
 }
 
-fn walk_dir(dir: &Path, out: &mut Vec<std::result::Result<PathBuf, Error>>) {
+/// A directory's identity (device and inode), for loop detection.
+fn dir_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (0, 0)
+    }
+}
+
+fn walk_dir(
+    dir: &Path,
+    meta: &std::fs::Metadata,
+    ancestors: &mut Vec<(u64, u64)>,
+    out: &mut Vec<std::result::Result<PathBuf, Error>>,
+) {
+    let id = dir_id(meta);
+    if cfg!(unix) && ancestors.contains(&id) {
+        out.push(Err(Error::image(
+            dir,
+            "symbolic link loop (a directory that contains itself); not walked again",
+        )));
+        return;
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => return out.push(Err(Error::io(dir, e))),
     };
-    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for path in entries {
-        // symlink_metadata: do not follow links into directories (no cycles); linked files are
-        // followed by the content check below.
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
+    let mut paths = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(e) => paths.push(e.path()),
+            Err(e) => out.push(Err(Error::io(dir, e))),
+        }
+    }
+    paths.sort();
+    ancestors.push(id);
+    for path in paths {
+        let link = std::fs::symlink_metadata(&path)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if link && e.kind() == std::io::ErrorKind::NotFound => {
+                out.push(Err(Error::image(
+                    &path,
+                    "dangling symbolic link (its target does not exist)",
+                )));
+                continue;
+            }
+            Err(e) => {
+                // ELOOP: a link that points at itself, directly or not.
+                out.push(Err(Error::io(&path, e)));
+                continue;
+            }
         };
         if meta.is_dir() {
-            walk_dir(&path, out);
-        } else if looks_like_image(&path) {
-            out.push(Ok(path));
+            walk_dir(&path, &meta, ancestors, out);
+        } else if !meta.is_file() {
+            if has_image_extension(&path) || !link {
+                out.push(Err(Error::image(
+                    &path,
+                    format!("not a regular file ({})", kind_of(&meta)),
+                )));
+            }
+        } else {
+            match sniff_file(&path) {
+                Ok(true) => out.push(Ok(path)),
+                Ok(false) if has_image_extension(&path) => out.push(Err(Error::image(
+                    &path,
+                    "not a recognised image (content is not JPEG, PNG, WebP, BMP, TIFF or GIF)",
+                ))),
+                Ok(false) => {}
+                Err(e) => out.push(Err(e)),
+            }
+        }
+    }
+    ancestors.pop();
+}
+
+/// True when the name ends in an image format's extension (any case).
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Whether the file's first bytes are those of a supported image format; an error when it
+/// cannot be opened or read.
+fn sniff_file(path: &Path) -> Result<bool> {
+    let (f, _) = open_regular(path)?;
+    let mut head = Vec::with_capacity(32);
+    f.take(32)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(sniff_format(&head).is_some())
+}
+
+/// A path as it goes into JSON: a string when it is valid UTF-8, otherwise
+/// `{"bytes": "<base64 of the raw bytes>"}` (ripgrep's convention), so every file stays
+/// identifiable.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonPath<'a>(pub &'a Path);
+
+impl serde::Serialize for JsonPath<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.0.to_str() {
+            Some(text) => s.serialize_str(text),
+            None => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("bytes", &base64(&path_bytes(self.0)))?;
+                map.end()
+            }
         }
     }
 }
 
-/// True when the file's first bytes are those of a supported image format.
-fn looks_like_image(path: &Path) -> bool {
-    let mut head = [0u8; 32];
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(_) => return false,
+/// serde `serialize_with` for a path field, as [`JsonPath`].
+pub fn serialize_path<S: serde::Serializer>(
+    path: &Path,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&JsonPath(path), s)
+}
+
+/// serde `serialize_with` for a list of paths, each as [`JsonPath`].
+pub fn serialize_paths<S: serde::Serializer>(
+    paths: &[PathBuf],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(paths.iter().map(|p| JsonPath(p)))
+}
+
+/// The raw bytes of a path (on unix; elsewhere its lossy UTF-8 text).
+pub fn path_bytes(path: &Path) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        path.as_os_str().as_bytes().to_vec()
+    }
+    #[cfg(not(unix))]
+    {
+        path.to_string_lossy().into_owned().into_bytes()
+    }
+}
+
+/// Standard base64 (RFC 4648, with padding).
+pub fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
         }
     }
-    sniff_format(&head[..n]).is_some()
+    out
 }
 
 /// Writes `bytes` to a new file `dir/<stem><suffix>` without ever replacing an existing file:

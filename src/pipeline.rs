@@ -125,6 +125,7 @@ pub struct Pipeline {
     aligner: Aligner,
     embedder: Box<dyn Embedder>,
     config: PipelineConfig,
+    source: ModelSource,
 }
 
 impl Pipeline {
@@ -151,6 +152,7 @@ impl Pipeline {
             aligner,
             embedder,
             config,
+            source: source.clone(),
         })
     }
 
@@ -202,9 +204,18 @@ impl Pipeline {
     }
 
     /// Everything that changes what the pipeline outputs for an image (model, alignment, flip,
-    /// detector settings): the embedding cache's key.
-    pub fn cache_key(&self) -> String {
-        format!("{}|{:?}", self.model_id(), self.config.detector)
+    /// detector settings, and the SHA-256 of every weights file it reads, so other weights in
+    /// `--models DIR` never reuse stale embeddings): the embedding cache's key.
+    pub fn cache_key(&self) -> Result<String> {
+        let mut files = vec![crate::models::MTCNN, crate::models::DLIB_RESNET];
+        if self.config.template == Template::Dlib {
+            files.push(crate::models::SHAPE_PREDICTOR_5);
+        }
+        let mut key = format!("{}|{:?}", self.model_id(), self.config.detector);
+        for name in files {
+            key.push_str(&format!("|{name}:{}", self.source.sha256(name)?));
+        }
+        Ok(key)
     }
 
     /// The face a centred portrait would have: the fallback for pair protocols when no face is

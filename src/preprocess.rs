@@ -62,18 +62,37 @@ pub fn area_resize_chw(
     norm: impl Fn(f32) -> f32,
     dst: &mut [f32],
 ) {
+    area_resize_chw_rows(img, region, out_w, out_h, 0..out_h, norm, dst);
+}
+
+/// Output rows `out_rows` of [`area_resize_chw`]'s result (`3 * out_rows.len() * out_w` values,
+/// planar), computed from only the source rows they need and bit-identical to the same rows of
+/// the whole resize: a large image is resized band by band in bounded memory.
+pub fn area_resize_chw_rows(
+    img: &RgbImage,
+    region: Region,
+    out_w: usize,
+    out_h: usize,
+    out_rows: std::ops::Range<usize>,
+    norm: impl Fn(f32) -> f32,
+    dst: &mut [f32],
+) {
     assert!(region.width() > 0 && region.height() > 0, "empty region");
     assert!(region.x1 <= img.width() as usize && region.y1 <= img.height() as usize);
-    assert_eq!(dst.len(), 3 * out_w * out_h);
+    assert!(out_rows.start < out_rows.end && out_rows.end <= out_h);
+    assert_eq!(dst.len(), 3 * out_w * out_rows.len());
     let cols = area_bounds(region.width(), out_w);
-    let rows = area_bounds(region.height(), out_h);
+    let rows = &area_bounds(region.height(), out_h)[out_rows.clone()];
+    // Source rows (relative to the region) the requested output rows average.
+    let src0 = rows[0].0;
+    let src1 = rows.iter().map(|r| r.1).max().unwrap_or(src0);
     let stride = img.width() as usize * 3;
     let raw = img.as_raw();
 
-    // Horizontal pass: every region row becomes out_w column means (interleaved RGB).
-    let mut tmp = vec![0f32; region.height() * out_w * 3];
+    // Horizontal pass: every needed region row becomes out_w column means (interleaved RGB).
+    let mut tmp = vec![0f32; (src1 - src0) * out_w * 3];
     for (r, tmp_row) in tmp.chunks_exact_mut(out_w * 3).enumerate() {
-        let row = &raw[(region.y0 + r) * stride..][region.x0 * 3..region.x1 * 3];
+        let row = &raw[(region.y0 + src0 + r) * stride..][region.x0 * 3..region.x1 * 3];
         for (j, &(c0, c1)) in cols.iter().enumerate() {
             let mut acc = [0f32; 3];
             for px in row[c0 * 3..c1 * 3].chunks_exact(3) {
@@ -87,9 +106,10 @@ pub fn area_resize_chw(
     }
 
     // Vertical pass: average the row means, then normalise into the planes.
-    let plane = out_w * out_h;
+    let plane = out_w * out_rows.len();
     let mut acc = vec![0f32; out_w * 3];
     for (i, &(r0, r1)) in rows.iter().enumerate() {
+        let (r0, r1) = (r0 - src0, r1 - src0);
         acc.iter_mut().for_each(|a| *a = 0.0);
         for tmp_row in tmp[r0 * out_w * 3..r1 * out_w * 3].chunks_exact(out_w * 3) {
             acc.iter_mut().zip(tmp_row).for_each(|(a, v)| *a += v);

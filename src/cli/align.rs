@@ -1,6 +1,6 @@
 //! `facekit align`: one aligned PNG chip per face, `<stem>_<k>.png`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,8 +10,8 @@ use facekit::io::{self, LoadOptions};
 use facekit::models::ModelSource;
 use facekit::Detector;
 
-use super::output::display_path;
-use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
+use super::output::{display_path, flush_stdout, outln};
+use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool, Input};
 use super::CommonArgs;
 
 /// Alignment templates.
@@ -78,15 +78,18 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
         ..LoadOptions::default()
     };
     let pool = thread_pool(args.common.threads)?;
-    let (inputs, mut failures) = collect_inputs(&args.paths, |e| eprintln!("facekit: error: {e}"));
+    let inputs = inputs(&args.paths);
+    let names = chip_names(&inputs);
+    let name_of: std::collections::HashMap<&Path, &str> = inputs
+        .iter()
+        .zip(&names)
+        .filter_map(|(i, n)| Some((i.as_deref().ok()?, n.as_str())))
+        .collect();
     let pb = progress(inputs.len(), "images");
-    let job = |path: &PathBuf| -> facekit::Result<Vec<facekit::Result<PathBuf>>> {
+    let job = |path: &Path| -> facekit::Result<Vec<facekit::Result<PathBuf>>> {
         let img = io::load_image(path, &load)?;
         let faces = detector.detect(&img)?;
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".to_string());
+        let stem = name_of.get(path).copied().unwrap_or("image");
         Ok(faces
             .iter()
             .enumerate()
@@ -101,14 +104,15 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
             })
             .collect())
     };
-    let mut chips = 0usize;
+    let (mut chips, mut failures) = (0usize, 0usize);
     run_ordered(&pool, &inputs, &pb, job, |i, result| match result {
         Ok(written) => {
             for w in written {
                 match w {
                     Ok(p) => {
                         chips += 1;
-                        println!("{}\t{}", display_path(&inputs[i]), display_path(&p));
+                        let src = inputs[i].as_deref().unwrap_or(Path::new(""));
+                        outln!("{}\t{}", display_path(src), display_path(&p));
                     }
                     Err(e) => {
                         failures += 1;
@@ -122,6 +126,46 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
             eprintln!("facekit: error: {e}");
         }
     });
+    flush_stdout();
     eprintln!("{chips} chip(s) written to {}", args.out.display());
     Ok(exit_status(failures))
+}
+
+/// The name each input's chips start with: its file stem, or where two inputs share a stem
+/// (`a/x.jpg`, `b/x.jpg`), the parent folder's name and the stem (`a_x`, `b_x`), with `-N`
+/// added if that is still not unique. No chip of one input can replace another's.
+fn chip_names(inputs: &[Input]) -> Vec<String> {
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".to_string())
+    };
+    let mut names: Vec<String> = inputs
+        .iter()
+        .map(|i| i.as_deref().map(stem).unwrap_or_default())
+        .collect();
+    let count = |names: &[String], n: &str| names.iter().filter(|m| *m == n).count();
+    let first: Vec<String> = names.clone();
+    for (i, input) in inputs.iter().enumerate() {
+        if let Ok(p) = input {
+            if count(&first, &first[i]) > 1 {
+                let parent = p
+                    .parent()
+                    .and_then(|d| d.file_name())
+                    .map(|d| d.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                names[i] = format!("{parent}_{}", first[i]);
+            }
+        }
+    }
+    let second = names.clone();
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for (i, name) in names.iter_mut().enumerate() {
+        if inputs[i].is_ok() && count(&second, name) > 1 {
+            let n = seen.entry(name.clone()).or_default();
+            *n += 1;
+            *name = format!("{name}-{n}");
+        }
+    }
+    names
 }

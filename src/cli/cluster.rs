@@ -16,7 +16,7 @@ use facekit::BBox;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::output::display_path;
+use super::output::{display_path, outln};
 use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
 use super::{CommonArgs, EXIT_FAILURE};
 
@@ -59,16 +59,16 @@ pub struct ClusterArgs {
     algorithm: AlgorithmArg,
     /// Faces closer than this are linked (default 0.50: stricter than verify's 0.60, see the
     /// README; required with --model or --metric cosine).
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = super::parse::non_negative_f32)]
     threshold: Option<f32>,
     /// Clusters with fewer faces go to OUT/unknown.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = super::parse::at_least_one)]
     min_size: usize,
     /// Faces narrower than this (pixels) are not clustered and go to OUT/unknown.
-    #[arg(long, value_name = "PX", default_value_t = cluster::DEFAULT_MIN_FACE)]
+    #[arg(long, value_name = "PX", default_value_t = cluster::DEFAULT_MIN_FACE, value_parser = super::parse::non_negative_size)]
     min_face: f32,
     /// Number of clusters (k-means only).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = super::parse::at_least_one)]
     k: Option<usize>,
     /// Distance between embeddings.
     #[arg(long, default_value_t = Metric::Euclidean)]
@@ -96,7 +96,8 @@ pub struct ClusterArgs {
 /// One face in `clusters.json`.
 #[derive(Serialize)]
 struct FaceEntry {
-    path: String,
+    #[serde(serialize_with = "io::serialize_path")]
+    path: PathBuf,
     face: usize,
     #[serde(rename = "box")]
     bbox: [f32; 4],
@@ -105,7 +106,8 @@ struct FaceEntry {
 
 #[derive(Serialize)]
 struct Representative {
-    path: String,
+    #[serde(serialize_with = "io::serialize_path")]
+    path: PathBuf,
     face: usize,
 }
 
@@ -121,7 +123,8 @@ struct ClusterEntry {
 
 #[derive(Serialize)]
 struct FailedEntry {
-    path: String,
+    #[serde(serialize_with = "io::serialize_path")]
+    path: PathBuf,
     error: String,
 }
 
@@ -130,7 +133,8 @@ struct FailedEntry {
 struct ClustersFile<'a> {
     faces: &'a [FaceEntry],
     clusters: &'a [ClusterEntry],
-    no_faces: &'a [String],
+    #[serde(serialize_with = "io::serialize_paths")]
+    no_faces: &'a [PathBuf],
     failed: &'a [FailedEntry],
 }
 
@@ -169,7 +173,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let (inputs, _) = collect_inputs(std::slice::from_ref(&album), |e| {
         eprintln!("facekit: {e}");
         failed.push(FailedEntry {
-            path: e.path().map(display_path).unwrap_or_default(),
+            path: e.path().map(Path::to_path_buf).unwrap_or_default(),
             error: e.to_string(),
         });
     });
@@ -199,9 +203,10 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let pb = progress(inputs.len(), "photos");
     let mut photos: Vec<Option<std::sync::Arc<facekit::cache::ImageFaces>>> =
         vec![None; inputs.len()];
+    let items: Vec<super::runner::Input> = inputs.iter().cloned().map(Ok).collect();
     run_ordered(
         &pool,
-        &inputs,
+        &items,
         &pb,
         |p| facekit::nn::serial(|| cache.faces_of_file(&pipeline, p, &opts, false)),
         |i, r| match r {
@@ -209,7 +214,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 eprintln!("facekit: {e}");
                 failed.push(FailedEntry {
-                    path: display_path(&inputs[i]),
+                    path: inputs[i].clone(),
                     error: e.to_string(),
                 });
             }
@@ -262,14 +267,14 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     for (i, p) in photos.iter().enumerate() {
         if p.as_ref().is_some_and(|p| p.faces.is_empty()) {
             destinations[i].insert("no_faces".to_string());
-            no_faces.push(display_path(&inputs[i]));
+            no_faces.push(inputs[i].clone());
         }
     }
     let faces: Vec<FaceEntry> = owner
         .iter()
         .zip(&result.labels)
         .map(|(&(i, k), l)| FaceEntry {
-            path: display_path(&inputs[i]),
+            path: inputs[i].clone(),
             face: k,
             bbox: photos[i]
                 .as_ref()
@@ -290,7 +295,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 size: members.len(),
                 photos: photos.len(),
                 representative: Representative {
-                    path: display_path(&inputs[ri]),
+                    path: inputs[ri].clone(),
                     face: rk,
                 },
             }
@@ -317,7 +322,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         if let Err(e) = organizer.place(&inputs[i], &dests) {
             pb.suspend(|| eprintln!("facekit: {e}"));
             failed.push(FailedEntry {
-                path: display_path(&inputs[i]),
+                path: inputs[i].clone(),
                 error: e.to_string(),
             });
         }
@@ -356,15 +361,17 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             failed: failed.len(),
             clusters: &clusters,
         };
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?);
     } else {
         for c in &clusters {
-            println!(
+            outln!(
                 "{}  {:>5} face(s) in {:>5} photo(s)",
-                c.folder, c.size, c.photos
+                c.folder,
+                c.size,
+                c.photos
             );
         }
-        println!(
+        outln!(
             "{} photo(s), {} face(s): {} people, {} unknown face(s), {} photo(s) without faces, {} failed",
             inputs.len(),
             owner.len(),
@@ -373,13 +380,13 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             no_faces.len(),
             failed.len()
         );
-        println!(
+        outln!(
             "wrote {} and {}",
             display_path(&written_json),
             display_path(&written_html)
         );
         if mode == Mode::Move {
-            println!(
+            outln!(
                 "moved; to put every photo back: facekit cluster --undo {}",
                 display_path(&out)
             );
@@ -416,11 +423,13 @@ fn check_out(album: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
 fn run_undo(out: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let report = organize::undo(out)?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        outln!(
             "{} photo(s) moved back, {} were still in place, {} copies removed",
-            report.restored, report.already_in_place, report.copies_removed
+            report.restored,
+            report.already_in_place,
+            report.copies_removed
         );
     }
     for p in &report.problems {

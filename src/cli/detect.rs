@@ -12,8 +12,12 @@ use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut};
 use imageproc::rect::Rect;
 
-use super::output::{display_path, json_line, DetectTable, ErrorRecord, FaceRecord, ImageRecord};
-use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
+use facekit::io::JsonPath;
+
+use super::output::{
+    display_path, flush_stdout, json_line, DetectTable, ErrorRecord, FaceRecord, ImageRecord,
+};
+use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool};
 use super::CommonArgs;
 
 /// Arguments of `facekit detect`.
@@ -29,30 +33,32 @@ pub struct DetectArgs {
     #[arg(long, value_name = "DIR")]
     annotate: Option<PathBuf>,
     /// Smallest face to look for, in pixels.
-    #[arg(long, value_name = "PX", default_value_t = 20.0)]
+    #[arg(long, value_name = "PX", default_value_t = 20.0, value_parser = super::parse::positive_f64)]
     min_face: f64,
-    /// P-Net, R-Net and O-Net score thresholds.
-    #[arg(long, value_name = "P,R,O", value_delimiter = ',', num_args = 3, default_values_t = [0.6f32, 0.7, 0.7])]
+    /// P-Net, R-Net and O-Net score thresholds, each in [0, 1] (comma-separated).
+    #[arg(long, value_name = "P,R,O", value_delimiter = ',', num_args = 1, default_values_t = [0.6f32, 0.7, 0.7], value_parser = super::parse::unit_f32)]
     thresholds: Vec<f32>,
     /// Scale factor between image pyramid levels.
-    #[arg(long, default_value_t = 0.709)]
+    #[arg(long, default_value_t = 0.709, value_parser = super::parse::open_unit_f64)]
     factor: f64,
     #[command(flatten)]
     common: CommonArgs,
 }
 
-/// What one input produced.
-enum Outcome {
-    Faces {
-        width: u32,
-        height: u32,
-        faces: Vec<Detection>,
-        annotated: Option<facekit::Result<PathBuf>>,
-    },
-    Failed(facekit::Error),
+/// What one image produced.
+struct Outcome {
+    width: u32,
+    height: u32,
+    faces: Vec<Detection>,
+    annotated: Option<facekit::Result<PathBuf>>,
 }
 
 pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.thresholds.len() == 3,
+        "--thresholds takes three values, P,R,O (e.g. 0.6,0.7,0.7), got {}",
+        args.thresholds.len()
+    );
     let config = DetectorConfig {
         min_face_size: args.min_face,
         thresholds: [args.thresholds[0], args.thresholds[1], args.thresholds[2]],
@@ -70,64 +76,57 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     }
     let pool = thread_pool(args.common.threads)?;
 
-    let (inputs, mut failures) = collect_inputs(&args.paths, |e| report_failure(args.json, e));
+    let inputs = inputs(&args.paths);
     if !args.json {
         DetectTable::header();
     }
     let pb = progress(inputs.len(), "images");
-    let (mut images, mut faces_total) = (0usize, 0usize);
-    let job = |path: &PathBuf| -> Outcome {
-        match io::load_image(path, &load).and_then(|img| {
-            let faces = detector.detect(&img)?;
-            Ok((img, faces))
-        }) {
-            Ok((img, faces)) => {
-                let annotated = args
-                    .annotate
-                    .as_deref()
-                    .map(|dir| annotate(dir, path, &img, &faces));
-                Outcome::Faces {
-                    width: img.width(),
-                    height: img.height(),
-                    faces,
-                    annotated,
-                }
-            }
-            Err(e) => Outcome::Failed(e),
-        }
+    let (mut images, mut faces_total, mut failures) = (0usize, 0usize, 0usize);
+    let job = |path: &Path| -> facekit::Result<Outcome> {
+        let img = io::load_image(path, &load)?;
+        let faces = detector.detect(&img)?;
+        let annotated = args
+            .annotate
+            .as_deref()
+            .map(|dir| annotate(dir, path, &img, &faces));
+        Ok(Outcome {
+            width: img.width(),
+            height: img.height(),
+            faces,
+            annotated,
+        })
     };
-    run_ordered(&pool, &inputs, &pb, job, |i, outcome| {
-        let path = display_path(&inputs[i]);
-        match outcome {
-            Outcome::Faces {
-                width,
-                height,
-                faces,
-                annotated,
-            } => {
-                images += 1;
-                faces_total += faces.len();
-                if args.json {
-                    json_line(&ImageRecord {
-                        path: &path,
-                        width,
-                        height,
-                        faces: faces.iter().map(FaceRecord::from).collect(),
-                    });
-                } else {
-                    DetectTable::rows(&path, &faces);
-                }
-                if let Some(Err(e)) = annotated {
-                    failures += 1;
-                    eprintln!("facekit: error: cannot write annotated copy: {e}");
-                }
+    run_ordered(&pool, &inputs, &pb, job, |i, outcome| match outcome {
+        Ok(Outcome {
+            width,
+            height,
+            faces,
+            annotated,
+        }) => {
+            let path = inputs[i].as_deref().unwrap_or(Path::new(""));
+            images += 1;
+            faces_total += faces.len();
+            if args.json {
+                json_line(&ImageRecord {
+                    path: JsonPath(path),
+                    width,
+                    height,
+                    faces: faces.iter().map(FaceRecord::from).collect(),
+                });
+            } else {
+                DetectTable::rows(&display_path(path), &faces);
             }
-            Outcome::Failed(e) => {
+            if let Some(Err(e)) = annotated {
                 failures += 1;
-                report_failure(args.json, &e);
+                eprintln!("facekit: error: cannot write annotated copy: {e}");
             }
+        }
+        Err(e) => {
+            failures += 1;
+            report_failure(args.json, &e);
         }
     });
+    flush_stdout();
     if !args.json {
         eprintln!(
             "{images} image(s), {faces_total} face(s){}",
@@ -145,15 +144,9 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
 fn report_failure(json: bool, e: &facekit::Error) {
     eprintln!("facekit: error: {e}");
     if json {
-        let path = e.path().map(display_path).unwrap_or_default();
-        let reason = match e {
-            facekit::Error::Io { error, .. } => error.to_string(),
-            facekit::Error::Image { reason, .. } => reason.clone(),
-            other => other.to_string(),
-        };
         json_line(&ErrorRecord {
-            path: &path,
-            error: &reason,
+            path: JsonPath(e.path().unwrap_or(Path::new(""))),
+            error: &e.reason(),
         });
     }
 }

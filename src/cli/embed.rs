@@ -1,6 +1,6 @@
 //! `facekit embed`: one embedding per face, as JSON Lines, CSV or a NumPy `.npy` matrix.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
@@ -8,8 +8,10 @@ use facekit::io::{self, LoadOptions};
 use facekit::Face;
 use serde::Serialize;
 
-use super::output::{display_path, json_line};
-use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
+use facekit::io::JsonPath;
+
+use super::output::{csv_path, flush_stdout, write_stdout};
+use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool};
 use super::CommonArgs;
 
 /// Output formats.
@@ -46,7 +48,7 @@ pub struct EmbedArgs {
 
 #[derive(Serialize)]
 struct FaceRecord<'a> {
-    path: &'a str,
+    path: JsonPath<'a>,
     face: usize,
     #[serde(rename = "box")]
     bbox: [f32; 4],
@@ -95,75 +97,71 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         ..LoadOptions::default()
     };
     let pool = thread_pool(args.common.threads)?;
-    let (inputs, mut failures) = collect_inputs(&args.paths, |e| eprintln!("facekit: error: {e}"));
-    // Text goes to stdout as it is produced, or into a buffer written atomically at the end.
-    let mut text = String::new();
+    let inputs = inputs(&args.paths);
+    // Records go to stdout as they are produced, or into a buffer written atomically at the end.
+    let mut sink = Sink {
+        to_stdout: args.out.is_none(),
+        buf: Vec::new(),
+    };
     let mut rows: Vec<Vec<f32>> = Vec::new();
-    let to_stdout = args.out.is_none();
     if args.format == Format::Csv {
         let mut line = String::from("path,face,x1,y1,x2,y2,score");
         (0..dim).for_each(|i| line.push_str(&format!(",e{i}")));
-        emit(&mut text, to_stdout, &line);
+        line.push('\n');
+        sink.emit(line.as_bytes());
     }
     let pb = progress(inputs.len(), "images");
-    let job = |path: &PathBuf| -> facekit::Result<Vec<Face>> {
+    let job = |path: &Path| -> facekit::Result<Vec<Face>> {
         let img = io::load_image(path, &load)?;
         pipeline.faces(&img)
     };
-    let (mut images, mut faces_total) = (0usize, 0usize);
-    run_ordered(&pool, &inputs, &pb, job, |i, result| {
-        let path = display_path(&inputs[i]);
-        match result {
-            Ok(faces) => {
-                images += 1;
-                faces_total += faces.len();
-                for (k, f) in faces.iter().enumerate() {
-                    match args.format {
-                        Format::Jsonl => {
-                            let rec = FaceRecord {
-                                path: &path,
-                                face: k,
-                                bbox: f.bbox.to_array(),
-                                score: f.score,
-                                embedding: &f.embedding,
-                            };
-                            if to_stdout {
-                                json_line(&rec);
-                            } else if let Ok(s) = serde_json::to_string(&rec) {
-                                text.push_str(&s);
-                                text.push('\n');
-                            }
+    let (mut images, mut faces_total, mut failures) = (0usize, 0usize, 0usize);
+    run_ordered(&pool, &inputs, &pb, job, |i, result| match result {
+        Ok(faces) => {
+            let path = inputs[i].as_deref().unwrap_or(Path::new(""));
+            images += 1;
+            faces_total += faces.len();
+            for (k, f) in faces.iter().enumerate() {
+                match args.format {
+                    Format::Jsonl => {
+                        let rec = FaceRecord {
+                            path: JsonPath(path),
+                            face: k,
+                            bbox: f.bbox.to_array(),
+                            score: f.score,
+                            embedding: &f.embedding,
+                        };
+                        if let Ok(mut line) = serde_json::to_vec(&rec) {
+                            line.push(b'\n');
+                            sink.emit(&line);
                         }
-                        Format::Csv => {
-                            let b = f.bbox;
-                            let mut line = format!(
-                                "{},{k},{},{},{},{},{}",
-                                csv_field(&path),
-                                b.x1,
-                                b.y1,
-                                b.x2,
-                                b.y2,
-                                f.score
-                            );
-                            f.embedding
-                                .iter()
-                                .for_each(|v| line.push_str(&format!(",{v}")));
-                            emit(&mut text, to_stdout, &line);
-                        }
-                        Format::Npy => rows.push(f.embedding.clone()),
                     }
+                    Format::Csv => {
+                        let b = f.bbox;
+                        let mut line = csv_path(path);
+                        let mut rest =
+                            format!(",{k},{},{},{},{},{}", b.x1, b.y1, b.x2, b.y2, f.score);
+                        f.embedding
+                            .iter()
+                            .for_each(|v| rest.push_str(&format!(",{v}")));
+                        rest.push('\n');
+                        line.extend(rest.as_bytes());
+                        sink.emit(&line);
+                    }
+                    Format::Npy => rows.push(f.embedding.clone()),
                 }
             }
-            Err(e) => {
-                failures += 1;
-                eprintln!("facekit: error: {e}");
-            }
+        }
+        Err(e) => {
+            failures += 1;
+            eprintln!("facekit: error: {e}");
         }
     });
+    flush_stdout();
     if let Some(out) = &args.out {
         let bytes = match args.format {
             Format::Npy => npy(&rows, dim),
-            _ => text.into_bytes(),
+            _ => sink.buf,
         };
         io::write_file_atomic(out, &bytes, args.force)?;
     }
@@ -178,20 +176,18 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_status(failures))
 }
 
-fn emit(buf: &mut String, to_stdout: bool, line: &str) {
-    if to_stdout {
-        println!("{line}");
-    } else {
-        buf.push_str(line);
-        buf.push('\n');
-    }
+/// Where records go: standard output as they come, or a buffer for `--out`.
+struct Sink {
+    to_stdout: bool,
+    buf: Vec<u8>,
 }
 
-/// A CSV field, quoted when it holds a comma, quote or newline.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+impl Sink {
+    fn emit(&mut self, bytes: &[u8]) {
+        if self.to_stdout {
+            write_stdout(bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
     }
 }

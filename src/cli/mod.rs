@@ -6,6 +6,7 @@ mod cluster;
 mod detect;
 mod embed;
 mod output;
+mod parse;
 mod runner;
 mod sweep;
 mod train;
@@ -49,10 +50,10 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
     /// Refuse images with more pixels than this (decoding is skipped).
-    #[arg(long, value_name = "N", default_value_t = facekit::io::DEFAULT_MAX_PIXELS)]
+    #[arg(long, value_name = "N", default_value_t = facekit::io::DEFAULT_MAX_PIXELS, value_parser = parse::at_least_one_u64)]
     pub max_pixels: u64,
     /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse::at_least_one)]
     pub threads: Option<usize>,
 }
 
@@ -102,11 +103,18 @@ impl CacheArgs {
         &self,
         pipeline: &facekit::Pipeline,
     ) -> anyhow::Result<facekit::cache::EmbeddingCache> {
-        Ok(facekit::cache::EmbeddingCache::for_pipeline(
+        let cache = facekit::cache::EmbeddingCache::for_pipeline(
             pipeline,
             self.cache_dir.as_deref(),
             !self.no_cache,
-        )?)
+        )?;
+        if let (n @ 1.., Some(path)) = (cache.skipped_lines(), cache.path()) {
+            eprintln!(
+                "facekit: warning: {}: {n} damaged line(s) skipped; those photos are embedded again",
+                path.display()
+            );
+        }
+        Ok(cache)
     }
 }
 
@@ -115,8 +123,30 @@ pub const EXIT_FAILURE: u8 = 2;
 
 /// Parses the command line and runs the subcommand.
 pub fn main() -> ExitCode {
+    // Panics are caught at the per-file boundary and reported as that file's error; the default
+    // hook's "thread panicked" text would only confuse (RUST_BACKTRACE=1 restores it).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|payload| {
+        Err(anyhow::anyhow!(
+            "internal error: {} (please report this bug)",
+            facekit::io::panic_message(&*payload)
+        ))
+    });
+    output::flush_stdout();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("facekit: error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Detect(args) => detect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Align(args) => align::run(args),
@@ -124,12 +154,5 @@ pub fn main() -> ExitCode {
         Command::ThresholdSweep(args) => sweep::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Train(args) => train::run(args),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("facekit: error: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
-        }
     }
 }

@@ -1,9 +1,64 @@
-//! Output records and writers: the JSON Lines schema and the human-readable table.
+//! Output records and writers: standard output through one buffered writer (a closed pipe ends
+//! the run quietly, any other write error is reported with exit 2), the JSON Lines schema, paths
+//! in JSON and CSV, and the human-readable table.
 
+use std::io::{BufWriter, IsTerminal, Stdout, Write};
 use std::path::Path;
+use std::sync::Mutex;
 
+use facekit::io::JsonPath;
 use facekit::Detection;
 use serde::Serialize;
+
+/// Standard output, buffered (flushed per line on a terminal).
+static STDOUT: Mutex<Option<BufWriter<Stdout>>> = Mutex::new(None);
+
+/// What happens when standard output cannot be written: a closed pipe (`| head`) ends the run
+/// quietly with exit 0, as ripgrep does; anything else (a full disk) is an error, exit 2.
+fn write_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("facekit: error: cannot write to standard output: {e}");
+    std::process::exit(super::EXIT_FAILURE.into());
+}
+
+/// Writes `text` to standard output.
+pub fn write_stdout(text: &[u8]) {
+    let mut guard = STDOUT.lock().unwrap_or_else(|p| p.into_inner());
+    let out = guard.get_or_insert_with(|| BufWriter::with_capacity(1 << 16, std::io::stdout()));
+    if let Err(e) = out.write_all(text) {
+        write_failed(e);
+    }
+    if std::io::stdout().is_terminal() {
+        if let Err(e) = out.flush() {
+            write_failed(e);
+        }
+    }
+}
+
+/// Flushes standard output (at the end of a run); a failure is reported as any write failure.
+pub fn flush_stdout() {
+    let mut guard = STDOUT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(out) = guard.as_mut() {
+        if let Err(e) = out.flush() {
+            write_failed(e);
+        }
+    }
+}
+
+/// `println!` through the buffered standard output.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_stdout(b"\n")
+    };
+    ($($arg:tt)*) => {{
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        $crate::cli::output::write_stdout(line.as_bytes())
+    }};
+}
+pub(crate) use outln;
 
 /// One face as printed: `{"box": [x1,y1,x2,y2], "score": s, "landmarks": [[x,y] x5]}`.
 #[derive(Serialize)]
@@ -27,7 +82,7 @@ impl From<&Detection> for FaceRecord {
 /// One image's detections (`facekit detect --json`).
 #[derive(Serialize)]
 pub struct ImageRecord<'a> {
-    pub path: &'a str,
+    pub path: JsonPath<'a>,
     pub width: u32,
     pub height: u32,
     pub faces: Vec<FaceRecord>,
@@ -36,21 +91,47 @@ pub struct ImageRecord<'a> {
 /// A file that could not be processed.
 #[derive(Serialize)]
 pub struct ErrorRecord<'a> {
-    pub path: &'a str,
+    pub path: JsonPath<'a>,
     pub error: &'a str,
 }
 
 /// Prints one JSON object on its own line.
 pub fn json_line<T: Serialize>(value: &T) {
-    match serde_json::to_string(value) {
-        Ok(s) => println!("{s}"),
+    match serde_json::to_vec(value) {
+        Ok(mut s) => {
+            s.push(b'\n');
+            write_stdout(&s);
+        }
         Err(e) => eprintln!("facekit: error: cannot serialise output: {e}"),
     }
 }
 
-/// A path as printed (lossy UTF-8).
+/// A path as shown to people (lossy UTF-8; machine-readable output uses [`JsonPath`] or
+/// [`csv_path`]).
 pub fn display_path(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// A path as a CSV field: its bytes exactly as they are (so a name that is not UTF-8 still
+/// identifies its file), quoted when it holds a comma, quote or line break.
+pub fn csv_path(path: &Path) -> Vec<u8> {
+    let bytes = facekit::io::path_bytes(path);
+    if bytes
+        .iter()
+        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+    {
+        let mut out = vec![b'"'];
+        for &b in &bytes {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+        out
+    } else {
+        bytes
+    }
 }
 
 /// The detection table: a header, then one row per face (or one "no faces" row per image).
@@ -59,20 +140,25 @@ pub struct DetectTable;
 impl DetectTable {
     /// Prints the column header.
     pub fn header() {
-        println!(
+        outln!(
             "{:>4}  {:>6}  {:>7} {:>7} {:>7} {:>7}  PATH",
-            "FACE", "SCORE", "X1", "Y1", "X2", "Y2"
+            "FACE",
+            "SCORE",
+            "X1",
+            "Y1",
+            "X2",
+            "Y2"
         );
     }
 
     /// Prints one image's rows.
     pub fn rows(path: &str, faces: &[Detection]) {
         if faces.is_empty() {
-            println!("{:>4}  {:>6}  {:<31}  {path}", "-", "-", "(no faces)");
+            outln!("{:>4}  {:>6}  {:<31}  {path}", "-", "-", "(no faces)");
         }
         for (k, f) in faces.iter().enumerate() {
             let b = f.bbox;
-            println!(
+            outln!(
                 "{:>4}  {:>6.4}  {:>7.1} {:>7.1} {:>7.1} {:>7.1}  {path}",
                 k + 1,
                 f.score,

@@ -1,32 +1,42 @@
 //! Runs a per-file job over many inputs in parallel (rayon) and hands the results back in input
-//! order, as they complete, with a progress bar on a terminal.
+//! order, as they complete, with a progress bar on a terminal. Every job runs inside the
+//! library's per-file fault boundary ([`facekit::io::guard`]).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 
-/// The image files named by `paths` (directories walked). Paths that cannot be read are passed
+/// One input of a run: a file to process, or the reason a named path cannot be used (kept in
+/// its place so records stay in input order).
+pub type Input = Result<PathBuf, facekit::Error>;
+
+/// The inputs named by `paths` (directories walked), errors in their places.
+pub fn inputs(paths: &[PathBuf]) -> Vec<Input> {
+    facekit::io::collect_inputs(paths)
+}
+
+/// The image files named by `paths` (directories walked). Paths that cannot be used are passed
 /// to `on_error` and counted; the run goes on with the rest.
 pub fn collect_inputs(
     paths: &[PathBuf],
     mut on_error: impl FnMut(&facekit::Error),
 ) -> (Vec<PathBuf>, usize) {
-    let mut inputs = Vec::new();
+    let mut files = Vec::new();
     let mut failures = 0;
-    for item in facekit::io::collect_inputs(paths) {
+    for item in inputs(paths) {
         match item {
-            Ok(p) => inputs.push(p),
+            Ok(p) => files.push(p),
             Err(e) => {
                 failures += 1;
                 on_error(&e);
             }
         }
     }
-    (inputs, failures)
+    (files, failures)
 }
 
 /// Exit status for a run over many inputs: 0 when all were processed, 2 when any failed.
@@ -38,17 +48,16 @@ pub fn exit_status(failures: usize) -> std::process::ExitCode {
     }
 }
 
-/// Builds the thread pool the run uses.
+/// Builds the thread pool the run uses (`None`: one thread per core).
 pub fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(n) = threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
         builder = builder.num_threads(n);
     }
     Ok(builder.build()?)
 }
 
-/// A progress bar on stderr when it is a terminal; hidden otherwise.
+/// A progress bar on stderr when it is a terminal (and not `--quiet`); hidden otherwise.
 pub fn progress(len: usize, what: &str) -> ProgressBar {
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
@@ -65,42 +74,54 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// Runs `job` on every path in `pool`, calling `sink` with each result in input order as soon as
-/// it and all earlier ones are done. The progress bar is suspended while `sink` prints.
+/// Runs `job` on every file of `inputs` in `pool`, each inside the per-file fault boundary, and
+/// calls `sink` with each result in input order as soon as it and all earlier ones are done;
+/// inputs that were errors already reach `sink` as those errors, in their places. The progress
+/// bar is suspended while `sink` prints.
 pub fn run_ordered<T, J, S>(
     pool: &rayon::ThreadPool,
-    paths: &[PathBuf],
+    inputs: &[Input],
     pb: &ProgressBar,
     job: J,
     mut sink: S,
 ) where
     T: Send,
-    J: Fn(&PathBuf) -> T + Sync,
-    S: FnMut(usize, T),
+    J: Fn(&Path) -> facekit::Result<T> + Sync,
+    S: FnMut(usize, facekit::Result<T>),
 {
-    let (tx, rx) = mpsc::channel::<(usize, T)>();
+    let (tx, rx) = mpsc::channel::<(usize, facekit::Result<T>)>();
+    let mut pending = BTreeMap::new();
+    let mut next = 0;
+    // Errors found while collecting the inputs take their places without running anything.
+    let mut files = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        match input {
+            Ok(p) => files.push((i, p)),
+            Err(e) => {
+                pending.insert(i, Err(e.clone()));
+            }
+        }
+    }
     std::thread::scope(|scope| {
         scope.spawn(|| {
             pool.install(|| {
                 // par_bridge hands out work roughly in input order, so results stream.
-                paths
-                    .iter()
-                    .enumerate()
-                    .par_bridge()
-                    .for_each_with(tx, |tx, (i, p)| {
-                        let _ = tx.send((i, job(p)));
-                    })
+                files.iter().par_bridge().for_each_with(tx, |tx, &(i, p)| {
+                    let _ = tx.send((i, facekit::io::guard(p, || job(p))));
+                })
             })
         });
-        let mut pending = BTreeMap::new();
-        let mut next = 0;
-        for (i, value) in rx {
-            pending.insert(i, value);
+        let mut drain = |pending: &mut BTreeMap<usize, facekit::Result<T>>| {
             while let Some(value) = pending.remove(&next) {
                 pb.suspend(|| sink(next, value));
                 pb.inc(1);
                 next += 1;
             }
+        };
+        drain(&mut pending);
+        for (i, value) in rx {
+            pending.insert(i, value);
+            drain(&mut pending);
         }
     });
     pb.finish_and_clear();

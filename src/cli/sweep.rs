@@ -15,7 +15,7 @@ use facekit::pairs::{self, Pair};
 use facekit::pipeline::{select_face, FacePolicy};
 use serde::Serialize;
 
-use super::output::display_path;
+use super::output::{display_path, outln};
 use super::runner::{exit_status, progress, run_ordered, thread_pool};
 use super::CommonArgs;
 
@@ -50,7 +50,7 @@ pub struct SweepArgs {
     pairs: Option<PathBuf>,
     /// k-fold protocol: choose the threshold on k-1 folds, measure on the held-out one
     /// (default: pairs.txt's own folds, else none).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = super::parse::at_least_one)]
     folds: Option<usize>,
     /// Distance between embeddings.
     #[arg(long, default_value_t = Metric::Euclidean)]
@@ -60,7 +60,7 @@ pub struct SweepArgs {
     #[arg(long, value_name = "START:STOP:STEP")]
     range: Option<String>,
     /// For a labeled folder, at most this many pairs (a seeded sample, up to half of them same).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = super::parse::at_least_one)]
     max_pairs: usize,
     /// Seed for pair sampling and fold assignment.
     #[arg(long, default_value_t = 0)]
@@ -93,6 +93,9 @@ struct Protocol {
     folds: Option<Vec<usize>>,
     k: usize,
     sampled_from: Option<(u64, u64)>,
+    /// Entries of a labeled folder that could not be used (each named on stderr, counted as
+    /// failed images).
+    unusable: Vec<facekit::Error>,
 }
 
 /// Distinct images, pairs as indices into them, and each pair's fold.
@@ -136,6 +139,7 @@ fn build_protocol(args: &SweepArgs) -> anyhow::Result<Protocol> {
                 folds,
                 k,
                 sampled_from: None,
+                unusable: Vec::new(),
             });
         }
         let list = pairs::parse_tsv_pairs(&text, &args.data, file)?;
@@ -148,6 +152,7 @@ fn build_protocol(args: &SweepArgs) -> anyhow::Result<Protocol> {
             pairs: list,
             k,
             sampled_from: None,
+            unusable: Vec::new(),
         });
     }
     if !args.data.is_dir() {
@@ -157,10 +162,11 @@ fn build_protocol(args: &SweepArgs) -> anyhow::Result<Protocol> {
         );
     }
     let mut images = Vec::new();
+    let mut unusable = Vec::new();
     for item in facekit::io::collect_inputs(std::slice::from_ref(&args.data)) {
         match item {
             Ok(p) => images.push(p),
-            Err(e) => eprintln!("facekit: {e}"),
+            Err(e) => unusable.push(e),
         }
     }
     images.sort();
@@ -179,6 +185,7 @@ fn build_protocol(args: &SweepArgs) -> anyhow::Result<Protocol> {
         sampled_from: drawn
             .sampled
             .then_some((drawn.same_total, drawn.different_total)),
+        unusable,
     })
 }
 
@@ -279,12 +286,16 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let pb = progress(protocol.images.len(), "images");
     let mut chosen: Vec<Option<Vec<f32>>> = vec![None; protocol.images.len()];
     let mut counts = ImageCounts {
-        total: protocol.images.len(),
+        total: protocol.images.len() + protocol.unusable.len(),
         no_face: 0,
-        failed: 0,
+        failed: protocol.unusable.len(),
         cached: 0,
     };
-    let job = |path: &PathBuf| -> Chosen {
+    for e in &protocol.unusable {
+        eprintln!("facekit: {e}");
+    }
+    let items: Vec<super::runner::Input> = protocol.images.iter().cloned().map(Ok).collect();
+    let job = |path: &std::path::Path| -> Chosen {
         let (faces, hit) =
             facekit::nn::serial(|| cache.faces_of_file(&pipeline, path, &opts, true))?;
         let boxes = faces.faces.iter().map(|f| &f.bbox);
@@ -295,29 +306,23 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
             },
         )
     };
-    run_ordered(
-        &pool,
-        &protocol.images,
-        &pb,
-        job,
-        |i, result| match result {
-            Ok((emb, fallback, hit)) => {
-                counts.no_face += usize::from(fallback);
-                counts.cached += usize::from(hit);
-                if fallback {
-                    eprintln!(
-                        "facekit: {}: no face found; using the central crop",
-                        display_path(&protocol.images[i])
-                    );
-                }
-                chosen[i] = Some(emb);
+    run_ordered(&pool, &items, &pb, job, |i, result| match result {
+        Ok((emb, fallback, hit)) => {
+            counts.no_face += usize::from(fallback);
+            counts.cached += usize::from(hit);
+            if fallback {
+                eprintln!(
+                    "facekit: {}: no face found; using the central crop",
+                    display_path(&protocol.images[i])
+                );
             }
-            Err(e) => {
-                counts.failed += 1;
-                eprintln!("facekit: {e}");
-            }
-        },
-    );
+            chosen[i] = Some(emb);
+        }
+        Err(e) => {
+            counts.failed += 1;
+            eprintln!("facekit: {e}");
+        }
+    });
 
     // Score the pairs whose images both have an embedding.
     let mut scored = Vec::with_capacity(protocol.pairs.len());
@@ -386,7 +391,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         write_plot(path, format, &report, &sweep, &scored, &roc, args.force)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
         print_text(&report, &args, cache.path(), start.elapsed().as_secs_f64());
     }
@@ -478,12 +483,17 @@ fn pct(x: f64) -> String {
 }
 
 fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) {
-    println!(
+    outln!(
         "{:>9}  {:>8}  {:>6}  {:>6}  {:>20}  {:>20}",
-        "threshold", "accuracy", "TPR", "FPR", "same P / R / F1", "different P / R / F1"
+        "threshold",
+        "accuracy",
+        "TPR",
+        "FPR",
+        "same P / R / F1",
+        "different P / R / F1"
     );
     for row in &r.thresholds {
-        println!(
+        outln!(
             "{:>9.4}  {:>8.4}  {:>6.4}  {:>6.4}  {:>6.4} {:>6.4} {:>6.4}  {:>6.4} {:>6.4} {:>6.4}",
             row.threshold,
             row.accuracy,
@@ -497,11 +507,13 @@ fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) 
             row.different.f1
         );
     }
-    println!();
-    println!("model          {} ({})", r.model, r.metric);
-    println!(
+    outln!();
+    outln!("model          {} ({})", r.model, r.metric);
+    outln!(
         "images         {} ({} without a detected face: central crop used; {} unreadable)",
-        r.images.total, r.images.no_face, r.images.failed
+        r.images.total,
+        r.images.no_face,
+        r.images.failed
     );
     let sampled = r
         .pairs
@@ -514,7 +526,7 @@ fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) 
             )
         })
         .unwrap_or_default();
-    println!(
+    outln!(
         "pairs          {} same, {} different{}{}",
         r.pairs.same,
         r.pairs.different,
@@ -525,21 +537,21 @@ fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) 
             String::new()
         }
     );
-    println!(
+    outln!(
         "best           threshold {:.4} -> accuracy {}",
         r.best.threshold,
         pct(r.best.accuracy)
     );
-    println!("ROC AUC        {:.5}", r.roc_auc);
+    outln!("ROC AUC        {:.5}", r.roc_auc);
     if let Some(e) = &r.eer {
-        println!(
+        outln!(
             "EER            {} at threshold {:.4}",
             pct(e.rate),
             e.threshold
         );
     }
     for t in &r.tar_at_far {
-        println!(
+        outln!(
             "TAR @ FAR {:<5} {} (threshold {:.4})",
             t.far,
             pct(t.tar),
@@ -550,7 +562,7 @@ fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) 
         let (lo, hi) = kf.folds.iter().fold((f32::MAX, f32::MIN), |(lo, hi), f| {
             (lo.min(f.threshold), hi.max(f.threshold))
         });
-        println!(
+        outln!(
             "{}-fold         {} +- {} (fold thresholds {:.4}-{:.4}, mean {:.4})",
             kf.k,
             pct(kf.accuracy_mean),
@@ -561,13 +573,13 @@ fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) 
         );
     }
     match cache {
-        Some(p) => println!(
+        Some(p) => outln!(
             "cache          {} of {} images from {}",
             r.images.cached,
             r.images.total,
             p.display()
         ),
-        None => println!("cache          off"),
+        None => outln!("cache          off"),
     }
-    println!("wall time      {seconds:.1} s");
+    outln!("wall time      {seconds:.1} s");
 }

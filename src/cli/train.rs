@@ -20,7 +20,7 @@ use facekit::train::{
 use facekit::{FacePolicy, Pipeline, PipelineConfig};
 use serde::Serialize;
 
-use super::output::display_path;
+use super::output::{display_path, outln};
 use super::runner::{progress, thread_pool};
 use super::CommonArgs;
 
@@ -83,22 +83,22 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = MiningArg::SemiHard)]
     mining: MiningArg,
     /// Margin (default: 0.2 triplet, 1.0 contrastive, 0.04 hinge).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse::non_negative_f64)]
     margin: Option<f64>,
     /// Identities per batch (P).
-    #[arg(long, value_name = "P", default_value_t = 16)]
+    #[arg(long, value_name = "P", default_value_t = 16, value_parser = super::parse::at_least_one)]
     identities: usize,
     /// Images per identity per batch (K).
-    #[arg(long, value_name = "K", default_value_t = 4)]
+    #[arg(long, value_name = "K", default_value_t = 4, value_parser = super::parse::at_least_one)]
     per_identity: usize,
     /// Epochs.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = super::parse::at_least_one)]
     epochs: usize,
     /// AdamW learning rate (default: 1e-4 fine-tuning the pretrained head, 1e-3 for a new one).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse::positive_f64)]
     lr: Option<f64>,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = super::parse::non_negative_f64)]
     weight_decay: f64,
     /// Which layers train.
     #[arg(long, value_enum, default_value_t = LayersArg::Head)]
@@ -107,13 +107,13 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = HeadArg::Pretrained)]
     head: HeadArg,
     /// Output size of a new head.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::parse::at_least_one)]
     dim: usize,
     /// Leave out identities with fewer photos than this.
     #[arg(long, value_name = "N", default_value_t = 1)]
     min_images: usize,
     /// Fraction of identities held out for validation.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::parse::fraction_f64)]
     val_split: f64,
     /// Seed (head initialisation, identity split, batches): same seed, same result.
     #[arg(long, default_value_t = 0)]
@@ -497,23 +497,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         seconds: start.elapsed().as_secs_f64(),
     };
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?);
     } else {
-        println!("validation accuracy (10-fold on held-out identities):");
-        println!("  base model (dlib ResNet)   {}", pct(base));
-        println!("  head before training       {}", pct(before));
-        println!(
+        outln!("validation accuracy (10-fold on held-out identities):");
+        outln!("  base model (dlib ResNet)   {}", pct(base));
+        outln!("  head before training       {}", pct(before));
+        outln!(
             "  best head (epoch {:>3})      {}",
             trained.best_epoch,
             pct(has_val.then_some(best))
         );
-        println!(
+        outln!(
             "wrote {} (threshold {:.4}) and {}",
             display_path(&args.out),
             best.threshold,
             display_path(&ckpt_path)
         );
-        println!(
+        outln!(
             "use it: facekit verify --model {} a.jpg b.jpg",
             display_path(&args.out)
         );

@@ -8,6 +8,7 @@ use facekit::io::{self, LoadOptions};
 use facekit::pipeline::{select_face, FacePolicy};
 use serde::Serialize;
 
+use super::output::outln;
 use super::{CommonArgs, EXIT_FAILURE};
 
 /// Which face of each photo is compared.
@@ -30,7 +31,7 @@ pub struct VerifyArgs {
     b: PathBuf,
     /// Distance below which the faces are the same person.
     /// (default: 0.60, calibrated on LFW; a trained --model's own calibrated threshold)
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse::non_negative_f32)]
     threshold: Option<f32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -46,8 +47,8 @@ pub struct VerifyArgs {
 
 #[derive(Serialize)]
 struct Verdict<'a> {
-    a: &'a str,
-    b: &'a str,
+    a: facekit::io::JsonPath<'a>,
+    b: facekit::io::JsonPath<'a>,
     distance: f32,
     threshold: f32,
     same: bool,
@@ -66,7 +67,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let pool = super::runner::thread_pool(args.common.threads)?;
     // Faces (and their embeddings) of each photo; the policy decides which to embed.
-    let faces_of = |path: &PathBuf| -> anyhow::Result<Vec<Vec<f32>>> {
+    let faces_in = |path: &PathBuf| -> facekit::Result<Vec<Vec<f32>>> {
         let img = io::load_image(path, &load)?;
         let dets = pipeline.detector().detect(&img)?;
         let chosen = match args.policy {
@@ -87,9 +88,13 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
             }
         };
-        anyhow::ensure!(!chosen.is_empty(), "{}: no face found", path.display());
-        Ok(pipeline.embed_detections(&img, &chosen)?)
+        if chosen.is_empty() {
+            return Err(facekit::Error::image(path, "no face found"));
+        }
+        pipeline.embed_detections(&img, &chosen)
     };
+    let faces_of =
+        |path: &PathBuf| -> facekit::Result<Vec<Vec<f32>>> { io::guard(path, || faces_in(path)) };
     let (ea, eb) = pool.install(|| rayon::join(|| faces_of(&args.a), || faces_of(&args.b)));
     let (ea, eb) = match (ea, eb) {
         (Ok(a), Ok(b)) => (a, b),
@@ -105,18 +110,17 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .flat_map(|x| eb.iter().map(move |y| facekit::distance::euclidean(x, y)))
         .fold(f32::INFINITY, f32::min);
     let same = distance < threshold;
-    let (a, b) = (args.a.to_string_lossy(), args.b.to_string_lossy());
     if args.json {
         super::output::json_line(&Verdict {
-            a: &a,
-            b: &b,
+            a: facekit::io::JsonPath(&args.a),
+            b: facekit::io::JsonPath(&args.b),
             distance,
             threshold,
             same,
             model: &pipeline.model_id(),
         });
     } else {
-        println!(
+        outln!(
             "{}: distance {distance:.4} (threshold {:.4})",
             if same {
                 "same person"

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub use nets::{ONet, PNet, RNet};
 
 use crate::models::{ModelSource, MTCNN};
-use crate::preprocess::{area_resize_chw, Region};
+use crate::preprocess::{area_resize_chw, area_resize_chw_rows, Region};
 use crate::{Error, Result};
 
 /// A point in image pixel coordinates.
@@ -180,6 +180,10 @@ pub fn pyramid(width: u32, height: u32, min_face: f64, factor: f64) -> Vec<Pyram
     }
     levels
 }
+
+/// Level pixels P-Net takes in one pass; larger levels run in bands (about 60 bytes of
+/// activations per pixel: ~120 MB at this size).
+const PNET_BAND_PIXELS: usize = 2_000_000;
 
 /// A candidate box during the cascade: coordinates, score and the regression to apply.
 #[derive(Debug, Clone, Copy)]
@@ -412,20 +416,60 @@ impl Detector {
     }
 
     /// P-Net on one pyramid level: cells scoring >= t1 become boxes, NMS 0.5 within the level.
+    ///
+    /// A level larger than [`PNET_BAND_PIXELS`] runs in horizontal bands of output rows, each
+    /// resized from only the source rows it needs: P-Net is fully convolutional (output row `y`
+    /// sees input rows `2y .. 2y + 12`, and even band starts keep the 2x2 pools aligned), so
+    /// the cells are bit-identical to one pass over the whole level while the working memory
+    /// stays bounded whatever the image's size.
     fn pnet_level(&self, img: &RgbImage, level: &PyramidLevel) -> Result<Vec<Candidate>> {
+        self.pnet_level_banded(img, level, PNET_BAND_PIXELS)
+    }
+
+    /// [`Self::pnet_level`] with bands of about `band_pixels` level pixels.
+    fn pnet_level_banded(
+        &self,
+        img: &RgbImage,
+        level: &PyramidLevel,
+        band_pixels: usize,
+    ) -> Result<Vec<Candidate>> {
         let (lw, lh) = (level.width, level.height);
-        let mut data = vec![0f32; 3 * lw * lh];
-        area_resize_chw(img, Region::full(img), lw, lh, mtcnn_norm, &mut data);
-        let x = Tensor::from_vec(data, (1, 3, lh, lw), &self.device)?;
+        // Output rows: conv 3x3 (-2), ceil-mode 2x2 pool, then two more 3x3 convs (-2 each).
+        let oh = (lh - 2).div_ceil(2) - 4;
+        let band = (band_pixels / (2 * lw)).max(8);
+        let mut cands = Vec::new();
+        for y0 in (0..oh).step_by(band) {
+            let y1 = (y0 + band).min(oh);
+            let rows = 2 * y0..if y1 == oh { lh } else { 2 * y1 + 10 };
+            self.pnet_band(img, level, rows, y0, &mut cands)?;
+        }
+        let keep = nms_union(&cands, 0.5);
+        Ok(keep.into_iter().map(|i| cands[i]).collect())
+    }
+
+    /// P-Net on level rows `rows` (whose first output row is level output row `y_offset`).
+    fn pnet_band(
+        &self,
+        img: &RgbImage,
+        level: &PyramidLevel,
+        rows: std::ops::Range<usize>,
+        y_offset: usize,
+        cands: &mut Vec<Candidate>,
+    ) -> Result<()> {
+        let (lw, lh) = (level.width, level.height);
+        let bh = rows.len();
+        let mut data = vec![0f32; 3 * lw * bh];
+        area_resize_chw_rows(img, Region::full(img), lw, lh, rows, mtcnn_norm, &mut data);
+        let x = Tensor::from_vec(data, (1, 3, bh, lw), &self.device)?;
         let (reg, prob) = self.pnet.forward(&x)?;
         let reg = reg.squeeze(0)?.to_vec3::<f32>()?;
         let prob = prob.squeeze(0)?.to_vec3::<f32>()?;
         let scale = level.scale as f32;
-        let mut cands = Vec::new();
         for (y, row) in prob[1].iter().enumerate() {
+            let yl = y + y_offset;
             for (x, &score) in row.iter().enumerate() {
                 if score >= self.config.thresholds[0] {
-                    let (bx, by) = (x as f32, y as f32);
+                    let (bx, by) = (x as f32, yl as f32);
                     cands.push(Candidate {
                         b: [
                             ((2.0 * bx + 1.0) / scale).floor(),
@@ -439,8 +483,7 @@ impl Detector {
                 }
             }
         }
-        let keep = nms_union(&cands, 0.5);
-        Ok(keep.into_iter().map(|i| cands[i]).collect())
+        Ok(())
     }
 
     /// Crops each candidate (clipped, no padding), area-resizes it to `size`, normalises.
@@ -474,8 +517,8 @@ impl Detector {
         cands: &[Candidate],
         f: impl Fn(&[Candidate]) -> Result<Vec<T>> + Sync + Send,
     ) -> Result<Vec<T>> {
-        let workers = rayon::current_num_threads().max(1);
-        let chunk = cands.len().div_ceil(2 * workers).clamp(16, BATCH);
+        // Chunks do not depend on the thread count, so neither do the results.
+        let chunk = cands.len().div_ceil(8).clamp(16, BATCH);
         let parts: Vec<Vec<T>> = cands
             .par_chunks(chunk)
             .map(|part| crate::nn::serial(|| f(part)))
@@ -612,5 +655,52 @@ mod tests {
             }
         );
         assert!(crop_region([120.0, 0.0, 130.0, 10.0], 100, 50).is_none());
+    }
+
+    fn fixture_detector() -> (Detector, RgbImage) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let img = crate::io::load_image(
+            &root.join("tests/fixtures/2008_001322.jpg"),
+            &Default::default(),
+        )
+        .unwrap();
+        let det = Detector::new(&ModelSource::Embedded, DetectorConfig::default()).unwrap();
+        (det, img)
+    }
+
+    #[test]
+    fn pnet_bands_are_bit_identical_to_one_pass() {
+        let (det, img) = fixture_detector();
+        let level = pyramid(img.width(), img.height(), 20.0, 0.709)[0];
+        let whole = det.pnet_level_banded(&img, &level, usize::MAX / 4).unwrap();
+        assert!(!whole.is_empty());
+        // Bands of 8 output rows (the smallest), and of a size that does not divide the level.
+        for band_pixels in [1, 37 * 2 * level.width] {
+            let banded = det.pnet_level_banded(&img, &level, band_pixels).unwrap();
+            assert_eq!(banded.len(), whole.len());
+            for (a, b) in banded.iter().zip(&whole) {
+                assert_eq!(
+                    (a.b, a.score.to_bits(), a.reg),
+                    (b.b, b.score.to_bits(), b.reg)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn detections_do_not_depend_on_the_thread_count() {
+        let (det, img) = fixture_detector();
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| det.detect(&img).unwrap())
+        };
+        let one = run(1);
+        assert!(!one.is_empty());
+        for threads in [2, 3, 5] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
     }
 }

@@ -1,0 +1,229 @@
+//! The CLI contract under faults that are not about one bad image: unusable entries of a labeled
+//! folder are counted as failures, a damaged embedding cache is read around (never a failure),
+//! the cache key follows the weights' bytes, and `align` never lets one input's chips replace
+//! another's.
+
+mod common;
+
+use std::path::Path;
+
+use common::{facekit, fixture, json_lines};
+use serde_json::Value;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A labeled folder (two identity subfolders) with the committed LFW photos.
+fn labeled(root: &Path) {
+    for (who, files) in [
+        (
+            "Abel_Pacheco",
+            ["Abel_Pacheco_0001.jpg", "Abel_Pacheco_0004.jpg"],
+        ),
+        (
+            "Akhmed_Zakayev",
+            ["Akhmed_Zakayev_0001.jpg", "Akhmed_Zakayev_0003.jpg"],
+        ),
+    ] {
+        std::fs::create_dir_all(root.join(who)).unwrap();
+        for f in files {
+            std::fs::copy(fixture("lfw").join(f), root.join(who).join(f)).unwrap();
+        }
+    }
+}
+
+/// An identity folder entry that cannot be used (here a dangling link and a file named like a
+/// photo that is not one) is named, counted in `images.failed`, and the exit code is 2; the
+/// sweep over the rest still completes.
+#[test]
+fn sweep_counts_unusable_entries_of_a_labeled_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    labeled(dir.path());
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        dir.path().join("gone.jpg"),
+        dir.path().join("Abel_Pacheco/Abel_Pacheco_0009.jpg"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("Akhmed_Zakayev/notes.jpg"), b"not a photo").unwrap();
+    let out = facekit(&[
+        "threshold-sweep",
+        "--json",
+        s(dir.path()),
+        "--cache-dir",
+        s(cache.path()),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unusable = if cfg!(unix) { 2 } else { 1 };
+    assert_eq!(v["images"]["failed"], unusable, "{v}");
+    assert_eq!(v["images"]["total"], 4 + unusable);
+    assert_eq!(v["pairs"]["same"], 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("notes.jpg") && err.contains("not a recognised image"),
+        "{err}"
+    );
+    #[cfg(unix)]
+    assert!(
+        err.contains("Abel_Pacheco_0009.jpg") && err.contains("dangling"),
+        "{err}"
+    );
+}
+
+/// Garbage in the cache file (a byte that is not UTF-8, a broken line) is skipped with a
+/// warning; the run succeeds with the same result, and the photos are embedded again.
+#[test]
+fn a_damaged_cache_is_read_around_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    labeled(dir.path());
+    let run = || {
+        facekit(&[
+            "threshold-sweep",
+            "--json",
+            s(dir.path()),
+            "--cache-dir",
+            s(cache.path()),
+        ])
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let v1: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let files: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    // Damage: one record cut in half and a stray 0xFF byte at the end.
+    let text = std::fs::read(&files[0]).unwrap();
+    let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    let mut damaged = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if i == 1 {
+            damaged.extend_from_slice(&l[..l.len() / 2]);
+        } else {
+            damaged.extend_from_slice(l);
+        }
+        if i + 1 < lines.len() {
+            damaged.push(b'\n');
+        }
+    }
+    damaged.push(0xFF);
+    std::fs::write(&files[0], &damaged).unwrap();
+
+    let second = run();
+    assert!(second.status.success(), "{}", stderr(&second));
+    let err = stderr(&second);
+    assert!(
+        err.contains("warning") && err.contains("damaged line"),
+        "{err}"
+    );
+    let v2: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(v2["images"]["cached"], 3, "one record was damaged: {v2}");
+    assert_eq!(v2["best"], v1["best"]);
+    // The re-embedded photo went back into the cache: a third run reads all four.
+    let third: Value = serde_json::from_slice(&run().stdout).unwrap();
+    assert_eq!(third["images"]["cached"], 4);
+}
+
+/// The cache key includes the SHA-256 of the weights: the same weights from a directory share
+/// the embedded weights' cache, other weights get a cache of their own.
+#[test]
+fn the_cache_key_follows_the_weights_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    labeled(dir.path());
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let same = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    for f in [
+        "mtcnn.safetensors",
+        "dlib_resnet.safetensors",
+        "shape_predictor_5.safetensors",
+    ] {
+        std::fs::copy(models.join(f), same.path().join(f)).unwrap();
+        std::fs::copy(models.join(f), other.path().join(f)).unwrap();
+    }
+    // Other weights: the last float of the ResNet's file changes (still a valid file).
+    let resnet = other.path().join("dlib_resnet.safetensors");
+    let mut bytes = std::fs::read(&resnet).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0x01;
+    std::fs::write(&resnet, bytes).unwrap();
+    let sweep = |models: Option<&Path>| {
+        let mut args = vec![
+            "threshold-sweep",
+            "--json",
+            s(dir.path()),
+            "--cache-dir",
+            s(cache.path()),
+        ];
+        if let Some(m) = models {
+            args.extend(["--models", s(m)]);
+        }
+        let out = facekit(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(sweep(None)["images"]["cached"], 0);
+    assert_eq!(sweep(Some(same.path()))["images"]["cached"], 4);
+    assert_eq!(sweep(Some(other.path()))["images"]["cached"], 0);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+}
+
+/// Two inputs with the same file stem from different folders: every chip gets its own name,
+/// without and with --force (which used to refuse, or silently replace, the first one's chip).
+#[test]
+fn align_keeps_chips_of_same_named_inputs_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    for (sub, src) in [
+        ("a", "Abel_Pacheco_0001.jpg"),
+        ("b", "Akhmed_Zakayev_0001.jpg"),
+    ] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        std::fs::copy(fixture("lfw").join(src), dir.path().join(sub).join("x.jpg")).unwrap();
+    }
+    let a = dir.path().join("a/x.jpg");
+    let b = dir.path().join("b/x.jpg");
+    for force in [false, true] {
+        let out_dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["align", s(&a), s(&b), "--out", s(out_dir.path())];
+        if force {
+            args.push("--force");
+        }
+        let out = facekit(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let written: Vec<(&str, &str)> =
+            text.lines().map(|l| l.split_once('\t').unwrap()).collect();
+        assert_eq!(written.len(), 2, "{text}");
+        assert_ne!(written[0].1, written[1].1);
+        assert!(written[0].1.ends_with("a_x_0.png") && written[1].1.ends_with("b_x_0.png"));
+        let chips: Vec<Vec<u8>> = written
+            .iter()
+            .map(|w| std::fs::read(w.1).unwrap())
+            .collect();
+        assert_ne!(chips[0], chips[1], "two different faces");
+        assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 2);
+    }
+}
+
+/// Errors found while collecting inputs keep their place among the records.
+#[test]
+fn detect_json_records_follow_input_order() {
+    let a = fixture("lfw/Abel_Pacheco_0001.jpg");
+    let b = fixture("lfw/Akhmed_Zakayev_0001.jpg");
+    let out = facekit(&["detect", "--json", s(&a), "missing.jpg", s(&b)]);
+    assert_eq!(out.status.code(), Some(2));
+    let recs = json_lines(&out.stdout);
+    let paths: Vec<&str> = recs.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, [s(&a), "missing.jpg", s(&b)]);
+    assert!(recs[1]["error"].is_string() && recs[0]["faces"].is_array());
+}
