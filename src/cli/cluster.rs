@@ -161,7 +161,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     if args.algorithm == AlgorithmArg::Kmeans && args.k.is_none() {
         bail!("--algorithm kmeans needs --k (the number of people)");
     }
-    check_out(&album, &out, args.force)?;
+    // Held until the run ends: a second run into OUT refuses.
+    let _lock = check_out(&album, &out, args.force)?;
 
     // Inputs: everything under ALBUM except OUT itself (OUT may live inside the album).
     let out_abs = std::path::absolute(&out)?;
@@ -388,38 +389,62 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_status(failed.len()))
 }
 
-/// OUT must be empty (or absent) unless --force, and must not be the album itself.
-fn check_out(album: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
+/// OUT must be empty (or absent) unless --force, and must not be the album itself. Returns
+/// OUT's lock, held for the whole run (another run into OUT is refused).
+fn check_out(album: &Path, out: &Path, force: bool) -> anyhow::Result<organize::OutLock> {
     if let (Ok(a), Ok(o)) = (album.canonicalize(), out.canonicalize()) {
         if a == o {
             bail!("{}: OUT cannot be the album itself", out.display());
         }
     }
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() && !force {
-                bail!(
-                    "{}: not empty; choose a new folder, or pass --force to add to it (nothing in \
-                     it is deleted or replaced)",
-                    out.display()
-                );
-            }
+    // User content: anything but the lock file of an earlier run.
+    let has_content = || -> anyhow::Result<bool> {
+        match std::fs::read_dir(out) {
+            Ok(entries) => Ok(entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != organize::LOCK)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot use as OUT", out.display())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("{}: cannot use as OUT", out.display()));
+    };
+    let not_empty = || {
+        anyhow::anyhow!(
+            "{}: not empty; choose a new folder, or pass --force to add to it (nothing in it is \
+             deleted or replaced)",
+            out.display()
+        )
+    };
+    if !force && has_content()? {
+        // A run still writing there is the better reason (the lock file exists: no new file).
+        if out.join(organize::LOCK).exists() {
+            drop(organize::lock_out(out)?);
         }
+        return Err(not_empty());
     }
-    Ok(())
+    let lock = organize::lock_out(out)?;
+    // Filled by a run that ended between the check and the lock.
+    if !force && has_content()? {
+        return Err(not_empty());
+    }
+    Ok(lock)
 }
 
 fn run_undo(out: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let report = organize::undo(out)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
-    } else {
+    } else if report.nothing_to_undo {
         println!(
-            "{} photo(s) moved back, {} were still in place, {} copies removed",
+            "nothing to undo: no move was recorded in {}",
+            display_path(out)
+        );
+    } else {
+        let temporaries = match report.temporaries_removed {
+            0 => String::new(),
+            n => format!(", {n} temporary file(s) of an interrupted run removed"),
+        };
+        println!(
+            "{} photo(s) moved back, {} were still in place, {} copies removed{temporaries}",
             report.restored, report.already_in_place, report.copies_removed
         );
     }
