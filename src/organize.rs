@@ -164,7 +164,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 /// The inverse of [`base64_encode`]; `None` for anything that is not padded standard base64.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let t = text.as_bytes();
-    if t.len() % 4 != 0 {
+    if !t.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(t.len() / 4 * 3);

@@ -316,8 +316,7 @@ fn mixed_album(album: &Path, lib: &Path) {
         let f = PEOPLE[k % 4];
         std::fs::copy(lib.join(f), album.join(format!("{k:02}_{f}"))).unwrap();
     }
-    for k in 0..4 {
-        let f = PEOPLE[k];
+    for (k, f) in PEOPLE.iter().enumerate() {
         symlink(format!("../lib/{f}"), album.join(format!("rel{k}_{f}"))).unwrap();
         symlink(
             format!("../../lib/{f}"),
