@@ -165,7 +165,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     if args.algorithm == AlgorithmArg::Kmeans && args.k.is_none() {
         bail!("--algorithm kmeans needs --k (the number of people)");
     }
-    check_out(&album, &out, args.force)?;
+    // Held until the run ends: a second run into OUT refuses.
+    let _lock = check_out(&album, &out, args.force)?;
 
     // Inputs: everything under ALBUM except OUT itself (OUT may live inside the album).
     let out_abs = std::path::absolute(&out)?;
@@ -335,8 +336,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         no_faces: &no_faces,
         failed: &failed,
     })?;
-    let written_json = io::write_new_file(organizer.out(), "clusters", ".json", &json)?;
-    let written_html = io::write_new_file(organizer.out(), "index", ".html", sheet.as_bytes())?;
+    let written_json = organizer.write_report("clusters", ".json", &json)?;
+    let written_html = organizer.write_report("index", ".html", sheet.as_bytes())?;
 
     let unknown = result.labels.iter().filter(|l| l.is_none()).count();
     if args.json {
@@ -395,38 +396,62 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_status(failed.len()))
 }
 
-/// OUT must be empty (or absent) unless --force, and must not be the album itself.
-fn check_out(album: &Path, out: &Path, force: bool) -> anyhow::Result<()> {
+/// OUT must be empty (or absent) unless --force, and must not be the album itself. Returns
+/// OUT's lock, held for the whole run (another run into OUT is refused).
+fn check_out(album: &Path, out: &Path, force: bool) -> anyhow::Result<organize::OutLock> {
     if let (Ok(a), Ok(o)) = (album.canonicalize(), out.canonicalize()) {
         if a == o {
             bail!("{}: OUT cannot be the album itself", out.display());
         }
     }
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() && !force {
-                bail!(
-                    "{}: not empty; choose a new folder, or pass --force to add to it (nothing in \
-                     it is deleted or replaced)",
-                    out.display()
-                );
-            }
+    // User content: anything but the lock file of an earlier run.
+    let has_content = || -> anyhow::Result<bool> {
+        match std::fs::read_dir(out) {
+            Ok(entries) => Ok(entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != organize::LOCK)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot use as OUT", out.display())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("{}: cannot use as OUT", out.display()));
+    };
+    let not_empty = || {
+        anyhow::anyhow!(
+            "{}: not empty; choose a new folder, or pass --force to add to it (nothing in it is \
+             deleted or replaced)",
+            out.display()
+        )
+    };
+    if !force && has_content()? {
+        // A run still writing there is the better reason (the lock file exists: no new file).
+        if out.join(organize::LOCK).exists() {
+            drop(organize::lock_out(out)?);
         }
+        return Err(not_empty());
     }
-    Ok(())
+    let lock = organize::lock_out(out)?;
+    // Filled by a run that ended between the check and the lock.
+    if !force && has_content()? {
+        return Err(not_empty());
+    }
+    Ok(lock)
 }
 
 fn run_undo(out: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let report = organize::undo(out)?;
     if json {
         outln!("{}", serde_json::to_string(&report)?);
-    } else {
+    } else if report.nothing_to_undo {
         outln!(
-            "{} photo(s) moved back, {} were still in place, {} copies removed",
+            "nothing to undo: no move was recorded in {}",
+            display_path(out)
+        );
+    } else {
+        let temporaries = match report.temporaries_removed {
+            0 => String::new(),
+            n => format!(", {n} temporary file(s) of an interrupted run removed"),
+        };
+        outln!(
+            "{} photo(s) moved back, {} were still in place, {} copies removed{temporaries}",
             report.restored,
             report.already_in_place,
             report.copies_removed
@@ -444,24 +469,6 @@ fn run_undo(out: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Faces shown per person on the contact sheet.
 const SHEET_FACES: usize = 24;
-
-fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for k in 0..4 {
-            if k <= c.len() {
-                out.push(T[(n >> (18 - 6 * k) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -488,7 +495,7 @@ fn thumbnail(img: &image::RgbImage, b: &BBox) -> Option<String> {
     thumb
         .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
         .ok()?;
-    Some(base64(&bytes))
+    Some(io::base64(&bytes))
 }
 
 /// `index.html`: per person, up to [`SHEET_FACES`] face crops, to check the result by eye.
@@ -575,18 +582,4 @@ fn contact_sheet(
     }
     html.push_str("</body></html>\n");
     html
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
 }
