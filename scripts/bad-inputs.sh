@@ -7,7 +7,7 @@
 #
 #   scripts/bad-inputs.sh [--mutants N] [--seed S] [--keep]
 #
-# Environment: FILE_TIMEOUT (s, default 30), DIR_TIMEOUT (s, default 1200), MEM_CAP_GB (address
+# Environment: FILE_TIMEOUT (s, default 30), DIR_TIMEOUT (s, default 600), MEM_CAP_GB (address
 # space of every facekit run, default 6: keeps an unbounded decode from taking the machine down;
 # hitting it shows as a signal). Not run by CI (several minutes).
 set -uo pipefail
@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 FILE_TIMEOUT="${FILE_TIMEOUT:-30}"
-DIR_TIMEOUT="${DIR_TIMEOUT:-1200}"
+DIR_TIMEOUT="${DIR_TIMEOUT:-600}"
 MEM_CAP_KB=$(( ${MEM_CAP_GB:-6} * 1024 * 1024 ))
 
 if [ ! -x /usr/bin/time ] || ! /usr/bin/time -v true >/dev/null 2>&1; then

@@ -700,7 +700,8 @@ fn missing_file_keeps_records_in_input_order() {
 fn closed_pipe_after_the_first_line_ends_quietly() {
     let tmp = tempdir();
     let bytes = badgen::jpeg_baseline(&badgen::small_photo());
-    for i in 0..80 {
+    // 200 records (about 100 KB) overflow the 64 KB pipe buffer: writes must fail after the close.
+    for i in 0..200 {
         write(tmp.path(), format!("p{i:03}.jpg"), &bytes);
     }
     let mut child = facekit_command(&["detect", "--json", tmp.path().to_str().unwrap()])
