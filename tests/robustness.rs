@@ -44,6 +44,8 @@ const ONE_INPUT_RSS_LIMIT_MB: u64 = 1024;
 const MANY_INPUTS_RSS_LIMIT_MB: u64 = 2048;
 /// Time allowed for a run over one input (model loading included).
 const ONE_INPUT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A 100 MP image is detected in full (~15 s on 2 busy cores); past this it counts as a hang.
+const BOMB_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -858,10 +860,8 @@ fn thresholds_comma_form_is_accepted() {
 fn assert_bomb_bounded(name: &str, bytes: &[u8]) {
     let tmp = tempdir();
     let path = write(tmp.path(), name, bytes);
-    let run = run_with(
-        &["detect", "--json", path.to_str().unwrap()],
-        Duration::from_secs(30),
-    );
+    // A 100 MP image the defaults accept is detected in full: seconds, not a hang.
+    let run = run_with(&["detect", "--json", path.to_str().unwrap()], BOMB_TIMEOUT);
     run.assert_no_crash();
     let records = run.records();
     assert_eq!(records.len(), 1, "{}", run.summary());
@@ -945,9 +945,11 @@ fn bomb_webp_vp8x_canvas_10000x10000() {
 
 #[test]
 fn bomb_gif_with_two_threads_stays_bounded() {
-    // Two bombs in flight at once (--threads 2): the bound is per input, whatever the threads.
+    // Two 36 MP bombs that would be in flight at once with --threads 2: together they are over
+    // what the decoder lets through at once, so they run one after the other and the bound of
+    // one input holds for the whole run.
     let tmp = tempdir();
-    let gif = badgen::gif_screen_bomb(10000, 10000);
+    let gif = badgen::gif_screen_bomb(6000, 6000);
     let a = write(tmp.path(), "a.gif", &gif);
     let b = write(tmp.path(), "b.gif", &gif);
     let run = run_with(
@@ -959,9 +961,9 @@ fn bomb_gif_with_two_threads_stays_bounded() {
             a.to_str().unwrap(),
             b.to_str().unwrap(),
         ],
-        Duration::from_secs(30),
+        BOMB_TIMEOUT,
     );
     run.assert_no_crash();
     assert_eq!(run.records().len(), 2, "{}", run.summary());
-    run.assert_rss_below(MANY_INPUTS_RSS_LIMIT_MB);
+    run.assert_rss_below(ONE_INPUT_RSS_LIMIT_MB);
 }
