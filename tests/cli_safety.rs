@@ -227,3 +227,27 @@ fn detect_json_records_follow_input_order() {
     assert_eq!(paths, [s(&a), "missing.jpg", s(&b)]);
     assert!(recs[1]["error"].is_string() && recs[0]["faces"].is_array());
 }
+
+/// An arithmetic-coded JPEG (the same photo re-coded losslessly) decodes to exactly the pixels of
+/// its Huffman-coded original, and its face is found.
+#[test]
+fn arithmetic_coded_jpeg_decodes_to_the_same_pixels() {
+    let opts = facekit::io::LoadOptions::default();
+    let huffman = facekit::io::load_image(&fixture("lfw/Abel_Pacheco_0001.jpg"), &opts).unwrap();
+    let arith =
+        facekit::io::load_image(&fixture("Abel_Pacheco_0001_arithmetic.jpg"), &opts).unwrap();
+    assert_eq!(huffman, arith);
+    let out = facekit(&[
+        "detect",
+        "--json",
+        s(&fixture("Abel_Pacheco_0001_arithmetic.jpg")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json_lines(&out.stdout)[0]["faces"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
