@@ -167,7 +167,7 @@ fn main() -> Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--shared" => shared = PathBuf::from(args.next().context("--shared DIR")?),
-            "--min-face" => config.min_face_size = args.next().context("--min-face PX")?.parse()?,
+            "--min-face" => config.min_face = Some(args.next().context("--min-face PX")?.parse()?),
             "--threads" => threads = args.next().context("--threads N")?.parse()?,
             other => bail!("unknown argument {other}"),
         }

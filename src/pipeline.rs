@@ -211,7 +211,7 @@ impl Pipeline {
         if self.config.template == Template::Dlib {
             files.push(crate::models::SHAPE_PREDICTOR_5);
         }
-        let mut key = format!("{}|{:?}", self.model_id(), self.config.detector);
+        let mut key = format!("{}|{}", self.model_id(), self.detector.id());
         for name in files {
             key.push_str(&format!("|{name}:{}", self.source.sha256(name)?));
         }

@@ -49,7 +49,7 @@ fn each_network_reproduces_net_checks() {
     let golden = read_json(&fixture("mtcnn_golden_subset.json"));
     let checks = &golden["net_checks"];
     let det = detector();
-    let (pnet, rnet, onet) = det.nets();
+    let (pnet, rnet, onet) = det.mtcnn().expect("MTCNN is the default").nets();
 
     let (reg, prob) = pnet.forward(&synthetic(1, 12, 12)).unwrap();
     let c = &checks["pnet_1x3x12x12"];

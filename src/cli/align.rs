@@ -57,6 +57,8 @@ pub struct AlignArgs {
     #[arg(long)]
     force: bool,
     #[command(flatten)]
+    faces: super::FaceSizeArgs,
+    #[command(flatten)]
     common: CommonArgs,
 }
 
@@ -68,8 +70,8 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
         "--size must be between 16 and 2048"
     );
     let source = ModelSource::resolve(args.common.models.as_deref());
-    let detector =
-        Detector::new(&source, Default::default()).context("cannot load the MTCNN detector")?;
+    let detector = Detector::new(&source, args.common.detector_config(args.faces.min_face))
+        .context("cannot load the detector")?;
     let aligner = Aligner::new(&source, template, size).context("cannot load the aligner")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

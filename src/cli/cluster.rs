@@ -183,7 +183,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         .filter(|p| std::path::absolute(p).map_or(true, |a| !a.starts_with(&out_abs)))
         .collect();
 
-    let pipeline = args.embedding.pipeline(&args.common)?;
+    let pipeline = args.embedding.pipeline(&args.common, None)?;
     let threshold = match (args.threshold, args.metric) {
         (Some(t), _) => t,
         (None, Metric::Euclidean) if args.embedding.model.is_none() => cluster::DEFAULT_THRESHOLD,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use facekit::io::{self, LoadOptions};
 use facekit::models::ModelSource;
-use facekit::{Detection, Detector, DetectorConfig};
+use facekit::{Detection, Detector};
 use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut};
 use imageproc::rect::Rect;
@@ -32,9 +32,8 @@ pub struct DetectArgs {
     /// Write copies of the images with boxes and landmarks drawn into DIR (never overwrites).
     #[arg(long, value_name = "DIR")]
     annotate: Option<PathBuf>,
-    /// Smallest face to look for, in pixels.
-    #[arg(long, value_name = "PX", default_value_t = 20.0, value_parser = super::parse::positive_f64)]
-    min_face: f64,
+    #[command(flatten)]
+    faces: super::FaceSizeArgs,
     /// P-Net, R-Net and O-Net score thresholds, each in [0, 1] (comma-separated).
     #[arg(long, value_name = "P,R,O", value_delimiter = ',', num_args = 1, default_values_t = [0.6f32, 0.7, 0.7], value_parser = super::parse::unit_f32)]
     thresholds: Vec<f32>,
@@ -59,13 +58,11 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
         "--thresholds takes three values, P,R,O (e.g. 0.6,0.7,0.7), got {}",
         args.thresholds.len()
     );
-    let config = DetectorConfig {
-        min_face_size: args.min_face,
-        thresholds: [args.thresholds[0], args.thresholds[1], args.thresholds[2]],
-        factor: args.factor,
-    };
+    let mut config = args.common.detector_config(args.faces.min_face);
+    config.mtcnn.thresholds = [args.thresholds[0], args.thresholds[1], args.thresholds[2]];
+    config.mtcnn.factor = args.factor;
     let source = ModelSource::resolve(args.common.models.as_deref());
-    let detector = Detector::new(&source, config).context("cannot load the MTCNN detector")?;
+    let detector = Detector::new(&source, config).context("cannot load the detector")?;
     let load = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..LoadOptions::default()

@@ -41,6 +41,8 @@ pub struct EmbedArgs {
     #[arg(long)]
     force: bool,
     #[command(flatten)]
+    faces: super::FaceSizeArgs,
+    #[command(flatten)]
     embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
@@ -90,7 +92,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let pipeline = args.embedding.pipeline(&args.common)?;
+    let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
     let dim = pipeline.dim();
     let load = LoadOptions {
         max_pixels: args.common.max_pixels,

@@ -55,6 +55,40 @@ pub struct CommonArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N", value_parser = parse::at_least_one)]
     pub threads: Option<usize>,
+    /// The face detector.
+    #[arg(long, value_enum, default_value_t = DetectorArg::Mtcnn)]
+    pub detector: DetectorArg,
+}
+
+/// Face detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DetectorArg {
+    /// MTCNN (numerically identical to facenet-pytorch).
+    Mtcnn,
+}
+
+impl CommonArgs {
+    /// The detector settings these options ask for, searching faces down to `min_face` pixels
+    /// (`None`: automatic, see `facekit::detect::WORKING_SIZE`).
+    pub fn detector_config(&self, min_face: Option<f64>) -> facekit::DetectorConfig {
+        facekit::DetectorConfig {
+            kind: match self.detector {
+                DetectorArg::Mtcnn => facekit::detect::DetectorKind::Mtcnn,
+            },
+            min_face,
+            ..Default::default()
+        }
+    }
+}
+
+/// The smallest face to search for (subcommands that detect, except `cluster`, whose
+/// `--min-face` is about which faces are clustered).
+#[derive(Args, Debug, Clone)]
+pub struct FaceSizeArgs {
+    /// Smallest face to search for, in pixels of the original photo (default: 20 px, or on
+    /// photos larger than 2048 px the same fraction of the photo, ~1 % of its long side).
+    #[arg(long = "min-face", value_name = "PX", value_parser = parse::positive_f64)]
+    pub min_face: Option<f64>,
 }
 
 /// Options of every subcommand that computes embeddings.
@@ -70,7 +104,11 @@ pub struct EmbeddingArgs {
 
 impl EmbeddingArgs {
     /// The pipeline these options and `common` ask for.
-    pub fn pipeline(&self, common: &CommonArgs) -> anyhow::Result<facekit::Pipeline> {
+    pub fn pipeline(
+        &self,
+        common: &CommonArgs,
+        min_face: Option<f64>,
+    ) -> anyhow::Result<facekit::Pipeline> {
         use anyhow::Context;
         let head = match &self.model {
             Some(path) => Some(std::sync::Arc::new(facekit::embed::head::Head::load(path)?)),
@@ -79,6 +117,7 @@ impl EmbeddingArgs {
         let config = facekit::PipelineConfig {
             flip: !self.no_flip,
             head,
+            detector: common.detector_config(min_face),
             ..Default::default()
         };
         let source = facekit::models::ModelSource::resolve(common.models.as_deref());

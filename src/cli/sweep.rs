@@ -80,6 +80,8 @@ pub struct SweepArgs {
     #[command(flatten)]
     cache: super::CacheArgs,
     #[command(flatten)]
+    faces: super::FaceSizeArgs,
+    #[command(flatten)]
     embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
@@ -275,7 +277,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
             args.data.display()
         );
     }
-    let pipeline = args.embedding.pipeline(&args.common)?;
+    let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
     let cache = args.cache.open(&pipeline)?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,

@@ -136,6 +136,8 @@ pub struct TrainArgs {
     #[arg(long)]
     no_flip: bool,
     #[command(flatten)]
+    faces: super::FaceSizeArgs,
+    #[command(flatten)]
     common: CommonArgs,
 }
 
@@ -251,6 +253,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 HeadInput::Pooled if !stage => Output::Pooled,
                 _ => Output::Embedding,
             },
+            detector: args.common.detector_config(args.faces.min_face),
             ..Default::default()
         },
     )

@@ -40,6 +40,8 @@ pub struct VerifyArgs {
     #[arg(long, value_enum, default_value_t = Policy::Largest)]
     policy: Policy,
     #[command(flatten)]
+    faces: super::FaceSizeArgs,
+    #[command(flatten)]
     embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
@@ -56,7 +58,7 @@ struct Verdict<'a> {
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let pipeline = args.embedding.pipeline(&args.common)?;
+    let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
     let threshold = match args.threshold.or(pipeline.default_threshold()) {
         Some(t) => t,
         None => anyhow::bail!("this model records no threshold: pass --threshold"),
