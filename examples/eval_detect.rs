@@ -1,7 +1,13 @@
 //! Detection quality on labelled photos: recall at IoU >= 0.5 per face-size bucket and false
 //! positives per image, on the WIDER FACE val subset and dlib's example faces in ../shared.
 //!
-//! cargo run --release --example eval_detect -- [--shared DIR] [--min-face PX] [--threads N]
+//! cargo run --release --example eval_detect -- [--shared DIR] [--detector mtcnn] [--min-face PX]
+//!     [--threads N] [--scores S,S,...] [--halves] [--upscale K]
+//!
+//! `--scores` tabulates several final score thresholds from one detection pass; `--halves` also
+//! reports the even- and odd-numbered images apart (choose a threshold on one, report the other);
+//! `--upscale K` runs on the images upscaled K times (bicubic) with the ground truth scaled too,
+//! so the buckets are in the upscaled frame (a camera-photo stand-in).
 //!
 //! Recall counts valid ground-truth faces (WIDER `invalid` = 0) matched one-to-one by a detection
 //! with IoU >= 0.5; a false positive is a detection with IoU < 0.3 against every ground-truth box
@@ -11,6 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use facekit::detect::DetectorKind;
 use facekit::io::{load_image, LoadOptions};
 use facekit::models::ModelSource;
 use facekit::{BBox, Detector, DetectorConfig};
@@ -91,7 +98,7 @@ fn parse_dlib(root: &Path) -> Result<Vec<(PathBuf, Vec<Gt>)>> {
         .collect())
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Tally {
     found: [usize; 4],
     total: [usize; 4],
@@ -99,47 +106,93 @@ struct Tally {
     images: usize,
 }
 
-fn evaluate(detector: &Detector, set: &[(PathBuf, Vec<Gt>)]) -> Result<Tally> {
-    let per_image: Vec<Result<(Vec<bool>, usize)>> = set
-        .par_iter()
-        .map(|(path, gts)| {
-            let img = load_image(path, &LoadOptions::default())?;
-            let dets = detector.detect(&img)?;
-            // One-to-one matching, best IoU pairs first.
-            let mut pairs = Vec::new();
-            for (g, gt) in gts.iter().enumerate() {
-                for (d, det) in dets.iter().enumerate() {
-                    let iou = gt.bbox.iou(&det.bbox);
-                    if iou >= 0.5 {
-                        pairs.push((iou, g, d));
-                    }
-                }
+/// One image's detections: (box, score), scaled to the frame the ground truth is in.
+type Dets = Vec<(BBox, f32)>;
+
+/// Detects every image once (optionally upscaled `upscale` times, bicubic), keeping the scores.
+fn detect_all(detector: &Detector, set: &[(PathBuf, Vec<Gt>)], upscale: u32) -> Result<Vec<Dets>> {
+    set.par_iter()
+        .map(|(path, _)| {
+            let mut img = load_image(path, &LoadOptions::default())?;
+            if upscale > 1 {
+                img = image::imageops::resize(
+                    &img,
+                    img.width() * upscale,
+                    img.height() * upscale,
+                    image::imageops::FilterType::CatmullRom,
+                );
             }
-            pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let (mut gt_hit, mut det_used) = (vec![false; gts.len()], vec![false; dets.len()]);
-            for (_, g, d) in pairs {
-                if !gt_hit[g] && !det_used[d] {
-                    gt_hit[g] = true;
-                    det_used[d] = true;
-                }
-            }
-            let fp = dets
-                .iter()
-                .filter(|d| gts.iter().all(|g| g.bbox.iou(&d.bbox) < 0.3))
-                .count();
-            Ok((gt_hit, fp))
+            Ok(detector
+                .detect(&img)?
+                .into_iter()
+                .map(|d| (d.bbox, d.score))
+                .collect())
         })
-        .collect();
+        .collect()
+}
+
+/// Recall per bucket and false positives over the images `pick` selects, counting detections
+/// scoring at least `min_score`; ground truth scaled by `scale` (buckets by the scaled height).
+fn tally(
+    set: &[(PathBuf, Vec<Gt>)],
+    dets: &[Dets],
+    min_score: f32,
+    scale: f32,
+    pick: impl Fn(usize) -> bool,
+) -> Tally {
     let mut t = Tally::default();
-    for ((_, gts), r) in set.iter().zip(per_image) {
-        let (hit, fp) = r?;
+    for (i, ((_, gts), dets)) in set.iter().zip(dets).enumerate() {
+        if !pick(i) {
+            continue;
+        }
+        let dets: Vec<BBox> = dets
+            .iter()
+            .filter(|d| d.1 >= min_score)
+            .map(|d| d.0)
+            .collect();
+        let gts: Vec<(BBox, bool)> = gts
+            .iter()
+            .map(|g| {
+                let b = g.bbox;
+                (
+                    BBox {
+                        x1: b.x1 * scale,
+                        y1: b.y1 * scale,
+                        x2: b.x2 * scale,
+                        y2: b.y2 * scale,
+                    },
+                    g.valid,
+                )
+            })
+            .collect();
+        // One-to-one matching, best IoU pairs first.
+        let mut pairs = Vec::new();
+        for (g, gt) in gts.iter().enumerate() {
+            for (d, det) in dets.iter().enumerate() {
+                let iou = gt.0.iou(det);
+                if iou >= 0.5 {
+                    pairs.push((iou, g, d));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (mut gt_hit, mut det_used) = (vec![false; gts.len()], vec![false; dets.len()]);
+        for (_, g, d) in pairs {
+            if !gt_hit[g] && !det_used[d] {
+                gt_hit[g] = true;
+                det_used[d] = true;
+            }
+        }
+        t.false_pos += dets
+            .iter()
+            .filter(|d| gts.iter().all(|g| g.0.iou(d) < 0.3))
+            .count();
         t.images += 1;
-        t.false_pos += fp;
-        for (gt, h) in gts.iter().zip(hit) {
-            if !gt.valid {
+        for (gt, h) in gts.iter().zip(gt_hit) {
+            if !gt.1 {
                 continue;
             }
-            let height = gt.bbox.height();
+            let height = gt.0.height();
             let b = BUCKETS
                 .iter()
                 .position(|(_, lo, hi)| height >= *lo && height < *hi)
@@ -148,7 +201,7 @@ fn evaluate(detector: &Detector, set: &[(PathBuf, Vec<Gt>)]) -> Result<Tally> {
             t.found[b] += h as usize;
         }
     }
-    Ok(t)
+    t
 }
 
 fn pct(a: usize, b: usize) -> String {
@@ -159,16 +212,61 @@ fn pct(a: usize, b: usize) -> String {
     }
 }
 
+fn row(name: &str, t: &Tally) {
+    let cell = |b: usize| {
+        format!(
+            "{} ({}/{})",
+            pct(t.found[b], t.total[b]),
+            t.found[b],
+            t.total[b]
+        )
+    };
+    let found20: usize = t.found[1..].iter().sum();
+    let total20: usize = t.total[1..].iter().sum();
+    println!(
+        "{:<40} {:>6} {:>18} {:>18} {:>18} {:>18} {:>9} {:>7.2}",
+        name,
+        t.images,
+        cell(0),
+        cell(1),
+        cell(2),
+        cell(3),
+        pct(found20, total20),
+        t.false_pos as f64 / t.images.max(1) as f64
+    );
+}
+
 fn main() -> Result<()> {
     let mut shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
     let mut config = DetectorConfig::default();
     let mut threads = 0;
+    let mut scores: Vec<f32> = Vec::new();
+    let mut upscale = 1u32;
+    let mut halves = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--shared" => shared = PathBuf::from(args.next().context("--shared DIR")?),
             "--min-face" => config.min_face = Some(args.next().context("--min-face PX")?.parse()?),
             "--threads" => threads = args.next().context("--threads N")?.parse()?,
+            "--detector" => {
+                config.kind = match args.next().context("--detector NAME")?.as_str() {
+                    "mtcnn" => DetectorKind::Mtcnn,
+                    other => bail!("unknown detector {other}"),
+                }
+            }
+            // Final score thresholds to tabulate (detections are computed once, at the
+            // detector's own threshold or --floor, whichever is lower).
+            "--scores" => {
+                scores = args
+                    .next()
+                    .context("--scores S,S,...")?
+                    .split(',')
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()?
+            }
+            "--upscale" => upscale = args.next().context("--upscale K")?.parse()?,
+            "--halves" => halves = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -184,6 +282,13 @@ fn main() -> Result<()> {
         pool = pool.num_threads(threads);
     }
     let pool = pool.build()?;
+    let floor = scores.iter().copied().fold(f32::INFINITY, f32::min);
+    if floor.is_finite() {
+        config.lower_score_threshold(floor);
+    }
+    if scores.is_empty() {
+        scores.push(0.0);
+    }
     let detector = Detector::new(&ModelSource::resolve(None), config)?;
     let sets = [
         (
@@ -194,7 +299,16 @@ fn main() -> Result<()> {
     ];
     let start = std::time::Instant::now();
     println!(
-        "{:<24} {:>6} {:>16} {:>16} {:>16} {:>16} {:>12} {:>8}",
+        "detector {}{}",
+        detector.id(),
+        if upscale > 1 {
+            format!(", images upscaled x{upscale} (bicubic), ground truth scaled with them")
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "{:<40} {:>6} {:>18} {:>18} {:>18} {:>18} {:>9} {:>7}",
         "set",
         "images",
         BUCKETS[0].0,
@@ -205,28 +319,26 @@ fn main() -> Result<()> {
         "FP/img"
     );
     for (name, set) in &sets {
-        let t = pool.install(|| evaluate(&detector, set))?;
-        let cell = |b: usize| {
-            format!(
-                "{} ({}/{})",
-                pct(t.found[b], t.total[b]),
-                t.found[b],
-                t.total[b]
-            )
-        };
-        let found20: usize = t.found[1..].iter().sum();
-        let total20: usize = t.total[1..].iter().sum();
-        println!(
-            "{:<24} {:>6} {:>16} {:>16} {:>16} {:>16} {:>12} {:>8.2}",
-            name,
-            t.images,
-            cell(0),
-            cell(1),
-            cell(2),
-            cell(3),
-            pct(found20, total20),
-            t.false_pos as f64 / t.images.max(1) as f64
-        );
+        let dets = pool.install(|| detect_all(&detector, set, upscale))?;
+        let scale = upscale as f32;
+        for &s in &scores {
+            let label = if scores.len() > 1 || s > 0.0 {
+                format!("{name}, score >= {s}")
+            } else {
+                name.to_string()
+            };
+            row(&label, &tally(set, &dets, s, scale, |_| true));
+            if halves {
+                row(
+                    &format!("  half A (even images)"),
+                    &tally(set, &dets, s, scale, |i| i % 2 == 0),
+                );
+                row(
+                    &format!("  half B (odd images)"),
+                    &tally(set, &dets, s, scale, |i| i % 2 == 1),
+                );
+            }
+        }
     }
     eprintln!("evaluated in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())

@@ -155,6 +155,23 @@ impl Default for DetectorConfig {
     }
 }
 
+impl DetectorConfig {
+    /// The final score a face needs to be reported (MTCNN: O-Net's threshold).
+    pub fn score_threshold(&self) -> f32 {
+        match self.kind {
+            DetectorKind::Mtcnn => self.mtcnn.thresholds[2],
+        }
+    }
+
+    /// Lowers the final score threshold to `floor` when it is higher (evaluations that
+    /// tabulate several thresholds from one pass).
+    pub fn lower_score_threshold(&mut self, floor: f32) {
+        match self.kind {
+            DetectorKind::Mtcnn => self.mtcnn.thresholds[2] = self.mtcnn.thresholds[2].min(floor),
+        }
+    }
+}
+
 /// The network behind a [`Detector`].
 enum Backend {
     Mtcnn(Mtcnn),
