@@ -7,7 +7,7 @@
 #
 #   scripts/bad-inputs.sh [--mutants N] [--seed S] [--keep]
 #
-# Environment: FILE_TIMEOUT (s, default 30), DIR_TIMEOUT (s, default 600), MEM_CAP_GB (address
+# Environment: FACEKIT_BIN (the binary to test; default target/release/facekit), FILE_TIMEOUT (s, default 30), DIR_TIMEOUT (s, default 600), MEM_CAP_GB (address
 # space of every facekit run, default 6: keeps an unbounded decode from taking the machine down;
 # hitting it shows as a signal). Not run by CI (several minutes).
 set -uo pipefail
@@ -37,7 +37,8 @@ command -v timeout >/dev/null || { echo "error: timeout (coreutils) is needed" >
 
 echo "== building (release): facekit and examples/bad_corpus"
 cargo build --release --bin facekit --example bad_corpus || exit 2
-BIN="$PWD/target/release/facekit"
+# FACEKIT_BIN: test another binary (e.g. a copy, so rebuilding during a long run changes nothing).
+BIN="${FACEKIT_BIN:-$PWD/target/release/facekit}"
 GOOD="$PWD/tests/fixtures/Tom_Cruise_avp_2014_4.jpg"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/facekit-bad-inputs.XXXXXX")"
