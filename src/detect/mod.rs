@@ -6,6 +6,7 @@
 //! NMS modes, crops clipped without padding) follow `facenet_pytorch/models/utils/detect_face.py`.
 
 mod nets;
+pub mod yunet;
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;

@@ -1,0 +1,364 @@
+//! CPU kernels of the YuNet port, on HWC (row, column, channel) f32 maps, the layout
+//! libfacedetection itself uses (its depth-wise weights are tap-major `[9][C]` for that reason).
+//!
+//! Work is split over fixed bands of output rows whose size depends only on the map's shape, and
+//! every output value is computed by the same sequence of operations whatever band it falls in,
+//! so the results are bit-identical for any rayon thread count. The loops are written to
+//! auto-vectorise over channels; where the CPU has AVX2 the same code is compiled a second time
+//! for it (no FMA contraction, so the numbers are identical on either path).
+
+use rayon::prelude::*;
+
+/// An HWC feature map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Map {
+    /// Rows.
+    pub h: usize,
+    /// Columns.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+    /// `h * w * c` values, row-major HWC.
+    pub data: Vec<f32>,
+}
+
+/// Output rows per parallel task for a map of `w` columns and `c` channels (about 16k values,
+/// fixed by the shape, never by the thread count).
+fn band_rows(w: usize, c: usize) -> usize {
+    (16384 / (w * c).max(1)).max(1)
+}
+
+/// Runs `row(y, out_row)` for every output row, in parallel over fixed bands of rows.
+fn for_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if row_len == 0 {
+        return;
+    }
+    let band = band_rows(row_len, 1) * row_len;
+    out.par_chunks_mut(band).enumerate().for_each(|(b, chunk)| {
+        let first = b * (band / row_len);
+        for (k, row) in chunk.chunks_mut(row_len).enumerate() {
+            f(first + k, row);
+        }
+    });
+}
+
+/// Compiles `$body` (an `#[inline(always)]` function) plainly and with AVX2, and picks the AVX2
+/// copy at run time when the CPU has it.
+macro_rules! multiversion {
+    ($name:ident, $avx:ident, $body:ident, ($($arg:ident : $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    return unsafe { $avx($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// One output pixel of a 1x1 conv with `N` outputs: `acc[o] = sum_i x[i] * wt[i*N + o]`
+/// (i ascending), then `+ bias[o]`, then the optional ReLU.
+#[inline(always)]
+fn pw_pixel<const N: usize>(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
+    let mut acc = [0f32; N];
+    for (i, &xv) in x.iter().enumerate() {
+        let wr = &wt[i * N..i * N + N];
+        for o in 0..N {
+            acc[o] += xv * wr[o];
+        }
+    }
+    for o in 0..N {
+        let v = acc[o] + bias[o];
+        out[o] = if relu { v.max(0.0) } else { v };
+    }
+}
+
+/// The same for any number of outputs.
+#[inline(always)]
+fn pw_pixel_dyn(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
+    let n = out.len();
+    out.iter_mut().for_each(|v| *v = 0.0);
+    for (i, &xv) in x.iter().enumerate() {
+        let wr = &wt[i * n..i * n + n];
+        for (a, &w) in out.iter_mut().zip(wr) {
+            *a += xv * w;
+        }
+    }
+    for (v, &b) in out.iter_mut().zip(bias) {
+        let s = *v + b;
+        *v = if relu { s.max(0.0) } else { s };
+    }
+}
+
+/// A row of pixels through a 1x1 conv: `x` holds `out.len() / c_out` pixels of `c_in` values.
+#[inline(always)]
+fn pw_row_body(x: &[f32], c_in: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
+    let c_out = bias.len();
+    let pixels = x.chunks_exact(c_in).zip(out.chunks_exact_mut(c_out));
+    match c_out {
+        16 => pixels.for_each(|(xp, op)| pw_pixel::<16>(xp, wt, bias, relu, op)),
+        32 => pixels.for_each(|(xp, op)| pw_pixel::<32>(xp, wt, bias, relu, op)),
+        64 => pixels.for_each(|(xp, op)| pw_pixel::<64>(xp, wt, bias, relu, op)),
+        _ => pixels.for_each(|(xp, op)| pw_pixel_dyn(xp, wt, bias, relu, op)),
+    }
+}
+
+multiversion!(pw_row, pw_row_avx2, pw_row_body, (x: &[f32], c_in: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]));
+
+/// Point-wise (1x1) convolution with weights transposed to `[I][O]` (`wt[i*O + o]`), bias
+/// `[O]`, optional ReLU.
+pub fn pointwise(x: &Map, wt: &[f32], bias: &[f32], relu: bool) -> Map {
+    let c_out = bias.len();
+    debug_assert_eq!(wt.len(), x.c * c_out);
+    let mut out = vec![0f32; x.h * x.w * c_out];
+    let in_row = x.w * x.c;
+    for_rows(&mut out, x.w * c_out, |y, row| {
+        pw_row(
+            &x.data[y * in_row..(y + 1) * in_row],
+            x.c,
+            wt,
+            bias,
+            relu,
+            row,
+        )
+    });
+    Map {
+        h: x.h,
+        w: x.w,
+        c: c_out,
+        data: out,
+    }
+}
+
+/// One output row of a 3x3 depth-wise conv (pad 1, stride 1), tap-major weights `w[t*C + c]`:
+/// `bias[c]` plus the in-bounds taps in order t = 0..9 (a zero-padded tap adds exactly 0).
+#[inline(always)]
+fn dw_row_body(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    y: usize,
+    wt: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    let c = bias.len();
+    for (xo, o) in out.chunks_exact_mut(c).enumerate() {
+        o.copy_from_slice(bias);
+        for ky in 0..3 {
+            let yy = y + ky;
+            if yy == 0 || yy > h {
+                continue;
+            }
+            let src_row = &x[(yy - 1) * w * c..yy * w * c];
+            for kx in 0..3 {
+                let xx = xo + kx;
+                if xx == 0 || xx > w {
+                    continue;
+                }
+                let src = &src_row[(xx - 1) * c..xx * c];
+                let tap = &wt[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
+                for ((a, &s), &k) in o.iter_mut().zip(src).zip(tap) {
+                    *a += s * k;
+                }
+            }
+        }
+        if relu {
+            o.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+multiversion!(dw_row, dw_row_avx2, dw_row_body, (x: &[f32], h: usize, w: usize, y: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]));
+
+/// Depth-wise 3x3 convolution, pad 1, stride 1, tap-major weights `[9][C]`, bias `[C]`,
+/// optional ReLU.
+pub fn depthwise3x3(x: &Map, wt: &[f32], bias: &[f32], relu: bool) -> Map {
+    debug_assert_eq!(wt.len(), 9 * x.c);
+    let mut out = vec![0f32; x.data.len()];
+    for_rows(&mut out, x.w * x.c, |y, row| {
+        dw_row(&x.data, x.h, x.w, y, wt, bias, relu, row)
+    });
+    Map {
+        h: x.h,
+        w: x.w,
+        c: x.c,
+        data: out,
+    }
+}
+
+/// 2x2 stride-2 max-pool (the maps are always even).
+pub fn max_pool2(x: &Map) -> Map {
+    let (h, w, c) = (x.h / 2, x.w / 2, x.c);
+    let mut out = vec![0f32; h * w * c];
+    for_rows(&mut out, w * c, |y, row| {
+        let r0 = &x.data[2 * y * x.w * c..(2 * y + 1) * x.w * c];
+        let r1 = &x.data[(2 * y + 1) * x.w * c..(2 * y + 2) * x.w * c];
+        for (xo, o) in row.chunks_exact_mut(c).enumerate() {
+            let a = 2 * xo * c;
+            for (k, v) in o.iter_mut().enumerate() {
+                *v = r0[a + k]
+                    .max(r0[a + c + k])
+                    .max(r1[a + k].max(r1[a + c + k]));
+            }
+        }
+    });
+    Map { h, w, c, data: out }
+}
+
+/// `up(coarse) + fine`: nearest x2 upsampling of `coarse` added to `fine` (twice its size).
+pub fn upsample2_add(coarse: &Map, fine: &Map) -> Map {
+    let c = fine.c;
+    let mut out = vec![0f32; fine.data.len()];
+    for_rows(&mut out, fine.w * c, |y, row| {
+        let src = &coarse.data[(y / 2) * coarse.w * c..(y / 2 + 1) * coarse.w * c];
+        let f = &fine.data[y * fine.w * c..(y + 1) * fine.w * c];
+        for (xo, (o, fp)) in row.chunks_exact_mut(c).zip(f.chunks_exact(c)).enumerate() {
+            let s = &src[(xo / 2) * c..(xo / 2 + 1) * c];
+            for ((v, &a), &b) in o.iter_mut().zip(s).zip(fp) {
+                *v = a + b;
+            }
+        }
+    });
+    Map {
+        h: fine.h,
+        w: fine.w,
+        c,
+        data: out,
+    }
+}
+
+/// Map size of the first layer's output for an `h x w` image: the image zero-padded to a
+/// multiple of 32, halved.
+pub fn first_layer_size(h: usize, w: usize) -> (usize, usize) {
+    (h.div_ceil(32) * 16, w.div_ceil(32) * 16)
+}
+
+/// Fills one row `r` of the space-to-depth map (27 channels per pixel, `(ky*3 + kx)*3 + ch`):
+/// `img[2r+ky-1][2c+kx-1][ch]` of the BGR bytes, 0 outside the image.
+fn s2d_row(bgr: &[u8], h: usize, w: usize, r: usize, out: &mut [f32]) {
+    for (c, px) in out.chunks_exact_mut(27).enumerate() {
+        for ky in 0..3 {
+            let y = (2 * r + ky).wrapping_sub(1);
+            for kx in 0..3 {
+                let x = (2 * c + kx).wrapping_sub(1);
+                let t = (ky * 3 + kx) * 3;
+                if y < h && x < w {
+                    let p = &bgr[(y * w + x) * 3..(y * w + x) * 3 + 3];
+                    px[t] = p[0] as f32;
+                    px[t + 1] = p[1] as f32;
+                    px[t + 2] = p[2] as f32;
+                } else {
+                    px[t..t + 3].iter_mut().for_each(|v| *v = 0.0);
+                }
+            }
+        }
+    }
+}
+
+/// The space-to-depth map with libfacedetection's 32 channels (27 real, 5 zero): what its
+/// first layer's 1x1 conv reads. Only for checks; [`first_layer`] builds it a row at a time.
+pub fn space_to_depth(bgr: &[u8], h: usize, w: usize) -> Map {
+    let (rows, cols) = first_layer_size(h, w);
+    let mut data = vec![0f32; rows * cols * 32];
+    let mut row = vec![0f32; cols * 27];
+    for r in 0..rows {
+        s2d_row(bgr, h, w, r, &mut row);
+        for (dst, src) in data[r * cols * 32..(r + 1) * cols * 32]
+            .chunks_exact_mut(32)
+            .zip(row.chunks_exact(27))
+        {
+            dst[..27].copy_from_slice(src);
+        }
+    }
+    Map {
+        h: rows,
+        w: cols,
+        c: 32,
+        data,
+    }
+}
+
+/// The first layer, a 3x3 stride-2 pad-1 conv on the BGR bytes zero-padded to a multiple of 32,
+/// computed as libfacedetection does: space-to-depth (27 channels) then a 1x1 conv with
+/// `wt` = `[27][O]`, bias, ReLU.
+pub fn first_layer(bgr: &[u8], h: usize, w: usize, wt: &[f32], bias: &[f32]) -> Map {
+    let (rows, cols) = first_layer_size(h, w);
+    let c_out = bias.len();
+    let mut out = vec![0f32; rows * cols * c_out];
+    for_rows(&mut out, cols * c_out, |r, row| {
+        let mut s2d = vec![0f32; cols * 27];
+        s2d_row(bgr, h, w, r, &mut s2d);
+        pw_row(&s2d, 27, wt, bias, true, row);
+    });
+    Map {
+        h: rows,
+        w: cols,
+        c: c_out,
+        data: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(h: usize, w: usize, c: usize, seed: u32) -> Map {
+        let data = (0..h * w * c)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+            })
+            .collect();
+        Map { h, w, c, data }
+    }
+
+    #[test]
+    fn depthwise_matches_a_naive_loop() {
+        let x = map(5, 7, 3, 1);
+        let wt: Vec<f32> = (0..27).map(|i| i as f32 * 0.1 - 1.3).collect();
+        let bias = [0.5, -0.25, 0.0];
+        let y = depthwise3x3(&x, &wt, &bias, false);
+        for r in 0..5 {
+            for c in 0..7 {
+                for ch in 0..3 {
+                    let mut v = bias[ch];
+                    for t in 0..9 {
+                        let (yy, xx) = (r as isize + t / 3 - 1, c as isize + t % 3 - 1);
+                        if (0..5).contains(&yy) && (0..7).contains(&xx) {
+                            v +=
+                                x.data[((yy * 7 + xx) * 3) as usize + ch] * wt[t as usize * 3 + ch];
+                        }
+                    }
+                    assert_eq!(y.data[(r * 7 + c) * 3 + ch], v);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pool_and_upsample() {
+        let x = map(4, 6, 2, 7);
+        let p = max_pool2(&x);
+        assert_eq!((p.h, p.w, p.c), (2, 3, 2));
+        let at = |m: &Map, y: usize, x: usize, c: usize| m.data[(y * m.w + x) * m.c + c];
+        assert_eq!(
+            at(&p, 1, 2, 1),
+            at(&x, 2, 4, 1)
+                .max(at(&x, 2, 5, 1))
+                .max(at(&x, 3, 4, 1))
+                .max(at(&x, 3, 5, 1))
+        );
+        let u = upsample2_add(&p, &x);
+        assert_eq!(at(&u, 3, 5, 0), at(&p, 1, 2, 0) + at(&x, 3, 5, 0));
+    }
+}
