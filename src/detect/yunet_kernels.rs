@@ -65,37 +65,86 @@ macro_rules! multiversion {
     };
 }
 
-/// One output pixel of a 1x1 conv with `N` outputs: `acc[o] = sum_i x[i] * wt[i*N + o]`
-/// (i ascending), then `+ bias[o]`, then the optional ReLU.
+/// `P` consecutive output pixels of a 1x1 conv with `N` outputs: for each pixel,
+/// `acc[o] = sum_i x[i] * wt[i*N + o]` (i ascending), then `+ bias[o]`, then the optional ReLU.
+/// Several pixels share each weight load; every value is computed the same way whatever `P`.
 #[inline(always)]
-fn pw_pixel<const N: usize>(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
-    let mut acc = [0f32; N];
-    for (i, &xv) in x.iter().enumerate() {
-        let wr = &wt[i * N..i * N + N];
-        for o in 0..N {
-            acc[o] += xv * wr[o];
+fn pw_pixels<const N: usize, const P: usize>(
+    x: &[f32],
+    c_in: usize,
+    wt: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    let mut acc = [[0f32; N]; P];
+    for i in 0..c_in {
+        let wr: &[f32; N] = wt[i * N..i * N + N].try_into().expect("N weights");
+        for p in 0..P {
+            let xv = x[p * c_in + i];
+            for o in 0..N {
+                acc[p][o] += xv * wr[o];
+            }
         }
     }
-    for o in 0..N {
-        let v = acc[o] + bias[o];
-        out[o] = if relu { v.max(0.0) } else { v };
+    for p in 0..P {
+        for o in 0..N {
+            let v = acc[p][o] + bias[o];
+            out[p * N + o] = if relu { v.max(0.0) } else { v };
+        }
     }
 }
 
-/// The same for any number of outputs.
+/// One output pixel of a 1x1 conv with any number of outputs (as [`pw_pixels`]).
 #[inline(always)]
 fn pw_pixel_dyn(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
     let n = out.len();
     out.iter_mut().for_each(|v| *v = 0.0);
     for (i, &xv) in x.iter().enumerate() {
         let wr = &wt[i * n..i * n + n];
-        for (a, &w) in out.iter_mut().zip(wr) {
-            *a += xv * w;
+        for o in 0..n {
+            out[o] += xv * wr[o];
         }
     }
-    for (v, &b) in out.iter_mut().zip(bias) {
-        let s = *v + b;
-        *v = if relu { s.max(0.0) } else { s };
+    for o in 0..n {
+        let s = out[o] + bias[o];
+        out[o] = if relu { s.max(0.0) } else { s };
+    }
+}
+
+/// A row of pixels through a 1x1 conv with `N` outputs, `P` pixels at a time.
+#[inline(always)]
+fn pw_row_n<const N: usize, const P: usize>(
+    x: &[f32],
+    c_in: usize,
+    wt: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    let n = out.len() / N;
+    let mut p = 0;
+    while p + P <= n {
+        pw_pixels::<N, P>(
+            &x[p * c_in..],
+            c_in,
+            wt,
+            bias,
+            relu,
+            &mut out[p * N..(p + P) * N],
+        );
+        p += P;
+    }
+    while p < n {
+        pw_pixels::<N, 1>(
+            &x[p * c_in..],
+            c_in,
+            wt,
+            bias,
+            relu,
+            &mut out[p * N..(p + 1) * N],
+        );
+        p += 1;
     }
 }
 
@@ -103,12 +152,22 @@ fn pw_pixel_dyn(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]
 #[inline(always)]
 fn pw_row_body(x: &[f32], c_in: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
     let c_out = bias.len();
-    let pixels = x.chunks_exact(c_in).zip(out.chunks_exact_mut(c_out));
     match c_out {
-        16 => pixels.for_each(|(xp, op)| pw_pixel::<16>(xp, wt, bias, relu, op)),
-        32 => pixels.for_each(|(xp, op)| pw_pixel::<32>(xp, wt, bias, relu, op)),
-        64 => pixels.for_each(|(xp, op)| pw_pixel::<64>(xp, wt, bias, relu, op)),
-        _ => pixels.for_each(|(xp, op)| pw_pixel_dyn(xp, wt, bias, relu, op)),
+        16 => pw_row_n::<16, 4>(x, c_in, wt, bias, relu, out),
+        32 => pw_row_n::<32, 2>(x, c_in, wt, bias, relu, out),
+        64 => pw_row_n::<64, 1>(x, c_in, wt, bias, relu, out),
+        _ => {
+            let n = out.len() / c_out;
+            for p in 0..n {
+                pw_pixel_dyn(
+                    &x[p * c_in..(p + 1) * c_in],
+                    wt,
+                    bias,
+                    relu,
+                    &mut out[p * c_out..(p + 1) * c_out],
+                );
+            }
+        }
     }
 }
 
@@ -139,28 +198,51 @@ pub fn pointwise(x: &Map, wt: &[f32], bias: &[f32], relu: bool) -> Map {
     }
 }
 
-/// One output row of a 3x3 depth-wise conv (pad 1, stride 1), tap-major weights `w[t*C + c]`:
-/// `bias[c]` plus the in-bounds taps in order t = 0..9 (a zero-padded tap adds exactly 0).
+/// One output row of a 3x3 depth-wise conv (pad 1, stride 1) with `C` channels, tap-major
+/// weights `w[t*C + c]`: `bias[c]` plus the in-bounds taps in order t = 0..9 (a zero-padded tap
+/// would add exactly 0). `C = 0` means the channel count is only known at run time.
 #[inline(always)]
-fn dw_row_body(
-    x: &[f32],
-    h: usize,
-    w: usize,
+fn dw_row_n<const C: usize>(
+    map: &Map,
     y: usize,
     wt: &[f32],
     bias: &[f32],
     relu: bool,
     out: &mut [f32],
 ) {
-    let c = bias.len();
+    let (x, h, w) = (&map.data, map.h, map.w);
+    let c = if C == 0 { bias.len() } else { C };
+    // The input rows y-1, y, y+1 that exist, with their kernel row ky.
+    let kys: Vec<usize> = (0..3).filter(|ky| y + ky != 0 && y + ky <= h).collect();
+    let rows: Vec<&[f32]> = kys
+        .iter()
+        .map(|ky| &x[(y + ky - 1) * w * c..(y + ky) * w * c])
+        .collect();
     for (xo, o) in out.chunks_exact_mut(c).enumerate() {
-        o.copy_from_slice(bias);
-        for ky in 0..3 {
-            let yy = y + ky;
-            if yy == 0 || yy > h {
-                continue;
+        if C != 0 && xo >= 1 && xo + 1 < w {
+            // Interior column: all three taps of each valid row, fixed-size arrays.
+            let mut acc = [0f32; C];
+            acc.copy_from_slice(bias);
+            for (&ky, src_row) in kys.iter().zip(&rows) {
+                for kx in 0..3 {
+                    let src: &[f32; C] = src_row[(xo + kx - 1) * C..(xo + kx) * C]
+                        .try_into()
+                        .expect("C values");
+                    let tap: &[f32; C] = wt[(ky * 3 + kx) * C..(ky * 3 + kx + 1) * C]
+                        .try_into()
+                        .expect("C weights");
+                    for k in 0..C {
+                        acc[k] += src[k] * tap[k];
+                    }
+                }
             }
-            let src_row = &x[(yy - 1) * w * c..yy * w * c];
+            for k in 0..C {
+                o[k] = if relu { acc[k].max(0.0) } else { acc[k] };
+            }
+            continue;
+        }
+        o.copy_from_slice(bias);
+        for (&ky, src_row) in kys.iter().zip(&rows) {
             for kx in 0..3 {
                 let xx = xo + kx;
                 if xx == 0 || xx > w {
@@ -168,18 +250,31 @@ fn dw_row_body(
                 }
                 let src = &src_row[(xx - 1) * c..xx * c];
                 let tap = &wt[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
-                for ((a, &s), &k) in o.iter_mut().zip(src).zip(tap) {
-                    *a += s * k;
+                for ((a, &v), &k) in o.iter_mut().zip(src).zip(tap) {
+                    *a += v * k;
                 }
             }
         }
         if relu {
-            o.iter_mut().for_each(|v| *v = v.max(0.0));
+            for v in o.iter_mut() {
+                *v = v.max(0.0);
+            }
         }
     }
 }
 
-multiversion!(dw_row, dw_row_avx2, dw_row_body, (x: &[f32], h: usize, w: usize, y: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]));
+/// [`dw_row_n`] specialised for the channel counts YuNet uses.
+#[inline(always)]
+fn dw_row_body(map: &Map, y: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
+    match bias.len() {
+        16 => dw_row_n::<16>(map, y, wt, bias, relu, out),
+        32 => dw_row_n::<32>(map, y, wt, bias, relu, out),
+        64 => dw_row_n::<64>(map, y, wt, bias, relu, out),
+        _ => dw_row_n::<0>(map, y, wt, bias, relu, out),
+    }
+}
+
+multiversion!(dw_row, dw_row_avx2, dw_row_body, (map: &Map, y: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]));
 
 /// Depth-wise 3x3 convolution, pad 1, stride 1, tap-major weights `[9][C]`, bias `[C]`,
 /// optional ReLU.
@@ -187,7 +282,7 @@ pub fn depthwise3x3(x: &Map, wt: &[f32], bias: &[f32], relu: bool) -> Map {
     debug_assert_eq!(wt.len(), 9 * x.c);
     let mut out = vec![0f32; x.data.len()];
     for_rows(&mut out, x.w * x.c, |y, row| {
-        dw_row(&x.data, x.h, x.w, y, wt, bias, relu, row)
+        dw_row(x, y, wt, bias, relu, row)
     });
     Map {
         h: x.h,
