@@ -53,9 +53,16 @@ fn golden_images() {
             "{path}: decoder differs"
         );
         let (w, h) = img.dimensions();
-        let dets = net
-            .detect_bgr(&bgr, w as usize, h as usize)
-            .expect("detect");
+        let dets = net.detect_unclipped(&img).expect("detect");
+        // The RGB entry point is the BGR one after a channel swap.
+        assert_eq!(dets, net.detect_bgr(&bgr, w as usize, h as usize).unwrap());
+        // detect() is the same list with boxes clipped to the image.
+        let clipped = net.detect(&img).expect("detect");
+        assert_eq!(clipped.len(), dets.len());
+        for (c, d) in clipped.iter().zip(&dets) {
+            assert_eq!(c.bbox, d.bbox.clip(w, h));
+            assert_eq!((c.score, c.landmarks), (d.score, d.landmarks));
+        }
         // What the C library returns (c_detect, score >= 0.2): the same number of rows.
         let c_rows = rec["check"]["c_rows_ge_0.2"].as_u64().unwrap() as usize;
         assert_eq!(dets.len(), c_rows, "{path}: rows at score >= 0.2");
