@@ -278,10 +278,18 @@ impl Net {
         })
     }
 
-    /// The forward pass on BGR bytes (`h x w x 3`), top-down like the C++; `tap` sees each
-    /// stage named as in the golden `net_checks`. Returns the head maps at strides 8, 16, 32.
-    fn forward(&self, bgr: &[u8], h: usize, w: usize, tap: &mut dyn FnMut(&str, &Map)) -> [Map; 3] {
-        let x = kernels::first_layer(bgr, h, w, &self.model0_pw.wt, &self.model0_pw.b);
+    /// The forward pass on BGR bytes (`h x w x 3`; RGB when `rgb`, the network still sees BGR),
+    /// top-down like the C++; `tap` sees each stage named as in the golden `net_checks`. Returns
+    /// the head maps at strides 8, 16, 32.
+    fn forward(
+        &self,
+        img: &[u8],
+        rgb: bool,
+        h: usize,
+        w: usize,
+        tap: &mut dyn FnMut(&str, &Map),
+    ) -> [Map; 3] {
+        let x = kernels::first_layer(img, rgb, h, w, &self.model0_pw.wt, &self.model0_pw.b);
         tap("conv_head_L0", &x);
         let x = self.model0_dp.forward(&x);
         tap("conv0_L1_2", &x);
@@ -487,16 +495,27 @@ impl YuNet {
     /// library reports).
     pub fn detect_unclipped(&self, img: &RgbImage) -> Result<Vec<Detection>> {
         let (w, h) = img.dimensions();
-        let bgr: Vec<u8> = img.pixels().flat_map(|p| [p[2], p[1], p[0]]).collect();
-        self.detect_bgr(&bgr, w as usize, h as usize)
+        // The first layer reads the RGB bytes in reverse: the network sees BGR.
+        self.detect_bytes(img.as_raw(), true, w as usize, h as usize)
     }
 
     /// Detection on raw BGR bytes (`height x width x 3`, row-major), boxes not clipped.
     pub fn detect_bgr(&self, bgr: &[u8], width: usize, height: usize) -> Result<Vec<Detection>> {
-        let heads = self.head_maps(bgr, width, height)?;
-        let Some(heads) = heads else {
+        self.detect_bytes(bgr, false, width, height)
+    }
+
+    fn detect_bytes(
+        &self,
+        img: &[u8],
+        rgb: bool,
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<Detection>> {
+        self.check_input(img, width, height)?;
+        if width == 0 || height == 0 {
             return Ok(Vec::new());
-        };
+        }
+        let heads = self.net.forward(img, rgb, height, width, &mut |_, _| {});
         Ok(
             nms(decode(&heads, self.config.score_threshold), &self.config)
                 .into_iter()
@@ -526,7 +545,13 @@ impl YuNet {
         if width == 0 || height == 0 {
             return Ok(None);
         }
-        Ok(Some(self.net.forward(bgr, height, width, &mut |_, _| {})))
+        Ok(Some(self.net.forward(
+            bgr,
+            false,
+            height,
+            width,
+            &mut |_, _| {},
+        )))
     }
 
     /// Every intermediate stage, named as in the golden `net_checks` (`s2d`, `conv_head_L0`, ...,
@@ -537,7 +562,7 @@ impl YuNet {
             "s2d".to_string(),
             kernels::space_to_depth(bgr, height, width),
         )];
-        let heads = self.net.forward(bgr, height, width, &mut |name, m| {
+        let heads = self.net.forward(bgr, false, height, width, &mut |name, m| {
             out.push((name.to_string(), m.clone()))
         });
         for (m, s) in heads.into_iter().zip(STRIDES) {

@@ -340,8 +340,10 @@ pub fn first_layer_size(h: usize, w: usize) -> (usize, usize) {
 }
 
 /// Fills one row `r` of the space-to-depth map (27 channels per pixel, `(ky*3 + kx)*3 + ch`):
-/// `img[2r+ky-1][2c+kx-1][ch]` of the BGR bytes, 0 outside the image.
-fn s2d_row(bgr: &[u8], h: usize, w: usize, r: usize, out: &mut [f32]) {
+/// `img[2r+ky-1][2c+kx-1][ch]` with ch = B, G, R, 0 outside the image. `img` holds BGR bytes,
+/// or RGB bytes when `rgb` (read in reverse).
+fn s2d_row(img: &[u8], rgb: bool, h: usize, w: usize, r: usize, out: &mut [f32]) {
+    let (b, r_) = if rgb { (2, 0) } else { (0, 2) };
     for (c, px) in out.chunks_exact_mut(27).enumerate() {
         for ky in 0..3 {
             let y = (2 * r + ky).wrapping_sub(1);
@@ -349,10 +351,10 @@ fn s2d_row(bgr: &[u8], h: usize, w: usize, r: usize, out: &mut [f32]) {
                 let x = (2 * c + kx).wrapping_sub(1);
                 let t = (ky * 3 + kx) * 3;
                 if y < h && x < w {
-                    let p = &bgr[(y * w + x) * 3..(y * w + x) * 3 + 3];
-                    px[t] = p[0] as f32;
+                    let p = &img[(y * w + x) * 3..(y * w + x) * 3 + 3];
+                    px[t] = p[b] as f32;
                     px[t + 1] = p[1] as f32;
-                    px[t + 2] = p[2] as f32;
+                    px[t + 2] = p[r_] as f32;
                 } else {
                     px[t..t + 3].iter_mut().for_each(|v| *v = 0.0);
                 }
@@ -368,7 +370,7 @@ pub fn space_to_depth(bgr: &[u8], h: usize, w: usize) -> Map {
     let mut data = vec![0f32; rows * cols * 32];
     let mut row = vec![0f32; cols * 27];
     for r in 0..rows {
-        s2d_row(bgr, h, w, r, &mut row);
+        s2d_row(bgr, false, h, w, r, &mut row);
         for (dst, src) in data[r * cols * 32..(r + 1) * cols * 32]
             .chunks_exact_mut(32)
             .zip(row.chunks_exact(27))
@@ -386,14 +388,14 @@ pub fn space_to_depth(bgr: &[u8], h: usize, w: usize) -> Map {
 
 /// The first layer, a 3x3 stride-2 pad-1 conv on the BGR bytes zero-padded to a multiple of 32,
 /// computed as libfacedetection does: space-to-depth (27 channels) then a 1x1 conv with
-/// `wt` = `[27][O]`, bias, ReLU.
-pub fn first_layer(bgr: &[u8], h: usize, w: usize, wt: &[f32], bias: &[f32]) -> Map {
+/// `wt` = `[27][O]`, bias, ReLU. `img` is BGR, or RGB when `rgb`.
+pub fn first_layer(img: &[u8], rgb: bool, h: usize, w: usize, wt: &[f32], bias: &[f32]) -> Map {
     let (rows, cols) = first_layer_size(h, w);
     let c_out = bias.len();
     let mut out = vec![0f32; rows * cols * c_out];
     for_rows(&mut out, cols * c_out, |r, row| {
         let mut s2d = vec![0f32; cols * 27];
-        s2d_row(bgr, h, w, r, &mut s2d);
+        s2d_row(img, rgb, h, w, r, &mut s2d);
         pw_row(&s2d, 27, wt, bias, true, row);
     });
     Map {
