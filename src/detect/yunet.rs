@@ -111,10 +111,6 @@ impl Pointwise {
         })
     }
 
-    fn forward(&self, x: &Map, relu: bool) -> Map {
-        kernels::pointwise(x, &self.wt, &self.b, relu)
-    }
-
     /// Candle ops on NCHW.
     fn forward_candle(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
         let (o, i) = self.weight.dims2()?;
@@ -150,10 +146,6 @@ impl Depthwise {
         Ok(Depthwise { weight, bias, w, b })
     }
 
-    fn forward(&self, x: &Map, relu: bool) -> Map {
-        kernels::depthwise3x3(x, &self.w, &self.b, relu)
-    }
-
     /// Candle's grouped conv on NCHW (weights transposed to `[C, 1, 3, 3]`).
     fn forward_candle(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
         let c = self.b.len();
@@ -187,7 +179,12 @@ impl DpPair {
     }
 
     fn forward(&self, x: &Map) -> Map {
-        self.dw.forward(&self.pw.forward(x, false), self.relu)
+        kernels::pointwise_depthwise(
+            x,
+            (&self.pw.wt, &self.pw.b),
+            (&self.dw.w, &self.dw.b),
+            self.relu,
+        )
     }
 
     fn forward_candle(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -173,6 +173,7 @@ fn pw_row_body(x: &[f32], c_in: usize, wt: &[f32], bias: &[f32], relu: bool, out
 
 multiversion!(pw_row, pw_row_avx2, pw_row_body, (x: &[f32], c_in: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]));
 
+#[cfg(test)]
 /// Point-wise (1x1) convolution with weights transposed to `[I][O]` (`wt[i*O + o]`), bias
 /// `[O]`, optional ReLU.
 pub fn pointwise(x: &Map, wt: &[f32], bias: &[f32], relu: bool) -> Map {
@@ -276,6 +277,7 @@ fn dw_row_body(map: &Map, y: usize, wt: &[f32], bias: &[f32], relu: bool, out: &
 
 multiversion!(dw_row, dw_row_avx2, dw_row_body, (map: &Map, y: usize, wt: &[f32], bias: &[f32], relu: bool, out: &mut [f32]));
 
+#[cfg(test)]
 /// Depth-wise 3x3 convolution, pad 1, stride 1, tap-major weights `[9][C]`, bias `[C]`,
 /// optional ReLU.
 pub fn depthwise3x3(x: &Map, wt: &[f32], bias: &[f32], relu: bool) -> Map {
@@ -290,6 +292,52 @@ pub fn depthwise3x3(x: &Map, wt: &[f32], bias: &[f32], relu: bool) -> Map {
         c: x.c,
         data: out,
     }
+}
+
+/// A `dp` pair fused: a 1x1 conv (`pw_wt` `[I][O]`, `pw_b`, no ReLU) then a 3x3 depth-wise conv
+/// (`dw_w` `[9][O]`, `dw_b`, optional ReLU), over bands of rows whose size depends only on the
+/// map's height. Each band computes the 1x1 rows it needs (its rows and one more on either side)
+/// into a local buffer, so the intermediate map is never stored whole; the values are exactly
+/// those of [`pointwise`] followed by [`depthwise3x3`].
+pub fn pointwise_depthwise(x: &Map, pw: (&[f32], &[f32]), dw: (&[f32], &[f32]), relu: bool) -> Map {
+    let (c, h, w) = (pw.1.len(), x.h, x.w);
+    let mut out = vec![0f32; h * w * c];
+    let row_len = w * c;
+    if row_len == 0 || h == 0 {
+        return Map { h, w, c, data: out };
+    }
+    let band = h.div_ceil(16).max(16);
+    let in_row = w * x.c;
+    out.par_chunks_mut(band * row_len)
+        .enumerate()
+        .for_each(|(b, chunk)| {
+            let y0 = b * band;
+            let y1 = (y0 + band).min(h);
+            let (r0, r1) = (y0.saturating_sub(1), (y1 + 1).min(h));
+            let mut tmp = vec![0f32; (r1 - r0) * row_len];
+            for (r, t) in (r0..r1).zip(tmp.chunks_exact_mut(row_len)) {
+                pw_row(
+                    &x.data[r * in_row..(r + 1) * in_row],
+                    x.c,
+                    pw.0,
+                    pw.1,
+                    false,
+                    t,
+                );
+            }
+            // The band's borders are the map's borders or rows the band itself computed, so
+            // the depth-wise conv's zero padding falls only on the map's real borders.
+            let t = Map {
+                h: r1 - r0,
+                w,
+                c,
+                data: tmp,
+            };
+            for (y, o) in (y0..y1).zip(chunk.chunks_exact_mut(row_len)) {
+                dw_row(&t, y - r0, dw.0, dw.1, relu, o);
+            }
+        });
+    Map { h, w, c, data: out }
 }
 
 /// 2x2 stride-2 max-pool (the maps are always even).
@@ -439,6 +487,24 @@ mod tests {
                     assert_eq!(y.data[(r * 7 + c) * 3 + ch], v);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn fused_pair_equals_the_two_layers() {
+        for (h, w) in [(1, 3), (17, 5), (40, 9)] {
+            let x = map(h, w, 16, 3);
+            let wt: Vec<f32> = (0..16 * 32)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..32).map(|i| i as f32 * 0.01).collect();
+            let dw: Vec<f32> = (0..9 * 32)
+                .map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0)
+                .collect();
+            let db: Vec<f32> = (0..32).map(|i| 0.1 - i as f32 * 0.02).collect();
+            let fused = pointwise_depthwise(&x, (&wt, &b), (&dw, &db), true);
+            let two = depthwise3x3(&pointwise(&x, &wt, &b, false), &dw, &db, true);
+            assert_eq!(fused, two);
         }
     }
 
