@@ -17,6 +17,9 @@ pub const DLIB_RESNET: &str = "dlib_resnet.safetensors";
 /// File name of dlib's converted 5-point shape predictor (same package).
 pub const SHAPE_PREDICTOR_5: &str = "shape_predictor_5.safetensors";
 
+/// File name of the converted YuNet detector weights (libfacedetection, from yuface 2023.5.1).
+pub const YUNET: &str = "yunet.safetensors";
+
 /// Weights compiled into the binary (see `models/README.md` for sources and checksums).
 const EMBEDDED: &[(&str, &[u8])] = &[
     (MTCNN, include_bytes!("../models/mtcnn.safetensors")),
@@ -28,6 +31,7 @@ const EMBEDDED: &[(&str, &[u8])] = &[
         SHAPE_PREDICTOR_5,
         include_bytes!("../models/shape_predictor_5.safetensors"),
     ),
+    (YUNET, include_bytes!("../models/yunet.safetensors")),
 ];
 
 /// Where weights are read from.

@@ -6,6 +6,7 @@
 
 pub mod mtcnn;
 mod nets;
+pub mod yunet;
 
 use image::RgbImage;
 use serde::Serialize;
