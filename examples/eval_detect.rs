@@ -252,6 +252,7 @@ fn main() -> Result<()> {
             "--detector" => {
                 config.kind = match args.next().context("--detector NAME")?.as_str() {
                     "mtcnn" => DetectorKind::Mtcnn,
+                    "yunet" => DetectorKind::YuNet,
                     other => bail!("unknown detector {other}"),
                 }
             }

@@ -146,7 +146,8 @@ impl Pipeline {
         let overrides = config.head.as_deref().map_or(&[][..], |h| &h.backbone[..]);
         let embedder: Box<dyn Embedder> =
             Box::new(DlibEmbedder::with_overrides(source, output, overrides)?);
-        let aligner = Aligner::new(source, config.template, embedder.chip_size() as u32)?;
+        let aligner = Aligner::new(source, config.template, embedder.chip_size() as u32)?
+            .for_detector(config.detector.kind);
         Ok(Pipeline {
             detector,
             aligner,

@@ -205,6 +205,7 @@ pub struct Aligner {
     template: Template,
     size: u32,
     predictor: Option<shape_predictor::ShapePredictor>,
+    detector: crate::detect::DetectorKind,
 }
 
 impl Aligner {
@@ -222,7 +223,15 @@ impl Aligner {
             template,
             size,
             predictor,
+            detector: Default::default(),
         })
+    }
+
+    /// The same aligner for boxes found by `kind` (the shape predictor's box is derived from
+    /// the detector's box by that detector's own offsets).
+    pub fn for_detector(mut self, kind: crate::detect::DetectorKind) -> Self {
+        self.detector = kind;
+        self
     }
 
     /// The template.
@@ -235,12 +244,12 @@ impl Aligner {
         self.size
     }
 
-    /// The aligned chip of a face given its MTCNN box and landmarks. The FaceNet template uses
+    /// The aligned chip of a face given its detected box and landmarks. The FaceNet template uses
     /// the box (grown by `44 * size / 160` px, no rotation).
     pub fn chip(&self, img: &RgbImage, bbox: &BBox, landmarks: &[Point; 5]) -> RgbImage {
         let size = self.size;
         if let Some(predictor) = &self.predictor {
-            let rect = shape_predictor::ShapePredictor::box_from_mtcnn(bbox);
+            let rect = shape_predictor::ShapePredictor::box_from_detection(bbox, self.detector);
             let parts = predictor.predict(img, &rect);
             if let Some(t) = Similarity::estimate(&dlib_parts_template(size, 0.25), &parts) {
                 return extract_chip(img, &t, size);

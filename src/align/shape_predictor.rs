@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use crate::detect::{BBox, Point};
+use crate::detect::{BBox, DetectorKind, Point};
 use crate::models::{ModelSource, SHAPE_PREDICTOR_5};
 use crate::{Error, Result};
 
@@ -13,6 +13,12 @@ use crate::{Error, Result};
 /// HOG boxes). Medians over the 78 faces both find in `../shared/golden`: same centre x, centre
 /// 0.040 box heights lower, 1.120 times as wide, 0.823 times as tall.
 const HOG_FROM_MTCNN: [f32; 3] = [0.040, 1.120, 0.823];
+
+/// The same for a YuNet box: medians over the 78 faces dlib's HOG detector and YuNet (the float
+/// reference of `../shared/golden/yunet.json`, score >= 0.5) both find: centre 0.037 box heights
+/// lower, 1.102 times as wide, 0.814 times as tall (the centre's horizontal offset, -0.033 box
+/// widths, is left out as for MTCNN, so a mirrored face gets the mirrored box).
+const HOG_FROM_YUNET: [f32; 3] = [0.037, 1.102, 0.814];
 
 /// The predictor's trees and feature-pixel layout.
 pub struct ShapePredictor {
@@ -100,13 +106,18 @@ impl ShapePredictor {
 
     /// The dlib-style box the predictor expects for an MTCNN face box.
     pub fn box_from_mtcnn(b: &BBox) -> BBox {
+        Self::box_from_detection(b, DetectorKind::Mtcnn)
+    }
+
+    /// The dlib-style box the predictor expects for a face box found by `kind`.
+    pub fn box_from_detection(b: &BBox, kind: DetectorKind) -> BBox {
+        let k = match kind {
+            DetectorKind::Mtcnn => HOG_FROM_MTCNN,
+            DetectorKind::YuNet => HOG_FROM_YUNET,
+        };
         let (w, h) = (b.width(), b.height());
         let c = b.center();
-        let (cy, hw, hh) = (
-            c.y + HOG_FROM_MTCNN[0] * h,
-            HOG_FROM_MTCNN[1] * w / 2.0,
-            HOG_FROM_MTCNN[2] * h / 2.0,
-        );
+        let (cy, hw, hh) = (c.y + k[0] * h, k[1] * w / 2.0, k[2] * h / 2.0);
         BBox {
             x1: (c.x - hw).round(),
             y1: (cy - hh).round(),

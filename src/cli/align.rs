@@ -72,7 +72,9 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
     let source = ModelSource::resolve(args.common.models.as_deref());
     let detector = Detector::new(&source, args.common.detector_config(args.faces.min_face))
         .context("cannot load the detector")?;
-    let aligner = Aligner::new(&source, template, size).context("cannot load the aligner")?;
+    let aligner = Aligner::new(&source, template, size)
+        .context("cannot load the aligner")?
+        .for_detector(detector.config().kind);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let load = LoadOptions {

@@ -65,6 +65,8 @@ pub struct CommonArgs {
 pub enum DetectorArg {
     /// MTCNN (numerically identical to facenet-pytorch).
     Mtcnn,
+    /// YuNet (libfacedetection): more faces found, fewer false ones, faster on large photos.
+    Yunet,
 }
 
 impl CommonArgs {
@@ -74,6 +76,7 @@ impl CommonArgs {
         facekit::DetectorConfig {
             kind: match self.detector {
                 DetectorArg::Mtcnn => facekit::detect::DetectorKind::Mtcnn,
+                DetectorArg::Yunet => facekit::detect::DetectorKind::YuNet,
             },
             min_face,
             ..Default::default()

@@ -1,8 +1,8 @@
 //! Face detection: the shared result type ([`Detection`]: box, score, 5 landmarks) and the
-//! [`Detector`] every workflow uses, which runs one of the networks ([`mtcnn`]) under one policy
-//! for large photos: detection runs on a working copy of bounded size unless smaller faces are
-//! asked for, and boxes and landmarks are mapped back to the original image (crops for alignment
-//! are taken from the full-resolution image).
+//! [`Detector`] every workflow uses, which runs one of the networks ([`yunet`], [`mtcnn`]) under
+//! one policy for large photos: detection runs on a working copy of bounded size unless smaller
+//! faces are asked for, and boxes and landmarks are mapped back to the original image (crops for
+//! alignment are taken from the full-resolution image).
 
 pub mod mtcnn;
 mod nets;
@@ -12,6 +12,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 pub use mtcnn::{pyramid, Mtcnn, MtcnnConfig, PyramidLevel};
+pub use yunet::{YuNet, YuNetConfig};
 pub use nets::{ONet, PNet, RNet};
 
 use crate::models::ModelSource;
@@ -111,6 +112,8 @@ pub enum DetectorKind {
     /// MTCNN, numerically identical to facenet-pytorch 2.6.0.
     #[default]
     Mtcnn,
+    /// YuNet (libfacedetection), identical to its float reference.
+    YuNet,
 }
 
 impl DetectorKind {
@@ -118,6 +121,7 @@ impl DetectorKind {
     pub fn name(self) -> &'static str {
         match self {
             DetectorKind::Mtcnn => "mtcnn",
+            DetectorKind::YuNet => "yunet",
         }
     }
 }
@@ -132,6 +136,19 @@ pub const WORKING_SIZE: u32 = 2048;
 /// Smallest face searched for by default, in pixels of the working copy.
 pub const DEFAULT_MIN_FACE: f64 = 20.0;
 
+/// YuNet's working copy when the smallest face is left to the default: long side at most this
+/// (YuNet finds faces from about [`YUNET_MIN_FACE`] px at any input size, so a smaller copy
+/// suffices and costs less).
+pub const YUNET_WORKING_SIZE: u32 = 1280;
+
+/// Face size YuNet finds reliably (its finest head has stride 8): a `--min-face` of M px is
+/// searched for on a copy scaled by `YUNET_MIN_FACE / M` (never enlarged).
+pub const YUNET_MIN_FACE: f64 = 10.0;
+
+/// Most pixels of YuNet's working copy (bounds its memory: about 30 bytes of activations per
+/// pixel at the first layer); smaller faces than that copy allows are not found.
+pub const YUNET_MAX_PIXELS: f64 = 12e6;
+
 /// Detector settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectorConfig {
@@ -144,7 +161,12 @@ pub struct DetectorConfig {
     /// MTCNN's stage thresholds and pyramid factor (its own `min_face_size` is set from
     /// `min_face`).
     pub mtcnn: MtcnnConfig,
+    /// YuNet's score and NMS settings.
+    pub yunet: YuNetConfig,
 }
+
+/// YuNet's default score threshold in facekit, chosen on half of the WIDER FACE subset (README).
+pub const YUNET_SCORE_THRESHOLD: f32 = 0.7;
 
 impl Default for DetectorConfig {
     fn default() -> Self {
@@ -152,6 +174,10 @@ impl Default for DetectorConfig {
             kind: DetectorKind::Mtcnn,
             min_face: None,
             mtcnn: MtcnnConfig::default(),
+            yunet: YuNetConfig {
+                score_threshold: YUNET_SCORE_THRESHOLD,
+                ..Default::default()
+            },
         }
     }
 }
@@ -161,6 +187,7 @@ impl DetectorConfig {
     pub fn score_threshold(&self) -> f32 {
         match self.kind {
             DetectorKind::Mtcnn => self.mtcnn.thresholds[2],
+            DetectorKind::YuNet => self.yunet.score_threshold,
         }
     }
 
@@ -169,6 +196,9 @@ impl DetectorConfig {
     pub fn lower_score_threshold(&mut self, floor: f32) {
         match self.kind {
             DetectorKind::Mtcnn => self.mtcnn.thresholds[2] = self.mtcnn.thresholds[2].min(floor),
+            DetectorKind::YuNet => {
+                self.yunet.score_threshold = self.yunet.score_threshold.min(floor)
+            }
         }
     }
 }
@@ -176,6 +206,7 @@ impl DetectorConfig {
 /// The network behind a [`Detector`].
 enum Backend {
     Mtcnn(Mtcnn),
+    YuNet(YuNet),
 }
 
 /// Finds faces with the configured network and the working-copy policy. Cheap to share
@@ -197,6 +228,7 @@ impl Detector {
         }
         let backend = match config.kind {
             DetectorKind::Mtcnn => Backend::Mtcnn(Mtcnn::new(source, config.mtcnn.clone())?),
+            DetectorKind::YuNet => Backend::YuNet(YuNet::new(source, config.yunet.clone())?),
         };
         Ok(Detector { backend, config })
     }
@@ -210,6 +242,7 @@ impl Detector {
     pub fn mtcnn(&self) -> Option<&Mtcnn> {
         match &self.backend {
             Backend::Mtcnn(m) => Some(m),
+            Backend::YuNet(_) => None,
         }
     }
 
@@ -217,13 +250,21 @@ impl Detector {
     /// the embedding cache's key and of model ids).
     pub fn id(&self) -> String {
         let c = &self.config;
-        let min_face = c
-            .min_face
-            .map_or_else(|| format!("auto{WORKING_SIZE}"), |m| m.to_string());
+        let min_face = |auto: u32| c.min_face.map_or_else(|| format!("auto{auto}"), |m| m.to_string());
         match c.kind {
             DetectorKind::Mtcnn => format!(
-                "mtcnn(min_face={min_face},thresholds={:?},factor={})",
-                c.mtcnn.thresholds, c.mtcnn.factor
+                "mtcnn(min_face={},thresholds={:?},factor={})",
+                min_face(WORKING_SIZE),
+                c.mtcnn.thresholds,
+                c.mtcnn.factor
+            ),
+            DetectorKind::YuNet => format!(
+                "yunet(min_face={},score={},nms={},top_k={},keep={})",
+                min_face(YUNET_WORKING_SIZE),
+                c.yunet.score_threshold,
+                c.yunet.nms_threshold,
+                c.yunet.top_k,
+                c.yunet.keep_top_k
             ),
         }
     }
@@ -231,10 +272,19 @@ impl Detector {
     /// The working copy's scale (1 = the original) and the smallest face to search for in it.
     pub fn plan(&self, width: u32, height: u32) -> (f64, f64) {
         let long = width.max(height) as f64;
-        match self.config.min_face {
-            Some(m) => (1.0, m),
-            None if long <= WORKING_SIZE as f64 => (1.0, DEFAULT_MIN_FACE),
-            None => (WORKING_SIZE as f64 / long, DEFAULT_MIN_FACE),
+        match self.config.kind {
+            DetectorKind::Mtcnn => match self.config.min_face {
+                Some(m) => (1.0, m),
+                None => ((WORKING_SIZE as f64 / long).min(1.0), DEFAULT_MIN_FACE),
+            },
+            DetectorKind::YuNet => {
+                let scale = match self.config.min_face {
+                    Some(m) => (YUNET_MIN_FACE / m).min(1.0),
+                    None => (YUNET_WORKING_SIZE as f64 / long).min(1.0),
+                };
+                let cap = (YUNET_MAX_PIXELS / (width as f64 * height as f64)).sqrt();
+                (scale.min(cap), YUNET_MIN_FACE)
+            }
         }
     }
 
@@ -270,6 +320,7 @@ impl Detector {
     fn run(&self, img: &RgbImage, min_face: f64) -> Result<Vec<Detection>> {
         match &self.backend {
             Backend::Mtcnn(m) => m.detect_min_face(img, min_face),
+            Backend::YuNet(y) => y.detect(img),
         }
     }
 }
