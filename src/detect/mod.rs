@@ -12,8 +12,8 @@ use image::RgbImage;
 use serde::Serialize;
 
 pub use mtcnn::{pyramid, Mtcnn, MtcnnConfig, PyramidLevel};
-pub use yunet::{YuNet, YuNetConfig};
 pub use nets::{ONet, PNet, RNet};
+pub use yunet::{YuNet, YuNetConfig};
 
 use crate::models::ModelSource;
 use crate::Result;
@@ -250,7 +250,10 @@ impl Detector {
     /// the embedding cache's key and of model ids).
     pub fn id(&self) -> String {
         let c = &self.config;
-        let min_face = |auto: u32| c.min_face.map_or_else(|| format!("auto{auto}"), |m| m.to_string());
+        let min_face = |auto: u32| {
+            c.min_face
+                .map_or_else(|| format!("auto{auto}"), |m| m.to_string())
+        };
         match c.kind {
             DetectorKind::Mtcnn => format!(
                 "mtcnn(min_face={},thresholds={:?},factor={})",
