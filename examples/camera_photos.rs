@@ -26,7 +26,7 @@ fn main() -> Result<()> {
     }
     let out = out.context("usage: camera_photos OUT_DIR [--count N] [--megapixels MP]")?;
     let root = shared.join("data/widerface-val-subset/images");
-    let mut images: Vec<PathBuf> = facekit::io::collect_inputs(&[root.clone()])
+    let mut images: Vec<PathBuf> = facekit::io::collect_inputs(std::slice::from_ref(&root))
         .into_iter()
         .filter_map(|r| r.ok())
         .collect();

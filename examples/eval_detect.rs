@@ -331,11 +331,11 @@ fn main() -> Result<()> {
             row(&label, &tally(set, &dets, s, scale, |_| true));
             if halves {
                 row(
-                    &format!("  half A (even images)"),
+                    "  half A (even images)",
                     &tally(set, &dets, s, scale, |i| i % 2 == 0),
                 );
                 row(
-                    &format!("  half B (odd images)"),
+                    "  half B (odd images)",
                     &tally(set, &dets, s, scale, |i| i % 2 == 1),
                 );
             }

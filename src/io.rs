@@ -251,6 +251,9 @@ fn decode_unguarded(bytes: Vec<u8>, opts: &LoadOptions) -> std::result::Result<R
             )
         }
     };
+    if format == ImageFormat::Jpeg {
+        return decode_jpeg(bytes, opts);
+    }
     let file_len = bytes.len() as u64;
     let mut reader = ImageReader::with_format(Cursor::new(&bytes[..]), format);
     let mut limits = Limits::default();
@@ -269,7 +272,7 @@ fn decode_unguarded(bytes: Vec<u8>, opts: &LoadOptions) -> std::result::Result<R
     let needed = (file_len + native)
         .max(if is_rgb8 { 0 } else { native + rgb })
         .max(2 * rgb);
-    if format != ImageFormat::Jpeg && needed > DECODE_BUDGET {
+    if needed > DECODE_BUDGET {
         return Err(format!(
             "image is {w}x{h} {:?}: decoding it needs {} MB, over the {} MB memory budget",
             decoder.color_type(),
@@ -281,34 +284,61 @@ fn decode_unguarded(bytes: Vec<u8>, opts: &LoadOptions) -> std::result::Result<R
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let img = match format {
-        // libjpeg-turbo's decoder (via mozjpeg): the same pixels Pillow, OpenCV and so the Python
-        // peers see. zune-jpeg (image's default) differs by a grey level here and there, which is
-        // enough to flip MTCNN's NMS choices on some faces.
-        ImageFormat::Jpeg => {
-            drop(decoder);
-            let rgb = decode_jpeg_libjpeg(&bytes)?;
-            drop(bytes);
-            DynamicImage::ImageRgb8(rgb)
-        }
-        _ => {
-            let native = DynamicImage::from_decoder(decoder)
-                .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
-            drop(bytes);
-            match native {
-                DynamicImage::ImageRgb8(_) => native,
-                other => DynamicImage::ImageRgb8(other.to_rgb8()),
-            }
-        }
+    let native = DynamicImage::from_decoder(decoder)
+        .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+    drop(bytes);
+    let img = match native {
+        DynamicImage::ImageRgb8(_) => native,
+        other => DynamicImage::ImageRgb8(other.to_rgb8()),
     };
-    let mut img = img;
+    Ok(upright(img, orientation, opts))
+}
+
+/// The image turned upright by its EXIF orientation (when asked for), as 8-bit RGB.
+fn upright(
+    mut img: DynamicImage,
+    orientation: image::metadata::Orientation,
+    opts: &LoadOptions,
+) -> RgbImage {
     if opts.apply_exif_orientation {
         img.apply_orientation(orientation);
     }
-    Ok(match img {
+    match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
-    })
+    }
+}
+
+/// JPEGs go to libjpeg-turbo's decoder (via mozjpeg) alone, header included: the same pixels
+/// Pillow, OpenCV and so the Python peers see (zune-jpeg, image's default, differs by a grey
+/// level here and there, which is enough to flip MTCNN's NMS choices on some faces, and does
+/// not read arithmetic-coded files). The orientation comes from the EXIF segment.
+fn decode_jpeg(bytes: Vec<u8>, opts: &LoadOptions) -> std::result::Result<RgbImage, String> {
+    let orientation = jpeg_exif(&bytes)
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let rgb = decode_jpeg_libjpeg(&bytes, opts)?;
+    drop(bytes);
+    Ok(upright(DynamicImage::ImageRgb8(rgb), orientation, opts))
+}
+
+/// The TIFF-structured payload of a JPEG's EXIF (APP1 `Exif\0\0`) segment, if it has one
+/// before the first scan.
+fn jpeg_exif(bytes: &[u8]) -> Option<&[u8]> {
+    let mut i = 2;
+    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
+        let marker = bytes[i + 1];
+        if marker == 0xDA || marker == 0xD9 {
+            return None;
+        }
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        let body = bytes.get(i + 4..i + 2 + len)?;
+        if marker == 0xE1 && body.starts_with(b"Exif\0\0") {
+            return Some(&body[6..]);
+        }
+        i += 2 + len;
+    }
+    None
 }
 
 /// True when a JPEG's last scan is followed by an end-of-image marker. Entropy-coded data cannot
@@ -333,7 +363,7 @@ fn jpeg_has_adobe_marker(bytes: &[u8]) -> bool {
 /// Decodes a JPEG to RGB with libjpeg-turbo's algorithms (accurate integer IDCT, fancy
 /// upsampling). CMYK and YCCK JPEGs are converted to RGB (as Pillow does); arithmetic coding is
 /// supported. libjpeg's fatal errors unwind; [`decode_image`] catches them.
-fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+fn decode_jpeg_libjpeg(bytes: &[u8], opts: &LoadOptions) -> std::result::Result<RgbImage, String> {
     use mozjpeg::ColorSpace;
     if !jpeg_is_complete(bytes) {
         return Err("truncated JPEG (no end-of-image marker after the last scan)".to_string());
@@ -341,6 +371,8 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let fail = |e: std::io::Error| format!("cannot decode JPEG: {e}");
     let decompress = mozjpeg::Decompress::new_mem(bytes).map_err(fail)?;
     let (w, h) = (decompress.width() as u32, decompress.height() as u32);
+    check_pixels(w, h, opts)?;
+    gate_acquire(w as u64 * h as u64);
     let cmyk = matches!(
         decompress.color_space(),
         ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK

@@ -205,8 +205,8 @@ impl DetectorConfig {
 
 /// The network behind a [`Detector`].
 enum Backend {
-    Mtcnn(Mtcnn),
-    YuNet(YuNet),
+    Mtcnn(Box<Mtcnn>),
+    YuNet(Box<YuNet>),
 }
 
 /// Finds faces with the configured network and the working-copy policy. Cheap to share
@@ -227,8 +227,12 @@ impl Detector {
             }
         }
         let backend = match config.kind {
-            DetectorKind::Mtcnn => Backend::Mtcnn(Mtcnn::new(source, config.mtcnn.clone())?),
-            DetectorKind::YuNet => Backend::YuNet(YuNet::new(source, config.yunet.clone())?),
+            DetectorKind::Mtcnn => {
+                Backend::Mtcnn(Box::new(Mtcnn::new(source, config.mtcnn.clone())?))
+            }
+            DetectorKind::YuNet => {
+                Backend::YuNet(Box::new(YuNet::new(source, config.yunet.clone())?))
+            }
         };
         Ok(Detector { backend, config })
     }
