@@ -85,12 +85,7 @@ impl Line {
                 .faces
                 .into_iter()
                 .map(|f| Face {
-                    bbox: BBox {
-                        x1: f.bbox[0],
-                        y1: f.bbox[1],
-                        x2: f.bbox[2],
-                        y2: f.bbox[3],
-                    },
+                    bbox: BBox::from_array(f.bbox),
                     score: f.score,
                     landmarks: f.landmarks.map(|[x, y]| Point { x, y }),
                     embedding: f.embedding,

@@ -92,6 +92,11 @@ impl BBox {
     pub fn to_array(&self) -> [f32; 4] {
         [self.x1, self.y1, self.x2, self.y2]
     }
+
+    /// From `[x1, y1, x2, y2]`.
+    pub fn from_array([x1, y1, x2, y2]: [f32; 4]) -> Self {
+        BBox { x1, y1, x2, y2 }
+    }
 }
 
 /// One detected face: box (clipped to the image), O-Net probability, and 5 landmarks in

@@ -273,13 +273,7 @@ impl Mtcnn {
             .iter()
             .zip(landmarks)
             .map(|(c, lm)| Detection {
-                bbox: BBox {
-                    x1: c.b[0],
-                    y1: c.b[1],
-                    x2: c.b[2],
-                    y2: c.b[3],
-                }
-                .clip(w, h),
+                bbox: BBox::from_array(c.b).clip(w, h),
                 score: c.score,
                 landmarks: lm,
             })

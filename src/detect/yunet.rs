@@ -519,12 +519,7 @@ impl YuNet {
             nms(decode(&heads, self.config.score_threshold), &self.config)
                 .into_iter()
                 .map(|c| Detection {
-                    bbox: BBox {
-                        x1: c.bbox[0],
-                        y1: c.bbox[1],
-                        x2: c.bbox[2],
-                        y2: c.bbox[3],
-                    },
+                    bbox: BBox::from_array(c.bbox),
                     score: c.score,
                     // YuNet's order is already facekit's: image-left eye, image-right eye, nose,
                     // image-left mouth corner, image-right mouth corner.
