@@ -148,24 +148,31 @@ fn chip_names(inputs: &[Input]) -> Vec<String> {
         .iter()
         .map(|i| i.as_deref().map(stem).unwrap_or_default())
         .collect();
-    let count = |names: &[String], n: &str| names.iter().filter(|m| *m == n).count();
-    let first: Vec<String> = names.clone();
-    for (i, input) in inputs.iter().enumerate() {
+    // How often each name occurs (one pass; a large folder stays linear).
+    let counts = |names: &[String]| {
+        let mut c: std::collections::HashMap<String, usize> = Default::default();
+        names
+            .iter()
+            .for_each(|n| *c.entry(n.clone()).or_default() += 1);
+        c
+    };
+    let first = counts(&names);
+    for (input, name) in inputs.iter().zip(names.iter_mut()) {
         if let Ok(p) = input {
-            if count(&first, &first[i]) > 1 {
+            if first[name.as_str()] > 1 {
                 let parent = p
                     .parent()
                     .and_then(|d| d.file_name())
                     .map(|d| d.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                names[i] = format!("{parent}_{}", first[i]);
+                *name = format!("{parent}_{name}");
             }
         }
     }
-    let second = names.clone();
+    let second = counts(&names);
     let mut seen: std::collections::HashMap<String, usize> = Default::default();
-    for (i, name) in names.iter_mut().enumerate() {
-        if inputs[i].is_ok() && count(&second, name) > 1 {
+    for (input, name) in inputs.iter().zip(names.iter_mut()) {
+        if input.is_ok() && second[name.as_str()] > 1 {
             let n = seen.entry(name.clone()).or_default();
             *n += 1;
             *name = format!("{name}-{n}");
