@@ -39,6 +39,17 @@ pub enum Error {
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The face library (SQLite database) could not be read or written.
+    #[error("library {}: {reason}", path.display())]
+    Library {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A name given by the user does not exist or is not unique (a person, a face).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl Clone for Error {
@@ -59,6 +70,11 @@ impl Clone for Error {
                 reason: reason.clone(),
             },
             Error::Config(s) => Error::Config(s.clone()),
+            Error::Library { path, reason } => Error::Library {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::NotFound(s) => Error::NotFound(s.clone()),
             Error::Candle(e) => Error::Config(format!("tensor error: {e}")),
         }
     }

@@ -577,7 +577,8 @@ fn walk_dir(
 }
 
 /// True when the name ends in an image format's extension (any case).
-fn has_image_extension(path: &Path) -> bool {
+/// True when the file name ends in an image extension (`.jpg`, `.png`, ...).
+pub fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
@@ -668,6 +669,15 @@ pub fn path_bytes(path: &Path) -> Vec<u8> {
 
 const BASE64_ALPHABET: &[u8; 64] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// SHA-256 of `bytes`, lowercase hex: a photo's identity in the library.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Standard base64 (RFC 4648, with padding).
 pub fn base64(bytes: &[u8]) -> String {

@@ -14,14 +14,15 @@
 //! # Ok::<(), facekit::Error>(())
 //! ```
 
+pub mod album;
 pub mod align;
-pub mod cache;
 pub mod cluster;
 pub mod detect;
 pub mod distance;
 pub mod embed;
 pub mod error;
 pub mod io;
+pub mod library;
 pub mod metrics;
 pub mod models;
 pub mod nn;

@@ -89,7 +89,7 @@ impl ModelSource {
 
     /// SHA-256 (hex) of one weights file's bytes: what identifies the weights in cache keys.
     pub fn sha256(&self, name: &str) -> Result<String> {
-        Ok(crate::cache::content_hash(&self.read(name)?))
+        Ok(crate::io::content_hash(&self.read(name)?))
     }
 
     /// A short human description ("embedded" or the directory).

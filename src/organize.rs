@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::content_hash;
+use crate::io::content_hash;
 use crate::{Error, Result};
 
 /// The manifest of moves, inside the output folder.

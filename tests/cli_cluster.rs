@@ -28,7 +28,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
                 let bytes = std::fs::read(&p).unwrap();
                 out.insert(
                     p.strip_prefix(dir).unwrap().to_path_buf(),
-                    facekit::cache::content_hash(&bytes),
+                    facekit::io::content_hash(&bytes),
                 );
             }
         }

@@ -77,60 +77,32 @@ fn sweep_counts_unusable_entries_of_a_labeled_folder() {
     );
 }
 
-/// Garbage in the cache file (a byte that is not UTF-8, a broken line) is skipped with a
-/// warning; the run succeeds with the same result, and the photos are embedded again.
+/// A library file that is not a database is refused with the reason, exit 2, and left as it
+/// was; `--no-cache` still works.
 #[test]
-fn a_damaged_cache_is_read_around_with_a_warning() {
+fn a_library_that_is_not_a_database_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     labeled(dir.path());
-    let run = || {
-        facekit(&[
-            "threshold-sweep",
-            "--json",
-            s(dir.path()),
-            "--cache-dir",
-            s(cache.path()),
-        ])
-    };
-    let first = run();
-    assert!(first.status.success(), "{}", stderr(&first));
-    let v1: Value = serde_json::from_slice(&first.stdout).unwrap();
-    let files: Vec<_> = std::fs::read_dir(cache.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    // Damage: one record cut in half and a stray 0xFF byte at the end.
-    let text = std::fs::read(&files[0]).unwrap();
-    let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
-    let mut damaged = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        if i == 1 {
-            damaged.extend_from_slice(&l[..l.len() / 2]);
-        } else {
-            damaged.extend_from_slice(l);
-        }
-        if i + 1 < lines.len() {
-            damaged.push(b'\n');
-        }
-    }
-    damaged.push(0xFF);
-    std::fs::write(&files[0], &damaged).unwrap();
-
-    let second = run();
-    assert!(second.status.success(), "{}", stderr(&second));
-    let err = stderr(&second);
+    let bogus = tmp.path().join("library.db");
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&bogus, &garbage).unwrap();
+    let out = facekit(&[
+        "threshold-sweep",
+        "--json",
+        s(dir.path()),
+        "--library",
+        s(&bogus),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
     assert!(
-        err.contains("warning") && err.contains("damaged line"),
+        err.contains("library.db") && err.contains("not a facekit library"),
         "{err}"
     );
-    let v2: Value = serde_json::from_slice(&second.stdout).unwrap();
-    assert_eq!(v2["images"]["cached"], 3, "one record was damaged: {v2}");
-    assert_eq!(v2["best"], v1["best"]);
-    // The re-embedded photo went back into the cache: a third run reads all four.
-    let third: Value = serde_json::from_slice(&run().stdout).unwrap();
-    assert_eq!(third["images"]["cached"], 4);
+    assert_eq!(std::fs::read(&bogus).unwrap(), garbage);
+    let ok = facekit(&["threshold-sweep", "--json", s(dir.path()), "--no-cache"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
 }
 
 /// The cache key includes the SHA-256 of the weights: the same weights from a directory share
@@ -175,7 +147,9 @@ fn the_cache_key_follows_the_weights_bytes() {
     assert_eq!(sweep(None)["images"]["cached"], 0);
     assert_eq!(sweep(Some(same.path()))["images"]["cached"], 4);
     assert_eq!(sweep(Some(other.path()))["images"]["cached"], 0);
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+    // Both pipelines' results are kept: each is answered from the library now.
+    assert_eq!(sweep(None)["images"]["cached"], 4);
+    assert_eq!(sweep(Some(other.path()))["images"]["cached"], 4);
 }
 
 /// Two inputs with the same file stem from different folders: every chip gets its own name,

@@ -61,7 +61,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
                 stack.push(p.clone());
                 "/".into()
             } else {
-                facekit::cache::content_hash(&std::fs::read(&p).unwrap())
+                facekit::io::content_hash(&std::fs::read(&p).unwrap())
             };
             out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), what);
         }

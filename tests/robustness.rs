@@ -117,6 +117,10 @@ fn facekit_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     cmd.args(args)
         .env_remove("FACEKIT_MODELS")
         .env_remove("FACEKIT_CACHE")
+        .env(
+            "FACEKIT_LIBRARY",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("robustness-library.db"),
+        )
         .stdin(Stdio::null());
     // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
     unsafe {

@@ -45,10 +45,12 @@ pub enum AlgorithmArg {
 /// Arguments of `facekit cluster`.
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
-    /// The album: image files and folders (walked recursively).
+    /// The album: image files and folders (walked recursively); several may be given.
     #[arg(value_name = "ALBUM", required_unless_present = "undo")]
-    album: Option<PathBuf>,
-    /// Output folder: OUT/person_001, ..., OUT/unknown, OUT/no_faces, clusters.json, index.html.
+    album: Vec<PathBuf>,
+    /// Output folder: one folder per person (the name given with `facekit people rename`, else
+    /// person_0007 by the library's stable id), OUT/unknown, OUT/no_faces, clusters.json,
+    /// index.html.
     #[arg(long, value_name = "OUT", required_unless_present = "undo")]
     out: Option<PathBuf>,
     /// copy (default), link, or move (undoable with --undo OUT).
@@ -76,6 +78,10 @@ pub struct ClusterArgs {
     /// Seed for the algorithms' random choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Forget how earlier runs clustered this album's faces and cluster them again (enrolled
+    /// and confirmed faces stay with their people and seed the clusters).
+    #[arg(long)]
+    recluster: bool,
     /// Use OUT even if it is not empty (nothing in it is ever deleted or replaced).
     #[arg(long)]
     force: bool,
@@ -86,7 +92,7 @@ pub struct ClusterArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    cache: super::CacheArgs,
+    cache: super::LibraryArgs,
     #[command(flatten)]
     embedding: super::EmbeddingArgs,
     #[command(flatten)]
@@ -101,7 +107,10 @@ struct FaceEntry {
     face: usize,
     #[serde(rename = "box")]
     bbox: [f32; 4],
-    cluster: Option<usize>,
+    /// The library's person id.
+    person: Option<i64>,
+    folder: Option<String>,
+    source: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -114,8 +123,12 @@ struct Representative {
 /// One person in `clusters.json` and the summary.
 #[derive(Serialize)]
 struct ClusterEntry {
-    id: usize,
+    /// The library's person id (stable across runs).
+    id: i64,
+    name: Option<String>,
     folder: String,
+    /// Faces this run assigned (new photos, or all with --recluster).
+    new_faces: usize,
     size: usize,
     photos: usize,
     representative: Representative,
@@ -146,6 +159,8 @@ struct Summary<'a> {
     algorithm: &'static str,
     threshold: f32,
     images: usize,
+    /// Photos detected and embedded by this run (the rest came from the library).
+    analysed: usize,
     faces: usize,
     people: usize,
     unknown_faces: usize,
@@ -159,19 +174,22 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     if let Some(out) = &args.undo {
         return run_undo(out, args.json);
     }
-    let (Some(album), Some(out)) = (args.album.clone(), args.out.clone()) else {
+    let (albums, Some(out)) = (args.album.clone(), args.out.clone()) else {
         bail!("give ALBUM and --out OUT (or --undo OUT)");
     };
+    if albums.is_empty() {
+        bail!("give ALBUM and --out OUT (or --undo OUT)");
+    }
     if args.algorithm == AlgorithmArg::Kmeans && args.k.is_none() {
         bail!("--algorithm kmeans needs --k (the number of people)");
     }
     // Held until the run ends: a second run into OUT refuses.
-    let _lock = check_out(&album, &out, args.force)?;
+    let _lock = check_out(&albums, &out, args.force)?;
 
     // Inputs: everything under ALBUM except OUT itself (OUT may live inside the album).
     let out_abs = std::path::absolute(&out)?;
     let mut failed: Vec<FailedEntry> = Vec::new();
-    let (inputs, _) = collect_inputs(std::slice::from_ref(&album), |e| {
+    let (inputs, _) = collect_inputs(&albums, |e| {
         eprintln!("facekit: {e}");
         failed.push(FailedEntry {
             path: e.path().map(Path::to_path_buf).unwrap_or_default(),
@@ -193,7 +211,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, Metric::Cosine) => bail!("--metric cosine needs --threshold"),
     };
-    let cache = args.cache.open(&pipeline)?;
+    let cache = args.cache.open()?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..Default::default()
@@ -202,7 +220,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 
     // 1. Every face of every photo (cached by content).
     let pb = progress(inputs.len(), "photos");
-    let mut photos: Vec<Option<std::sync::Arc<facekit::cache::ImageFaces>>> =
+    let mut photos: Vec<Option<std::sync::Arc<facekit::library::ImageFaces>>> =
         vec![None; inputs.len()];
     let items: Vec<super::runner::Input> = inputs.iter().cloned().map(Ok).collect();
     run_ordered(
@@ -221,18 +239,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             }
         },
     );
-    let mut owner = Vec::new(); // (photo index, face index)
-    let mut embeddings = Vec::new();
-    let mut dim = 0;
-    for (i, p) in photos.iter().enumerate() {
-        for (k, f) in p.iter().flat_map(|p| p.faces.iter()).enumerate() {
-            owner.push((i, k));
-            dim = f.embedding.len();
-            embeddings.extend_from_slice(&f.embedding);
-        }
-    }
-    // 2. Cluster.
-    let photo_ids: Vec<u32> = owner.iter().map(|&(i, _)| i as u32).collect();
+    // 2. Who is who: known people keep their faces, new faces join them or form new people.
     let ccfg = ClusterConfig {
         algorithm: match args.algorithm {
             AlgorithmArg::ChineseWhispers => Algorithm::ChineseWhispers,
@@ -247,20 +254,29 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         ..Default::default()
     };
-    let widths: Vec<f32> = owner
+    cache.flush()?;
+    let album = pool.install(|| {
+        facekit::album::cluster(
+            &cache,
+            &pipeline,
+            &photos,
+            &facekit::album::AlbumConfig {
+                cluster: ccfg,
+                recluster: args.recluster,
+            },
+        )
+    })?;
+    let folder_of: std::collections::HashMap<i64, &str> = album
+        .people
         .iter()
-        .map(|&(i, k)| photos[i].as_ref().map_or(0.0, |p| p.faces[k].bbox.width()))
+        .map(|p| (p.id, p.folder.as_str()))
         .collect();
-    let result = pool
-        .install(|| cluster::cluster_faces(&embeddings, dim.max(1), &photo_ids, &widths, &ccfg))?;
-    let width = result.clusters.len().to_string().len().max(3);
-    let folder = |c: usize| format!("person_{:0width$}", c + 1);
 
     // 3. Which folders each photo goes to.
     let mut destinations: Vec<BTreeSet<String>> = vec![BTreeSet::new(); inputs.len()];
-    for (f, &(i, _)) in owner.iter().enumerate() {
-        destinations[i].insert(match result.labels[f] {
-            Some(c) => folder(c),
+    for f in &album.faces {
+        destinations[f.photo].insert(match f.person {
+            Some(p) => folder_of[&p].to_string(),
             None => "unknown".to_string(),
         });
     }
@@ -271,40 +287,40 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             no_faces.push(inputs[i].clone());
         }
     }
-    let faces: Vec<FaceEntry> = owner
+    let faces: Vec<FaceEntry> = album
+        .faces
         .iter()
-        .zip(&result.labels)
-        .map(|(&(i, k), l)| FaceEntry {
-            path: inputs[i].clone(),
-            face: k,
-            bbox: photos[i]
-                .as_ref()
-                .map_or([0.0; 4], |p| p.faces[k].bbox.to_array()),
-            cluster: l.map(|c| c + 1),
+        .map(|f| FaceEntry {
+            path: inputs[f.photo].clone(),
+            face: f.index,
+            bbox: f.bbox.to_array(),
+            person: f.person,
+            folder: f.person.map(|p| folder_of[&p].to_string()),
+            source: f.source.map(|s| s.as_str()),
         })
         .collect();
-    let clusters: Vec<ClusterEntry> = result
-        .clusters
+    let clusters: Vec<ClusterEntry> = album
+        .people
         .iter()
-        .enumerate()
-        .map(|(c, members)| {
-            let (ri, rk) = owner[result.representatives[c]];
-            let photos: BTreeSet<usize> = members.iter().map(|&f| owner[f].0).collect();
+        .map(|p| {
+            let r = &album.faces[p.representative];
             ClusterEntry {
-                id: c + 1,
-                folder: folder(c),
-                size: members.len(),
-                photos: photos.len(),
+                id: p.id,
+                name: p.name.clone(),
+                folder: p.folder.clone(),
+                size: p.faces.len(),
+                photos: p.photos,
+                new_faces: p.new_faces,
                 representative: Representative {
-                    path: inputs[ri].clone(),
-                    face: rk,
+                    path: inputs[r.photo].clone(),
+                    face: r.index,
                 },
             }
         })
         .collect();
 
     // 4. The contact sheet, from the photos where they are now (before any move).
-    let sheet = pool.install(|| contact_sheet(&inputs, &photos, &owner, &result, &folder, &opts));
+    let sheet = pool.install(|| contact_sheet(&inputs, &photos, &album, &no_faces, &opts));
 
     // 5. Place the photos.
     let mode = match args.mode {
@@ -339,7 +355,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let written_json = organizer.write_report("clusters", ".json", &json)?;
     let written_html = organizer.write_report("index", ".html", sheet.as_bytes())?;
 
-    let unknown = result.labels.iter().filter(|l| l.is_none()).count();
+    let unknown = album.unknown();
     if args.json {
         let summary = Summary {
             out: display_path(&out),
@@ -355,7 +371,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             },
             threshold,
             images: inputs.len(),
-            faces: owner.len(),
+            analysed: cache.analysed_count(),
+            faces: album.faces.len(),
             people: clusters.len(),
             unknown_faces: unknown,
             no_faces: no_faces.len(),
@@ -375,7 +392,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         outln!(
             "{} photo(s), {} face(s): {} people, {} unknown face(s), {} photo(s) without faces, {} failed",
             inputs.len(),
-            owner.len(),
+            album.faces.len(),
             clusters.len(),
             unknown,
             no_faces.len(),
@@ -398,10 +415,12 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 
 /// OUT must be empty (or absent) unless --force, and must not be the album itself. Returns
 /// OUT's lock, held for the whole run (another run into OUT is refused).
-fn check_out(album: &Path, out: &Path, force: bool) -> anyhow::Result<organize::OutLock> {
-    if let (Ok(a), Ok(o)) = (album.canonicalize(), out.canonicalize()) {
-        if a == o {
-            bail!("{}: OUT cannot be the album itself", out.display());
+fn check_out(albums: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<organize::OutLock> {
+    for album in albums {
+        if let (Ok(a), Ok(o)) = (album.canonicalize(), out.canonicalize()) {
+            if a == o {
+                bail!("{}: OUT cannot be the album itself", out.display());
+            }
         }
     }
     // User content: anything but the lock file of an earlier run.
@@ -498,29 +517,33 @@ fn thumbnail(img: &image::RgbImage, b: &BBox) -> Option<String> {
     Some(io::base64(&bytes))
 }
 
-/// `index.html`: per person, up to [`SHEET_FACES`] face crops, to check the result by eye.
+/// `index.html`: per person, up to [`SHEET_FACES`] face crops (each titled with its file and
+/// face index, linking to the photo), the unknown faces, and the photos without faces.
 fn contact_sheet(
     inputs: &[PathBuf],
-    photos: &[Option<std::sync::Arc<facekit::cache::ImageFaces>>],
-    owner: &[(usize, usize)],
-    result: &cluster::Clustering,
-    folder: &dyn Fn(usize) -> String,
+    photos: &[Option<std::sync::Arc<facekit::library::ImageFaces>>],
+    album: &facekit::album::Album,
+    no_faces: &[PathBuf],
     opts: &LoadOptions,
 ) -> String {
-    let mut sections: Vec<(String, Vec<usize>, usize)> = result
-        .clusters
+    let mut sections: Vec<(String, Vec<usize>, usize)> = album
+        .people
         .iter()
-        .enumerate()
-        .map(|(c, m)| {
+        .map(|p| {
+            let title = if p.folder == p.label {
+                p.label.clone()
+            } else {
+                format!("{} ({})", p.label, p.folder)
+            };
             (
-                folder(c),
-                m.iter().copied().take(SHEET_FACES).collect(),
-                m.len(),
+                title,
+                p.faces.iter().copied().take(SHEET_FACES).collect(),
+                p.faces.len(),
             )
         })
         .collect();
-    let unknown: Vec<usize> = (0..owner.len())
-        .filter(|&f| result.labels[f].is_none())
+    let unknown: Vec<usize> = (0..album.faces.len())
+        .filter(|&f| album.faces[f].person.is_none())
         .collect();
     if !unknown.is_empty() {
         sections.push((
@@ -533,7 +556,7 @@ fn contact_sheet(
     // sheet shows are cut out.
     let mut needed: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for &f in sections.iter().flat_map(|s| s.1.iter()) {
-        needed.entry(owner[f].0).or_default().push(f);
+        needed.entry(album.faces[f].photo).or_default().push(f);
     }
     let needed: Vec<(usize, Vec<usize>)> = needed.into_iter().collect();
     let thumbs: std::collections::HashMap<usize, String> = needed
@@ -543,17 +566,21 @@ fn contact_sheet(
             faces
                 .iter()
                 .filter_map(|&f| {
-                    let b = photos[*i].as_ref()?.faces.get(owner[f].1)?.bbox;
+                    let b = photos[*i].as_ref()?.faces.get(album.faces[f].index)?.bbox;
                     thumbnail(img.as_ref()?, &b).map(|t| (f, t))
                 })
                 .collect::<Vec<_>>()
         })
         .collect();
+    let href = |p: &Path| {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        html_escape(&format!("file://{}", abs.to_string_lossy()))
+    };
     let mut html = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>facekit cluster</title>\n\
          <style>body{font-family:sans-serif;margin:1em}h2{font-size:1em;margin:1em 0 .3em}\
-         img{width:96px;height:96px;margin:1px;border-radius:3px}</style></head><body>\n\
-         <h1>facekit cluster</h1>\n",
+         img{width:96px;height:96px;margin:1px;border-radius:3px}li{font-size:.9em}</style>\
+         </head><body>\n<h1>facekit cluster</h1>\n",
     );
     for (name, faces, total) in &sections {
         html.push_str(&format!(
@@ -568,17 +595,34 @@ fn contact_sheet(
         ));
         for &f in faces {
             if let Some(t) = thumbs.get(&f) {
+                let face = &album.faces[f];
                 let title = html_escape(&format!(
-                    "{} #{}",
-                    display_path(&inputs[owner[f].0]),
-                    owner[f].1
+                    "{} face {}",
+                    display_path(&inputs[face.photo]),
+                    face.index
                 ));
                 html.push_str(&format!(
-                    "<img src=\"data:image/jpeg;base64,{t}\" title=\"{title}\">"
+                    "<a href=\"{}\"><img src=\"data:image/jpeg;base64,{t}\" title=\"{title}\" \
+                     alt=\"{title}\"></a>",
+                    href(&inputs[face.photo])
                 ));
             }
         }
         html.push_str("</div>\n");
+    }
+    if !no_faces.is_empty() {
+        html.push_str(&format!(
+            "<h2>no faces &mdash; {} photo(s)</h2>\n<ul>",
+            no_faces.len()
+        ));
+        for p in no_faces {
+            html.push_str(&format!(
+                "<li><a href=\"{}\">{}</a></li>",
+                href(p),
+                html_escape(&display_path(p))
+            ));
+        }
+        html.push_str("</ul>\n");
     }
     html.push_str("</body></html>\n");
     html

@@ -7,6 +7,7 @@ mod detect;
 mod embed;
 mod output;
 mod parse;
+mod people;
 mod runner;
 mod sweep;
 mod train;
@@ -39,6 +40,8 @@ enum Command {
     ThresholdSweep(sweep::SweepArgs),
     /// An album into one folder per person (copy, link or move; never overwrites).
     Cluster(cluster::ClusterArgs),
+    /// The people you know: add, import, list, rename, merge, remove, assign faces.
+    People(people::PeopleArgs),
     /// Fine-tune the embedding (triplet / contrastive / hinge loss) on your labeled photos.
     Train(train::TrainArgs),
 }
@@ -128,35 +131,73 @@ impl EmbeddingArgs {
     }
 }
 
-/// Options of the embedding cache (subcommands that embed many photos).
+/// Where the face library is (subcommands that detect and embed photos keep their results
+/// there, so a photo is never analysed twice by the same pipeline).
 #[derive(Args, Debug, Clone)]
-pub struct CacheArgs {
-    /// Neither read nor write the embedding cache.
+pub struct LibraryArgs {
+    /// The face library (default: $FACEKIT_LIBRARY, else $XDG_DATA_HOME/facekit/library.db,
+    /// else ~/.local/share/facekit/library.db).
+    #[arg(long, value_name = "FILE")]
+    pub library: Option<PathBuf>,
+    /// Neither read nor write the library: detect and embed everything again.
     #[arg(long)]
     pub no_cache: bool,
-    /// Embedding cache directory (default: $FACEKIT_CACHE, else ~/.cache/facekit).
-    #[arg(long, value_name = "DIR")]
+    /// Older spelling: the library is DIR/library.db (and DIR's old embedding caches are
+    /// imported into it).
+    #[arg(long, value_name = "DIR", hide = true)]
     pub cache_dir: Option<PathBuf>,
 }
 
-impl CacheArgs {
-    /// The cache for `pipeline` (a disabled one with --no-cache).
-    pub fn open(
-        &self,
-        pipeline: &facekit::Pipeline,
-    ) -> anyhow::Result<facekit::cache::EmbeddingCache> {
-        let cache = facekit::cache::EmbeddingCache::for_pipeline(
-            pipeline,
-            self.cache_dir.as_deref(),
-            !self.no_cache,
-        )?;
-        if let (n @ 1.., Some(path)) = (cache.skipped_lines(), cache.path()) {
-            eprintln!(
-                "facekit: warning: {}: {n} damaged line(s) skipped; those photos are embedded again",
-                path.display()
-            );
+impl LibraryArgs {
+    /// The library to use: in memory with --no-cache. When the default location cannot be
+    /// used, a warning and an in-memory library (an explicit --library must work).
+    pub fn open(&self) -> anyhow::Result<facekit::library::Library> {
+        use facekit::library::Library;
+        if self.no_cache {
+            return Ok(Library::in_memory()?);
         }
-        Ok(cache)
+        if let Some(dir) = &self.cache_dir {
+            let path = dir.join(facekit::library::FILE_NAME);
+            return Ok(Library::open_with(&path, Some(dir.clone()))?);
+        }
+        if let Some(path) = &self.library {
+            return Ok(Library::open(path)?);
+        }
+        match Library::default_path() {
+            Some(path) => match Library::open(&path) {
+                Ok(lib) => Ok(lib),
+                Err(e) => {
+                    eprintln!("facekit: warning: {e}; results are not kept (pass --library FILE)");
+                    Ok(Library::in_memory()?)
+                }
+            },
+            None => {
+                eprintln!(
+                    "facekit: warning: no place for the face library (set FACEKIT_LIBRARY or \
+                     HOME, or pass --library FILE); results are not kept"
+                );
+                Ok(Library::in_memory()?)
+            }
+        }
+    }
+
+    /// The library a people/identify command works on: never in memory.
+    pub fn open_persistent(&self) -> anyhow::Result<facekit::library::Library> {
+        use facekit::library::Library;
+        if self.no_cache {
+            anyhow::bail!("--no-cache: this command needs the library");
+        }
+        if let Some(dir) = &self.cache_dir {
+            let path = dir.join(facekit::library::FILE_NAME);
+            return Ok(Library::open_with(&path, Some(dir.clone()))?);
+        }
+        let path = match &self.library {
+            Some(p) => p.clone(),
+            None => Library::default_path().ok_or_else(|| {
+                anyhow::anyhow!("no place for the face library: set FACEKIT_LIBRARY or HOME, or pass --library FILE")
+            })?,
+        };
+        Ok(Library::open(&path)?)
     }
 }
 
@@ -196,5 +237,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ThresholdSweep(args) => sweep::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Train(args) => train::run(args),
+        Command::People(args) => people::run(args),
     }
 }

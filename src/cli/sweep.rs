@@ -78,7 +78,7 @@ pub struct SweepArgs {
     #[arg(long)]
     force: bool,
     #[command(flatten)]
-    cache: super::CacheArgs,
+    cache: super::LibraryArgs,
     #[command(flatten)]
     faces: super::FaceSizeArgs,
     #[command(flatten)]
@@ -278,7 +278,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
-    let cache = args.cache.open(&pipeline)?;
+    let cache = args.cache.open()?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..Default::default()
@@ -395,7 +395,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         outln!("{}", serde_json::to_string(&report)?);
     } else {
-        print_text(&report, &args, cache.path(), start.elapsed().as_secs_f64());
+        print_text(&report, &args, cache.file(), start.elapsed().as_secs_f64());
     }
     Ok(exit_status(report.images.failed))
 }
@@ -576,12 +576,12 @@ fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) 
     }
     match cache {
         Some(p) => outln!(
-            "cache          {} of {} images from {}",
+            "library        {} of {} images from {}",
             r.images.cached,
             r.images.total,
             p.display()
         ),
-        None => outln!("cache          off"),
+        None => outln!("library        off"),
     }
     outln!("wall time      {seconds:.1} s");
 }

@@ -131,7 +131,7 @@ pub struct TrainArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    cache: super::CacheArgs,
+    cache: super::LibraryArgs,
     /// Do not average each face's features with its mirror image's.
     #[arg(long)]
     no_flip: bool,
@@ -258,7 +258,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .context("cannot load the models")?;
-    let cache = args.cache.open(&pipeline)?;
+    let cache = args.cache.open()?;
     let opts = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..Default::default()

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use safetensors::tensor::Dtype;
 
-use crate::cache::content_hash;
+use crate::io::content_hash;
 use crate::{Error, Result};
 
 /// The file format tag in the metadata.

@@ -105,7 +105,7 @@ pub fn load_dataset(
     root: &std::path::Path,
     images: Vec<std::path::PathBuf>,
     pipeline: &crate::Pipeline,
-    cache: &crate::cache::EmbeddingCache,
+    cache: &crate::library::Library,
     opts: &crate::io::LoadOptions,
     policy: crate::FacePolicy,
     tick: impl Fn() + Sync,

@@ -35,13 +35,29 @@ pub fn detector() -> facekit::Detector {
         .expect("embedded MTCNN weights load")
 }
 
-/// Runs the real `facekit` binary.
+/// The real `facekit` binary, isolated from the user's environment: no `FACEKIT_MODELS`, and a
+/// face library of its own (a fresh file under cargo's test scratch folder) unless the
+/// arguments name one.
+pub fn facekit_command() -> Command {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libraries");
+    std::fs::create_dir_all(&dir).expect("test scratch folder");
+    let db = dir.join(format!(
+        "{}-{}.db",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_facekit"));
+    cmd.env_remove("FACEKIT_MODELS")
+        .env_remove("FACEKIT_CACHE")
+        .env("FACEKIT_LIBRARY", db);
+    cmd
+}
+
+/// Runs the real `facekit` binary (see [`facekit_command`]).
 pub fn facekit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_facekit"))
-        .args(args)
-        .env_remove("FACEKIT_MODELS")
-        .output()
-        .expect("run facekit")
+    facekit_command().args(args).output().expect("run facekit")
 }
 
 /// Reads a JSON file.

@@ -1,0 +1,285 @@
+//! Clustering an album into people, incrementally, on the face library: faces that already
+//! belong to someone keep their person; new faces join the nearest known person (enrolled,
+//! confirmed or clustered earlier) when one is close enough, and the rest are clustered among
+//! themselves into new people. Person ids are the library's, so they are stable across runs,
+//! and named people give their folders their names.
+//!
+//! The organising of files (copy, link, move, undo) is [`crate::organize`]'s; this module only
+//! decides who is who.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::cluster::{self, ClusterConfig};
+use crate::detect::BBox;
+use crate::distance;
+use crate::library::people::{folder_name, label};
+use crate::library::{FaceId, ImageFaces, Library, Source};
+use crate::pipeline::Pipeline;
+use crate::Result;
+
+/// Settings of an album run.
+#[derive(Debug, Clone, Default)]
+pub struct AlbumConfig {
+    /// How new faces are grouped, the linking threshold (also the distance under which a new
+    /// face joins a known person), the minimum group size and face width.
+    pub cluster: ClusterConfig,
+    /// Forget earlier clustering of this album's faces first (enrolled and confirmed faces
+    /// stay; they seed the new clusters).
+    pub recluster: bool,
+}
+
+/// One face of the album and who it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlbumFace {
+    /// Index of its photo in the input list.
+    pub photo: usize,
+    /// Index of the face within its photo (0 = the detector's best).
+    pub index: usize,
+    /// Its id in the library.
+    pub id: FaceId,
+    /// Its box.
+    pub bbox: BBox,
+    /// The person it belongs to, if any.
+    pub person: Option<i64>,
+    /// How it came to belong to them.
+    pub source: Option<Source>,
+    /// True when this run made the assignment (a new face, or any face under `recluster`).
+    pub assigned_now: bool,
+}
+
+/// A person with faces in the album.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AlbumPerson {
+    /// The library's person id (stable across runs).
+    pub id: i64,
+    /// The name, once given (`facekit people rename`).
+    pub name: Option<String>,
+    /// The name or `person_0007`.
+    pub label: String,
+    /// The folder name under OUT (the label made safe; unique within the run).
+    pub folder: String,
+    /// Indices into [`Album::faces`], in album order.
+    #[serde(skip)]
+    pub faces: Vec<usize>,
+    /// Distinct photos.
+    pub photos: usize,
+    /// Faces assigned by this run.
+    pub new_faces: usize,
+    /// The face (index into [`Album::faces`]) nearest the person's mean in this album.
+    #[serde(skip)]
+    pub representative: usize,
+}
+
+/// Who is who in an album.
+#[derive(Debug, Clone, Default)]
+pub struct Album {
+    /// Every face of every photo, in photo then face order.
+    pub faces: Vec<AlbumFace>,
+    /// The people with faces in the album: named first (by name), then by id.
+    pub people: Vec<AlbumPerson>,
+    /// Earlier clustered assignments `recluster` removed.
+    pub cleared: usize,
+}
+
+impl Album {
+    /// Faces without a person.
+    pub fn unknown(&self) -> usize {
+        self.faces.iter().filter(|f| f.person.is_none()).count()
+    }
+}
+
+/// Decides who is who for the faces of `photos` (as [`Library::faces_of_file`] returned them;
+/// `None` for photos that failed), recording new assignments and new people in `library`.
+pub fn cluster(
+    library: &Library,
+    pipeline: &Pipeline,
+    photos: &[Option<Arc<ImageFaces>>],
+    config: &AlbumConfig,
+) -> Result<Album> {
+    let pid = library.pipeline_id(pipeline)?;
+    let ccfg = &config.cluster;
+    // 1. The album's faces with their library ids.
+    let mut faces = Vec::new();
+    let mut vectors: Vec<&[f32]> = Vec::new();
+    for (i, p) in photos.iter().enumerate() {
+        let Some(p) = p else { continue };
+        if p.faces.is_empty() {
+            continue;
+        }
+        let ids = library.face_ids(pid, &p.sha256)?;
+        for (k, (f, id)) in p.faces.iter().zip(ids).enumerate() {
+            faces.push(AlbumFace {
+                photo: i,
+                index: k,
+                id,
+                bbox: f.bbox,
+                person: None,
+                source: None,
+                assigned_now: false,
+            });
+            vectors.push(&f.embedding);
+        }
+    }
+    let ids: Vec<FaceId> = faces.iter().map(|f| f.id).collect();
+    let cleared = if config.recluster {
+        library.clear_clustered(&ids)?
+    } else {
+        0
+    };
+    for (f, a) in faces.iter_mut().zip(library.assignments_of(&ids)?) {
+        if let Some((person, source)) = a {
+            f.person = Some(person);
+            f.source = Some(source);
+        }
+    }
+    let dim = vectors.first().map_or(0, |v| v.len());
+
+    // 2. New faces join the nearest known person within the threshold (single linkage, as the
+    //    clustering graph links faces), never two faces of one photo to one person.
+    let eligible = |f: &AlbumFace| f.person.is_none() && f.bbox.width() >= ccfg.min_face;
+    let new: Vec<usize> = (0..faces.len()).filter(|&i| eligible(&faces[i])).collect();
+    let mut taken: HashSet<(usize, i64)> = faces
+        .iter()
+        .filter_map(|f| f.person.map(|p| (f.photo, p)))
+        .collect();
+    let mut joins: Vec<(FaceId, i64)> = Vec::new();
+    let gallery = library.assigned(pid)?;
+    if !new.is_empty() && !gallery.faces.is_empty() && gallery.dim == dim && dim > 0 {
+        let queries: Vec<f32> = new
+            .iter()
+            .flat_map(|&i| vectors[i].iter().copied())
+            .collect();
+        let near = distance::within(
+            &queries,
+            &gallery.vectors,
+            dim,
+            ccfg.threshold,
+            ccfg.metric,
+            false,
+        );
+        // (distance, face, person): each face's nearest row per person.
+        let mut cands: Vec<(f32, usize, i64)> = Vec::new();
+        for (q, list) in near.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for n in list {
+                let row = n.index as usize;
+                // A face is not its own evidence (assigned faces are never queries, but a
+                // photo's other faces in the gallery must not pull it either).
+                let person = gallery.person[row];
+                if gallery.faces[row] == faces[new[q]].id || !seen.insert(person) {
+                    continue;
+                }
+                cands.push((n.distance, new[q], person));
+            }
+        }
+        cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        for (_, i, person) in cands {
+            if faces[i].person.is_some() || taken.contains(&(faces[i].photo, person)) {
+                continue;
+            }
+            taken.insert((faces[i].photo, person));
+            faces[i].person = Some(person);
+            faces[i].source = Some(Source::Clustered);
+            faces[i].assigned_now = true;
+            joins.push((faces[i].id, person));
+        }
+    }
+
+    // 3. The rest are clustered among themselves; each group of at least `min_size` faces is
+    //    a new person.
+    let rest: Vec<usize> = new
+        .iter()
+        .copied()
+        .filter(|&i| faces[i].person.is_none())
+        .collect();
+    let mut groups: Vec<Vec<FaceId>> = Vec::new();
+    let mut group_members: Vec<Vec<usize>> = Vec::new();
+    if !rest.is_empty() && dim > 0 {
+        let emb: Vec<f32> = rest
+            .iter()
+            .flat_map(|&i| vectors[i].iter().copied())
+            .collect();
+        let photo: Vec<u32> = rest.iter().map(|&i| faces[i].photo as u32).collect();
+        let result = cluster::cluster(&emb, dim, &photo, ccfg)?;
+        for members in &result.clusters {
+            group_members.push(members.iter().map(|&j| rest[j]).collect());
+            groups.push(members.iter().map(|&j| faces[rest[j]].id).collect());
+        }
+    }
+    let new_people = library.record_clustering(&joins, &groups)?;
+    for (members, person) in group_members.iter().zip(&new_people) {
+        for &i in members {
+            faces[i].person = Some(*person);
+            faces[i].source = Some(Source::Clustered);
+            faces[i].assigned_now = true;
+        }
+    }
+    if config.recluster {
+        library.prune_people()?;
+    }
+
+    // 4. The people of this album, with folder names.
+    let mut by_person: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (i, f) in faces.iter().enumerate() {
+        if let Some(p) = f.person {
+            by_person.entry(p).or_default().push(i);
+        }
+    }
+    let names = library.names(&by_person.keys().copied().collect::<Vec<_>>())?;
+    let mut people: Vec<AlbumPerson> = by_person
+        .into_iter()
+        .map(|(id, members)| {
+            let name = names.get(&id).cloned().flatten();
+            let label = label(id, name.as_deref());
+            let photos: HashSet<usize> = members.iter().map(|&i| faces[i].photo).collect();
+            let representative = medoid(&members, &vectors, dim, ccfg.metric);
+            AlbumPerson {
+                id,
+                folder: folder_name(&label),
+                label,
+                name,
+                photos: photos.len(),
+                new_faces: members.iter().filter(|&&i| faces[i].assigned_now).count(),
+                representative,
+                faces: members,
+            }
+        })
+        .collect();
+    people
+        .sort_by(|a, b| (a.name.is_none(), &a.name, a.id).cmp(&(b.name.is_none(), &b.name, b.id)));
+    // Two names may make the same folder ("Ada Lovelace", "Ada_Lovelace"): the later one gets
+    // its id appended. Reserved folder names never come from a name (see people::check_name).
+    let mut used: HashMap<String, usize> = HashMap::new();
+    for p in &mut people {
+        let n = used.entry(p.folder.to_lowercase()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            p.folder = format!("{}_{}", p.folder, p.id);
+        }
+    }
+    Ok(Album {
+        faces,
+        people,
+        cleared,
+    })
+}
+
+/// The member nearest the members' mean.
+fn medoid(members: &[usize], vectors: &[&[f32]], dim: usize, metric: distance::Metric) -> usize {
+    let mut mean = vec![0f32; dim];
+    for &i in members {
+        for (m, v) in mean.iter_mut().zip(vectors[i]) {
+            *m += v / members.len() as f32;
+        }
+    }
+    members
+        .iter()
+        .copied()
+        .min_by(|&a, &b| {
+            metric
+                .distance(vectors[a], &mean)
+                .total_cmp(&metric.distance(vectors[b], &mean))
+        })
+        .unwrap_or(0)
+}
