@@ -5,6 +5,7 @@ mod align;
 mod cluster;
 mod detect;
 mod embed;
+mod identify;
 mod output;
 mod parse;
 mod people;
@@ -40,6 +41,8 @@ enum Command {
     ThresholdSweep(sweep::SweepArgs),
     /// An album into one folder per person (copy, link or move; never overwrites).
     Cluster(cluster::ClusterArgs),
+    /// Who is in these photos? Every face against the people of the face library.
+    Identify(identify::IdentifyArgs),
     /// The people you know: add, import, list, rename, merge, remove, assign faces.
     People(people::PeopleArgs),
     /// Fine-tune the embedding (triplet / contrastive / hinge loss) on your labeled photos.
@@ -238,5 +241,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(args) => cluster::run(args),
         Command::Train(args) => train::run(args),
         Command::People(args) => people::run(args),
+        Command::Identify(args) => identify::run(args),
     }
 }

@@ -330,25 +330,23 @@ fn enroll(
                         } else {
                             String::new()
                         };
-                        pb.suspend(|| {
-                            outln!(
-                                "{}: {} face {}{note}",
-                                display_path(&path),
-                                names[i],
-                                e.index
-                            )
-                        });
+                        outln!(
+                            "{}: {} face {}{note}",
+                            display_path(&path),
+                            names[i],
+                            e.index
+                        );
                     }
                 }
                 Err(e) => {
                     failed += 1;
-                    pb.suspend(|| eprintln!("facekit: {e}"));
+                    eprintln!("facekit: {e}");
                     rec.error = Some(e.reason());
                 }
             }
             if json {
                 if let Ok(line) = serde_json::to_string(&rec) {
-                    pb.suspend(|| outln!("{line}"));
+                    outln!("{line}");
                 }
             }
         },

@@ -21,6 +21,7 @@
 //! # Ok::<(), facekit::Error>(())
 //! ```
 
+pub mod known;
 mod legacy;
 pub mod people;
 mod schema;
@@ -37,6 +38,7 @@ use crate::io::{content_hash, decode_image, LoadOptions};
 use crate::pipeline::{Face, Pipeline};
 use crate::{Error, Result};
 
+pub use known::{Candidate, Identity, Known, IDENTIFY_THRESHOLD};
 pub use people::{Assigned, Enrolled, Person, Source};
 
 /// Photos analysed before their results are written in one transaction.
