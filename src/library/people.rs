@@ -422,6 +422,41 @@ impl Library {
         Ok(ids)
     }
 
+    /// Records faces computed elsewhere as enrolled faces, in one transaction: each item is a
+    /// photo's faces (as [`Library::faces_of_file`] gives them) and the person its first face
+    /// belongs to (bulk imports, benchmarks).
+    pub fn enroll_computed(
+        &self,
+        pipeline: PipelineId,
+        items: &[(super::ImageFaces, i64)],
+    ) -> Result<()> {
+        self.flush()?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let t = now();
+        for (faces, person) in items {
+            if faces.faces.is_empty() {
+                continue;
+            }
+            let photo =
+                super::write_analysis(&tx, pipeline, faces, None).map_err(|e| self.err(e))?;
+            let face: i64 = tx
+                .prepare_cached(
+                    "SELECT id FROM faces WHERE photo_id = ?1 AND pipeline_id = ?2 AND idx = 0",
+                )
+                .and_then(|mut st| st.query_row(params![photo, pipeline], |r| r.get(0)))
+                .map_err(|e| self.err(e))?;
+            tx.prepare_cached(
+                "INSERT INTO assignments(face_id, person_id, source, assigned_at) \
+                 VALUES (?1, ?2, 'enrolled', ?3) ON CONFLICT(face_id) DO UPDATE SET \
+                 person_id = excluded.person_id, source = excluded.source",
+            )
+            .and_then(|mut st| st.execute(params![face, person, t]))
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     /// The names of these people (`None` for unnamed ones; unknown ids are left out).
     pub fn names(&self, ids: &[i64]) -> Result<HashMap<i64, Option<String>>> {
         let conn = self.conn()?;
