@@ -21,7 +21,8 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().context("build FILE | search FILE")?;
     let file = PathBuf::from(args.next().context("FILE")?);
-    let (mut faces, mut people, mut seed, mut queries) = (1_000_000usize, 100_000usize, 1u64, 100usize);
+    let (mut faces, mut people, mut seed, mut queries) =
+        (1_000_000usize, 100_000usize, 1u64, 100usize);
     while let Some(a) = args.next() {
         let mut value = || args.next().context("a value");
         match a.as_str() {
@@ -78,7 +79,12 @@ fn build(file: &PathBuf, pipeline: &Pipeline, n: usize, people: usize, seed: u64
                     width: 250,
                     height: 250,
                     faces: vec![Face {
-                        bbox: BBox { x1: 70.0, y1: 70.0, x2: 180.0, y2: 180.0 },
+                        bbox: BBox {
+                            x1: 70.0,
+                            y1: 70.0,
+                            x2: 180.0,
+                            y2: 180.0,
+                        },
                         score: 0.99,
                         landmarks: [Point { x: 125.0, y: 125.0 }; 5],
                         embedding,

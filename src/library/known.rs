@@ -5,6 +5,9 @@
 
 use serde::Serialize;
 
+use std::path::{Path, PathBuf};
+
+use super::index::{self, Index};
 use super::people::label;
 use super::{FaceId, Library};
 use crate::identify::{decide, Gallery};
@@ -18,13 +21,23 @@ use crate::{Error, Result};
 pub const IDENTIFY_THRESHOLD: f32 = 0.55;
 
 /// The known people of one pipeline, ready to search.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Known {
-    gallery: Option<Gallery>,
+    search: Search,
     /// Person id and label per dense person index.
     people: Vec<(i64, String)>,
     /// Library face id per gallery row.
     faces: Vec<FaceId>,
+}
+
+#[derive(Debug)]
+enum Search {
+    /// Nobody is known.
+    Empty,
+    /// In memory (a library without a file).
+    Gallery(Gallery),
+    /// The gallery index beside the database.
+    Index(Index),
 }
 
 /// One candidate person for a face.
@@ -54,36 +67,99 @@ pub struct Identity {
 }
 
 impl Library {
-    /// The people known to `pipeline` (every face assigned to someone), as one gallery.
+    /// The change counter of who is who (raised by every assignment change).
+    pub fn generation(&self) -> Result<i64> {
+        self.flush()?;
+        self.conn()?
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every person's label by id.
+    fn labels(&self) -> Result<std::collections::HashMap<i64, String>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare("SELECT id, name FROM people")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                let id: i64 = r.get(0)?;
+                let name: Option<String> = r.get(1)?;
+                Ok((id, label(id, name.as_deref())))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<_>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The gallery index file of a pipeline, beside the database.
+    fn index_path(&self, file: &Path, pipeline: super::PipelineId) -> PathBuf {
+        let mut name = file.as_os_str().to_owned();
+        name.push(format!(".gallery-{pipeline}"));
+        PathBuf::from(name)
+    }
+
+    /// The people known to `pipeline` (every face assigned to someone), ready to search: from
+    /// the gallery index beside the database, rebuilt first when the library changed since.
     pub fn known(&self, pipeline: &Pipeline) -> Result<Known> {
         let pid = self.pipeline_id(pipeline)?;
-        let assigned = self.assigned(pid)?;
-        let mut index: std::collections::HashMap<i64, u32> = Default::default();
-        let mut people_ids = Vec::new();
-        let rows: Vec<u32> = assigned
-            .person
-            .iter()
-            .map(|&p| {
-                *index.entry(p).or_insert_with(|| {
-                    people_ids.push(p);
-                    (people_ids.len() - 1) as u32
-                })
-            })
-            .collect();
-        let names = self.names(&people_ids)?;
-        let people = people_ids
-            .iter()
-            .map(|&id| (id, label(id, names.get(&id).cloned().flatten().as_deref())))
-            .collect();
-        let gallery = if rows.is_empty() {
-            None
+        let generation = self.generation()?;
+        let labels = self.labels()?;
+        let label_of = |id: i64| labels.get(&id).cloned().unwrap_or_else(|| label(id, None));
+        if let Some(file) = self.file().map(Path::to_path_buf) {
+            let path = self.index_path(&file, pid);
+            let index = match Index::load(&path) {
+                Ok(ix) if ix.generation == generation => Some(ix),
+                _ => {
+                    let a = self.assigned(pid)?;
+                    let (rows, people) = dense(&a.person);
+                    let written = if a.faces.is_empty() {
+                        Err(Error::Config("empty".into()))
+                    } else {
+                        index::write(
+                            &path, generation, a.dim, &a.vectors, &rows, &a.faces, &people,
+                        )
+                    };
+                    match written.and_then(|_| Index::load(&path)) {
+                        Ok(ix) => Some(ix),
+                        Err(_) if a.faces.is_empty() => None,
+                        // A read-only folder: search in memory instead.
+                        Err(_) => {
+                            return Ok(Known {
+                                people: people.iter().map(|&p| (p, label_of(p))).collect(),
+                                faces: a.faces,
+                                search: Search::Gallery(Gallery::new(a.dim, a.vectors, rows)?),
+                            })
+                        }
+                    }
+                }
+            };
+            return Ok(match index {
+                Some(ix) => Known {
+                    people: ix.people.iter().map(|&p| (p, label_of(p))).collect(),
+                    faces: ix.faces.clone(),
+                    search: Search::Index(ix),
+                },
+                None => Known {
+                    people: Vec::new(),
+                    faces: Vec::new(),
+                    search: Search::Empty,
+                },
+            });
+        }
+        let a = self.assigned(pid)?;
+        let (rows, people) = dense(&a.person);
+        let search = if a.faces.is_empty() {
+            Search::Empty
         } else {
-            Some(Gallery::new(assigned.dim, assigned.vectors, rows)?)
+            Search::Gallery(Gallery::new(a.dim, a.vectors, rows)?)
         };
         Ok(Known {
-            gallery,
-            people,
-            faces: assigned.faces,
+            people: people.iter().map(|&p| (p, label_of(p))).collect(),
+            faces: a.faces,
+            search,
         })
     }
 
@@ -102,6 +178,22 @@ impl Library {
         .map(|n| n as usize)
         .map_err(|e| self.err(e))
     }
+}
+
+/// Dense person indices per row, and the person id of each index.
+fn dense(person: &[i64]) -> (Vec<u32>, Vec<i64>) {
+    let mut index: std::collections::HashMap<i64, u32> = Default::default();
+    let mut ids = Vec::new();
+    let rows = person
+        .iter()
+        .map(|&p| {
+            *index.entry(p).or_insert_with(|| {
+                ids.push(p);
+                (ids.len() - 1) as u32
+            })
+        })
+        .collect();
+    (rows, ids)
 }
 
 impl Known {
@@ -123,7 +215,12 @@ impl Known {
         top_k: usize,
         threshold: f32,
     ) -> Result<Vec<Identity>> {
-        let Some(g) = &self.gallery else {
+        let dim = match &self.search {
+            Search::Gallery(g) => g.dim(),
+            Search::Index(ix) => ix.dim(),
+            Search::Empty => 0,
+        };
+        if dim == 0 {
             let unknown = Identity {
                 known: None,
                 distance: None,
@@ -131,16 +228,19 @@ impl Known {
                 candidates: Vec::new(),
             };
             return Ok(vec![unknown; embeddings.len()]);
-        };
-        if let Some(e) = embeddings.iter().find(|e| e.len() != g.dim()) {
+        }
+        if let Some(e) = embeddings.iter().find(|e| e.len() != dim) {
             return Err(Error::Config(format!(
-                "identify: an embedding of {} values, the known faces have {}",
-                e.len(),
-                g.dim()
+                "identify: an embedding of {} values, the known faces have {dim}",
+                e.len()
             )));
         }
         let flat: Vec<f32> = embeddings.iter().flat_map(|e| e.iter().copied()).collect();
-        let lists = g.search(&flat, top_k.max(2))?;
+        let lists = match &self.search {
+            Search::Gallery(g) => g.search(&flat, top_k.max(2))?,
+            Search::Index(ix) => ix.search(&flat, top_k.max(2))?,
+            Search::Empty => Vec::new(),
+        };
         Ok(lists
             .iter()
             .map(|list| {

@@ -21,6 +21,7 @@
 //! # Ok::<(), facekit::Error>(())
 //! ```
 
+mod index;
 pub mod known;
 mod legacy;
 pub mod people;

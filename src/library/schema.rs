@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// Why a database could not be prepared.
 pub enum SchemaError {
@@ -88,6 +88,16 @@ const MIGRATIONS: &[&str] = &[
         photos INTEGER NOT NULL,
         imported_at INTEGER NOT NULL
     );",
+    // 1 -> 2: a generation counter raised by every change of who is who (the gallery index
+    // beside the database records the generation it was built from).
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO meta(key, value) VALUES ('generation', 0);
+    CREATE TRIGGER assignments_inserted AFTER INSERT ON assignments BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'generation'; END;
+    CREATE TRIGGER assignments_updated AFTER UPDATE ON assignments BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'generation'; END;
+    CREATE TRIGGER assignments_deleted AFTER DELETE ON assignments BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'generation'; END;",
 ];
 
 /// Sets the connection up (WAL, foreign keys, busy timeout) and migrates the schema to
