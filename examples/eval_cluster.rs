@@ -52,9 +52,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use facekit::cache::{EmbeddingCache, ImageFaces};
 use facekit::cluster::{cluster_faces, Algorithm, ClusterConfig, Clustering};
 use facekit::io::LoadOptions;
+use facekit::library::{ImageFaces, Library};
 use facekit::rng::Rng;
 use facekit::Pipeline;
 use rayon::prelude::*;
@@ -339,11 +339,16 @@ fn main() -> Result<()> {
 
     // Every face of every album image, via the embedding cache.
     let pipeline = Pipeline::new()?;
-    let cache = EmbeddingCache::for_pipeline(&pipeline, cache_dir.as_deref(), true)?;
+    let lib_path = match &cache_dir {
+        Some(d) => d.join(facekit::library::FILE_NAME),
+        None => Library::default_path().context("no place for the face library")?,
+    };
+    let legacy = cache_dir.clone().or_else(Library::legacy_cache_dir);
+    let cache = Library::open_with(&lib_path, legacy)?;
     println!(
-        "cache: {} ({} images cached)",
-        cache.path().map_or("-".into(), |p| p.display().to_string()),
-        cache.len()
+        "library: {} ({} photos)",
+        lib_path.display(),
+        cache.stats()?.photos
     );
     let opts = LoadOptions::default();
     let start = Instant::now();
@@ -650,9 +655,23 @@ fn main() -> Result<()> {
         .arg(threshold.to_string())
         .arg("--seed")
         .arg(seed.to_string());
-    if let Some(d) = &cache_dir {
-        cmd.arg("--cache-dir").arg(d);
+    // The CLI runs on a copy of the library without people, so earlier runs' people (the
+    // library remembers them) cannot seed this album: it is clustered from scratch.
+    cache.flush()?;
+    let lib_copy = tmp.path().join("library.db");
+    for suffix in ["", "-wal"] {
+        let from = PathBuf::from(format!("{}{suffix}", lib_path.display()));
+        if from.exists() {
+            std::fs::copy(&from, format!("{}{suffix}", lib_copy.display()))?;
+        }
     }
+    {
+        let copy = Library::open_with(&lib_copy, None)?;
+        for p in copy.people()? {
+            copy.remove_person(&format!("#{}", p.id))?;
+        }
+    }
+    cmd.arg("--library").arg(&lib_copy);
     let start = Instant::now();
     let status = cmd.output()?;
     let cli_seconds = start.elapsed().as_secs_f64();
@@ -679,7 +698,7 @@ fn main() -> Result<()> {
             .get(&(i, k))
             .with_context(|| format!("{path} face {k}: not a face the library saw"))?;
         seen[row] = true;
-        cli_labels[row] = f["cluster"].as_u64().map(|c| c as usize);
+        cli_labels[row] = f["person"].as_u64().map(|c| c as usize);
     }
     let missing = seen.iter().filter(|s| !**s).count();
     let cli_row = Row {

@@ -103,8 +103,8 @@ fn copy_builds_the_tree_and_leaves_the_album_untouched() {
     assert_eq!(v["failed"], 1);
     assert_eq!(v["no_faces"], 1);
     // One folder per person with both of their photos; the group photo's faces are unknown.
-    let p1 = files_in(&out.join("person_001"));
-    let p2 = files_in(&out.join("person_002"));
+    let p1 = files_in(&out.join("person_0001"));
+    let p2 = files_in(&out.join("person_0002"));
     let mut people = [p1.join(","), p2.join(",")];
     people.sort();
     assert_eq!(
@@ -129,7 +129,7 @@ fn copy_builds_the_tree_and_leaves_the_album_untouched() {
         .filter(|f| f["path"].as_str().unwrap().ends_with("group.jpg"))
         .collect();
     assert_eq!(group.len(), 3);
-    assert!(group.iter().all(|f| f["cluster"].is_null()));
+    assert!(group.iter().all(|f| f["person"].is_null()));
     assert_eq!(group[0]["box"].as_array().unwrap().len(), 4);
     let clusters = json["clusters"].as_array().unwrap();
     assert_eq!(clusters.len(), 2);
@@ -172,12 +172,12 @@ fn link_mode_links_and_collisions_get_suffixes() {
     let (o, _) = run_cluster(&[s(&album), "--out", s(&out), "--mode", "link", "--no-cache"]);
     // (linked at 0.55: the two photos are 0.51 apart)
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(files_in(&out.join("person_001")), ["me-1.jpg", "me.jpg"]);
+    assert_eq!(files_in(&out.join("person_0001")), ["me-1.jpg", "me.jpg"]);
     assert_eq!(snapshot(&album), before);
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let linked = std::fs::metadata(out.join("person_001/me.jpg")).unwrap();
+        let linked = std::fs::metadata(out.join("person_0001/me.jpg")).unwrap();
         let original = std::fs::metadata(album.join("a/me.jpg")).unwrap();
         assert_eq!(
             linked.ino(),
@@ -352,7 +352,7 @@ fn faces_of_one_photo_are_never_the_same_person() {
             .collect();
         assert_eq!(twins.len(), 2, "{algorithm}: both faces detected");
         assert!(
-            twins[0]["cluster"].is_null() || twins[0]["cluster"] != twins[1]["cluster"],
+            twins[0]["person"].is_null() || twins[0]["person"] != twins[1]["person"],
             "{algorithm}: {twins:?}"
         );
     }

@@ -115,7 +115,7 @@ fn a_run_into_a_locked_out_is_refused_and_changes_nothing() {
     std::fs::remove_file(out.join("mine.txt")).unwrap();
     let o = cluster(&[s(&album), "--out", s(&out), "--no-cache"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(out.join("person_001").is_dir());
+    assert!(out.join("person_0001").is_dir());
     // A copy-mode output has nothing to undo.
     let o = cluster(&["--undo", s(&out)]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -184,7 +184,7 @@ fn symlinked_photos_keep_their_target_in_link_and_move_modes_and_undo_restores_t
         .collect();
     let mut n = 0;
     for (p, what) in snapshot(&linked) {
-        if p.starts_with("person_001") || p.starts_with("person_002") {
+        if p.starts_with("person_0001") || p.starts_with("person_0002") {
             if what == "/" {
                 continue;
             }
@@ -217,7 +217,7 @@ fn symlinked_photos_keep_their_target_in_link_and_move_modes_and_undo_restores_t
     );
     let mut moved = 0;
     for (p, what) in snapshot(&out) {
-        if p.starts_with("person_001") || p.starts_with("person_002") {
+        if p.starts_with("person_0001") || p.starts_with("person_0002") {
             if what == "/" {
                 continue;
             }

@@ -43,6 +43,8 @@ pub struct EmbedArgs {
     #[command(flatten)]
     faces: super::FaceSizeArgs,
     #[command(flatten)]
+    library: super::LibraryArgs,
+    #[command(flatten)]
     embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
@@ -113,9 +115,12 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         sink.emit(line.as_bytes());
     }
     let pb = progress(inputs.len(), "images");
+    let library = args.library.open()?;
+    // Photos seen before by the same pipeline come from the face library.
     let job = |path: &Path| -> facekit::Result<Vec<Face>> {
-        let img = io::load_image(path, &load)?;
-        pipeline.faces(&img)
+        let (faces, _) =
+            facekit::nn::serial(|| library.faces_of_file(&pipeline, path, &load, false))?;
+        Ok(faces.faces.clone())
     };
     let (mut images, mut faces_total, mut failures) = (0usize, 0usize, 0usize);
     run_ordered(&pool, &inputs, &pb, job, |i, result| match result {
@@ -160,6 +165,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         }
     });
     flush_stdout();
+    library.flush()?;
     if let Some(out) = &args.out {
         let bytes = match args.format {
             Format::Npy => npy(&rows, dim),
