@@ -8,7 +8,7 @@
 //!
 //! `scripts/bench-library.sh` runs both and times whole `facekit identify` processes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -51,7 +51,7 @@ fn centre(rng: &mut Rng) -> Vec<f32> {
     v.iter().map(|x| x / n * 0.9).collect()
 }
 
-fn build(file: &PathBuf, pipeline: &Pipeline, n: usize, people: usize, seed: u64) -> Result<()> {
+fn build(file: &Path, pipeline: &Pipeline, n: usize, people: usize, seed: u64) -> Result<()> {
     if file.exists() {
         bail!("{} exists; remove it first", file.display());
     }
@@ -111,7 +111,7 @@ fn build(file: &PathBuf, pipeline: &Pipeline, n: usize, people: usize, seed: u64
     Ok(())
 }
 
-fn search(file: &PathBuf, pipeline: &Pipeline, queries: usize, seed: u64) -> Result<()> {
+fn search(file: &Path, pipeline: &Pipeline, queries: usize, seed: u64) -> Result<()> {
     let lib = Library::open_with(file, None)?;
     let t = Instant::now();
     let known = lib.known(pipeline)?;
