@@ -176,7 +176,14 @@ struct Scenario {
 }
 
 /// Clusters the album into `out`: the `--json` summary and clusters.json.
-fn cluster(sc: &Scenario, root: &Path, db: &Path, album: &Path, out: &Path, extra: &[&str]) -> (Value, Value) {
+fn cluster(
+    sc: &Scenario,
+    root: &Path,
+    db: &Path,
+    album: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (Value, Value) {
     let args = [
         &["cluster", s(album), "--out", s(out), "--json"],
         sc.cluster_args,
@@ -209,13 +216,14 @@ fn incremental_album(sc: &Scenario) {
     let out1 = root.join("out1");
     let (sum1, c1) = cluster(sc, root, &db, &album, &out1, &[]);
     assert_eq!(sum1["images"], first.len(), "{sum1}");
-    assert_eq!(sum1["analysed"], first.len(), "a fresh library embeds every photo: {sum1}");
+    assert_eq!(
+        sum1["analysed"],
+        first.len(),
+        "a fresh library embeds every photo: {sum1}"
+    );
     let main1 = main_faces(&c1);
     assert_eq!(main1.len(), first.len(), "a face in every photo: {c1}");
-    let theirs: BTreeSet<Option<i64>> = names(&sc.named_first)
-        .iter()
-        .map(|n| main1[n].1)
-        .collect();
+    let theirs: BTreeSet<Option<i64>> = names(&sc.named_first).iter().map(|n| main1[n].1).collect();
     assert_eq!(theirs.len(), 1, "{}'s photos split: {theirs:?}", sc.name);
     let person = theirs.into_iter().next().unwrap().expect("clustered");
     for n in names(&sc.others_first) {
@@ -228,7 +236,11 @@ fn incremental_album(sc: &Scenario) {
     let people1: BTreeSet<i64> = faces1.values().filter_map(|f| f.0).collect();
 
     // 2. Name them, add photos (theirs and a newcomer's), cluster again.
-    let o = run_ok(command(root, &db, &["people", "rename", &numbered, sc.name]));
+    let o = run_ok(command(
+        root,
+        &db,
+        &["people", "rename", &numbered, sc.name],
+    ));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(sc.name),
         "{}",
@@ -252,7 +264,10 @@ fn incremental_album(sc: &Scenario) {
             kept += 1;
         }
     }
-    assert!(kept >= first.len(), "{kept} assigned faces in the first run");
+    assert!(
+        kept >= first.len(),
+        "{kept} assigned faces in the first run"
+    );
     let folder = folder_name(sc.name);
     assert_eq!(folder, sc.name.replace(' ', "_"));
     let folders2 = folders(&out2);
@@ -274,12 +289,22 @@ fn incremental_album(sc: &Scenario) {
     let main2 = main_faces(&c2);
     for n in names(&sc.named_new) {
         assert_eq!(main2[&n].1, Some(person), "new photo {n} not {}'s", sc.name);
-        assert_eq!(faces2[&(n.clone(), main2[&n].0)].1.as_deref(), Some("clustered"));
+        assert_eq!(
+            faces2[&(n.clone(), main2[&n].0)].1.as_deref(),
+            Some("clustered")
+        );
     }
-    let newcomer: BTreeSet<Option<i64>> =
-        names(&sc.newcomer).iter().map(|n| main2[n].1).collect();
-    assert_eq!(newcomer.len(), 1, "the newcomer's photos split: {newcomer:?}");
-    let new_person = newcomer.into_iter().next().unwrap().expect("newcomer assigned");
+    let newcomer: BTreeSet<Option<i64>> = names(&sc.newcomer).iter().map(|n| main2[n].1).collect();
+    assert_eq!(
+        newcomer.len(),
+        1,
+        "the newcomer's photos split: {newcomer:?}"
+    );
+    let new_person = newcomer
+        .into_iter()
+        .next()
+        .unwrap()
+        .expect("newcomer assigned");
     assert!(
         !people1.contains(&new_person),
         "the newcomer joined an earlier person {new_person}"
@@ -406,4 +431,367 @@ fn incremental_album_on_lfw() {
         stranger: Some(lfw(&shared, "Vaclav_Havel", 1)),
         cluster_args: &[],
     });
+}
+
+/// Runs `cmd` (output discarded) and SIGKILLs it `jitter` after `ready` (given the time since
+/// the start) says so, unless it ended first. True when the kill ended it (it was running).
+fn kill_when(mut cmd: Command, ready: impl Fn(Duration) -> bool, jitter: Duration) -> bool {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start facekit");
+    let start = Instant::now();
+    let mut exited = false;
+    while !ready(start.elapsed()) && start.elapsed() < Duration::from_secs(60) {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if !exited {
+        std::thread::sleep(jitter);
+    }
+    let _ = child.kill(); // SIGKILL
+    let status = child.wait().unwrap();
+    if status.signal().is_none() {
+        assert!(
+            status.success(),
+            "a run that was not killed failed: {status}"
+        );
+    }
+    status.signal() == Some(9)
+}
+
+/// Photos the library at `db` has analyses of, read while a run writes it (WAL: a reader is
+/// not blocked); 0 while it cannot be read yet.
+fn analyses_now(db: &Path) -> usize {
+    use rusqlite::OpenFlags;
+    rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT count(*) FROM analyses", [], |r| r.get::<_, i64>(0)))
+        .map_or(0, |n| n as usize)
+}
+
+/// True when OUT has a folder (the run is placing photos: its clustering is committed).
+fn placing(out: &Path) -> bool {
+    std::fs::read_dir(out).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().is_dir())))
+}
+
+/// After a kill: the library opens and passes SQLite's integrity and foreign key checks. Returns
+/// a connection to count what the killed run committed.
+fn check_database(db: &Path, round: usize) -> rusqlite::Connection {
+    let lib = Library::open_with(db, None)
+        .unwrap_or_else(|e| panic!("round {round}: the library does not open: {e}"));
+    lib.integrity_check()
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    drop(lib);
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let violations = conn
+        .prepare("PRAGMA foreign_key_check")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .count();
+    assert_eq!(violations, 0, "round {round}: foreign key violations");
+    conn
+}
+
+fn count(conn: &rusqlite::Connection, sql: &str) -> usize {
+    conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as usize
+}
+
+/// Kill rounds until this many kills landed while the process ran (at most [`MAX_ROUNDS`]).
+const MID_RUN_KILLS: usize = 10;
+const MAX_ROUNDS: usize = 16;
+/// Mid-run kills of `cluster` from an empty library (slow rounds: every re-run embeds what the
+/// killed run had not committed) and from an analysed one (quick rounds).
+const CLUSTER_KILLS: [usize; 2] = [4, 6];
+
+/// A kill moment: uniform over 90 % of the measured duration of an uninterrupted run (runs on a
+/// loaded machine vary; the last moments are the likeliest to find the run ended).
+fn kill_delay(rng: &mut facekit::rng::Rng, run: Duration) -> Duration {
+    run.mul_f64(0.9 * rng.f64())
+}
+
+/// Writes straight to stderr (not captured by the test harness), so the statistics show.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// `people list --json` without the ids (the order people are created in depends on which
+/// thread enrolls first, in an uninterrupted run too).
+fn people_without_ids(root: &Path, db: &Path) -> Vec<Value> {
+    let list = json(&run_ok(command(root, db, &["people", "list", "--json"])));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            p.as_object_mut().unwrap().remove("id");
+            p
+        })
+        .collect()
+}
+
+/// SIGKILL of `people import KNOWN_DIR` (6 people, 2 to 4 photos each) at seeded random
+/// moments; after each: the library opens, passes its integrity check, and the same import
+/// completes with the people an uninterrupted import gives.
+#[test]
+fn people_import_killed_at_random_moments() {
+    let Some(shared) = common::shared("people_import_killed_at_random_moments") else {
+        return;
+    };
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let known = root.join("known");
+    let people = [
+        "Albert_Costa",
+        "Angela_Bassett",
+        "Billy_Crystal",
+        "Boris_Becker",
+        "Cameron_Diaz",
+        "Clint_Eastwood",
+    ];
+    let mut photos = 0;
+    for (i, person) in people.iter().enumerate() {
+        let n = 2 + i as u32 % 3;
+        let files: Vec<PathBuf> = (1..=n).map(|k| lfw(&shared, person, k)).collect();
+        copy_into(&known.join(person), &files);
+        photos += files.len();
+    }
+    let import = |db: &Path| command(root, db, &["people", "import", s(&known)]);
+
+    let db = root.join("reference.db");
+    let started = Instant::now();
+    run_ok(import(&db));
+    let duration = started.elapsed();
+    let reference = people_without_ids(root, &db);
+    assert_eq!(reference.len(), people.len(), "{reference:?}");
+    let enrolled: u64 = reference
+        .iter()
+        .map(|p| p["enrolled"].as_u64().unwrap())
+        .sum();
+    assert_eq!(enrolled as usize, photos, "{reference:?}");
+
+    let mut rng = facekit::rng::Rng::new(0x1b_0a7);
+    let (mut mid_run, mut partial, mut rounds) = (0, 0, 0);
+    while mid_run < MID_RUN_KILLS && rounds < MAX_ROUNDS {
+        let round = rounds;
+        rounds += 1;
+        let db = root.join(format!("import{round}.db"));
+        let delay = kill_delay(&mut rng, duration);
+        let killed = kill_when(import(&db), |t| t >= delay, Duration::ZERO);
+        let conn = check_database(&db, round);
+        let committed = count(
+            &conn,
+            "SELECT count(*) FROM assignments WHERE source = 'enrolled'",
+        );
+        let named = count(&conn, "SELECT count(*) FROM people");
+        drop(conn);
+        mid_run += usize::from(killed);
+        partial += usize::from(committed > 0 && committed < photos);
+        eprintln!(
+            "round {round}: {} after {delay:?}: {committed} of {photos} photos and {named} \
+             people committed",
+            if killed { "killed" } else { "ended" }
+        );
+        run_ok(import(&db));
+        assert_eq!(
+            people_without_ids(root, &db),
+            reference,
+            "round {round}: the re-run differs from an uninterrupted import"
+        );
+    }
+    report(&format!(
+        "people import: {rounds} rounds over a {duration:?} run: {mid_run} kills landed mid-run, \
+         {partial} with some but not all photos enrolled"
+    ));
+    assert!(
+        mid_run >= MID_RUN_KILLS,
+        "only {mid_run} kills landed mid-run"
+    );
+}
+
+/// SIGKILL of `facekit cluster` (36 LFW photos of 9 people: more than one write batch) at seeded
+/// random moments, from an empty library (kills land while photos are analysed) and from a
+/// library where every photo is analysed but none clustered (kills land while people are
+/// recorded and photos placed); each start state's delays spread over its own measured run.
+/// After each kill: the library opens and passes its integrity checks, what the killed run put
+/// in its OUT is where the uninterrupted run put it, and the re-run (into a fresh OUT) embeds
+/// only the photos the killed run had not committed and gives every face the same person, and
+/// every folder the same photos, as the uninterrupted run. Also: clustering the unchanged album
+/// again changes nothing.
+#[test]
+fn cluster_killed_at_random_moments() {
+    let Some(shared) = common::shared("cluster_killed_at_random_moments") else {
+        return;
+    };
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let album = root.join("album");
+    let people = [
+        "Bill_Frist",
+        "Colin_Farrell",
+        "George_Clooney",
+        "Hugh_Grant",
+        "Jimmy_Carter",
+        "Kate_Hudson",
+        "Li_Peng",
+        "Ray_Romano",
+        "Vaclav_Havel",
+    ];
+    let photos: Vec<PathBuf> = people
+        .iter()
+        .flat_map(|p| (1..=4).map(|k| lfw(&shared, p, k)))
+        .collect();
+    assert!(photos.len() > facekit::library::BATCH);
+    copy_into(&album, &photos);
+    let run = |db: &Path, out: &Path| {
+        command(root, db, &["cluster", s(&album), "--out", s(out), "--json"])
+    };
+
+    // The uninterrupted run, then the same album again on its library: nothing changes.
+    let (db, out) = (root.join("reference.db"), root.join("reference"));
+    let started = Instant::now();
+    run_ok(run(&db, &out));
+    let cold_duration = started.elapsed();
+    let reference = faces_of(&common::read_json(&out.join("clusters.json")));
+    let ref_folders = folders(&out);
+    let clustered: BTreeSet<i64> = reference.values().filter_map(|f| f.0).collect();
+    assert!(clustered.len() >= people.len(), "{ref_folders:?}");
+    let again = root.join("again");
+    let summary = json(&run_ok(run(&db, &again)));
+    assert_eq!(summary["analysed"], 0, "{summary}");
+    assert_eq!(
+        faces_of(&common::read_json(&again.join("clusters.json"))),
+        reference,
+        "clustering the unchanged album again changed who is who"
+    );
+    assert_eq!(folders(&again), ref_folders);
+
+    // Every photo analysed, nobody clustered: the state a run reaches before it records people.
+    let warm = root.join("warm.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute("VACUUM INTO ?1", [s(&warm)]).unwrap();
+        let conn = rusqlite::Connection::open(&warm).unwrap();
+        conn.execute_batch("DELETE FROM assignments; DELETE FROM people;")
+            .unwrap();
+    }
+    let (db, out) = (root.join("warm-run.db"), root.join("warm-run"));
+    std::fs::copy(&warm, &db).unwrap();
+    let started = Instant::now();
+    let summary = json(&run_ok(run(&db, &out)));
+    let warm_duration = started.elapsed();
+    assert_eq!(summary["analysed"], 0, "{summary}");
+    assert_eq!(
+        faces_of(&common::read_json(&out.join("clusters.json"))),
+        reference
+    );
+
+    let mut rng = facekit::rng::Rng::new(0xc1_0575);
+    let (mut mid_run, mut rounds) = (0, 0);
+    // Where the kills landed: nothing committed, some photos committed, every photo analysed
+    // but nobody clustered, clustering committed (placing photos or writing reports).
+    let mut phases = [0usize; 4];
+    let starts = [(None, cold_duration), (Some(&warm), warm_duration)];
+    for ((start, duration), kills) in starts.into_iter().zip(CLUSTER_KILLS) {
+        let (mut mid_run_here, mut rounds_here) = (0, 0);
+        while mid_run_here < kills && rounds_here < MAX_ROUNDS / 2 {
+            let round = rounds;
+            rounds += 1;
+            rounds_here += 1;
+            let db = root.join(format!("cluster{round}.db"));
+            if let Some(warm) = start {
+                std::fs::copy(warm, &db).unwrap();
+            }
+            let killed_out = root.join(format!("killed{round}"));
+            // Most kills at a random moment of the run; some aimed at the short windows a
+            // uniform moment rarely hits: after the first batch of photos is committed (empty
+            // library), while photos are placed (analysed library); then a random few ms.
+            let delay = kill_delay(&mut rng, duration);
+            let aimed = round % 3 == 2;
+            let jitter =
+                Duration::from_micros(
+                    rng.below(if start.is_some() { 50_000 } else { 300_000 }) as u64
+                );
+            let killed = match (aimed, start) {
+                (false, _) => kill_when(run(&db, &killed_out), |t| t >= delay, Duration::ZERO),
+                (true, None) => kill_when(run(&db, &killed_out), |_| analyses_now(&db) > 0, jitter),
+                (true, Some(_)) => {
+                    kill_when(run(&db, &killed_out), |_| placing(&killed_out), jitter)
+                }
+            };
+            let conn = check_database(&db, round);
+            let analysed = count(&conn, "SELECT count(*) FROM analyses");
+            let assigned = count(&conn, "SELECT count(*) FROM assignments");
+            drop(conn);
+            mid_run_here += usize::from(killed);
+            let phase = match (analysed, assigned) {
+                (0, _) => 0,
+                (a, 0) if a < photos.len() => 1,
+                (_, 0) => 2,
+                _ => 3,
+            };
+            if killed {
+                phases[phase] += 1;
+            }
+            eprintln!(
+                "round {round} ({} library): {} {}: {analysed} photos analysed, {assigned} faces \
+                 assigned",
+                if start.is_some() { "analysed" } else { "empty" },
+                if killed { "killed" } else { "ended" },
+                if aimed {
+                    format!("{jitter:?} after the aimed moment")
+                } else {
+                    format!("after {delay:?}")
+                }
+            );
+            // What the killed run placed is where it belongs.
+            if killed_out.exists() {
+                for (folder, files) in folders(&killed_out) {
+                    for f in files.iter().filter(|f| !f.starts_with(".fk-")) {
+                        assert!(
+                            ref_folders.get(&folder).is_some_and(|r| r.contains(f)),
+                            "round {round}: the killed run put {f} in {folder}/"
+                        );
+                    }
+                }
+            }
+            let rerun_out = root.join(format!("rerun{round}"));
+            let summary = json(&run_ok(run(&db, &rerun_out)));
+            assert_eq!(
+                summary["analysed"],
+                photos.len() - analysed,
+                "round {round}: the re-run embeds exactly what the killed run had not committed"
+            );
+            let c = common::read_json(&rerun_out.join("clusters.json"));
+            assert_eq!(
+                faces_of(&c),
+                reference,
+                "round {round}: a face's person differs from the uninterrupted run"
+            );
+            assert_eq!(
+                folders(&rerun_out),
+                ref_folders,
+                "round {round}: folders differ from the uninterrupted run"
+            );
+        }
+        mid_run += mid_run_here;
+    }
+    report(&format!(
+        "cluster: {rounds} rounds over runs of {cold_duration:?} (empty library) and \
+         {warm_duration:?} (photos analysed): {mid_run} kills landed mid-run ({} before any \
+         commit, {} with some photos committed, {} with every photo analysed and nobody \
+         clustered, {} after the clustering was committed)",
+        phases[0], phases[1], phases[2], phases[3]
+    ));
+    assert!(
+        mid_run >= MID_RUN_KILLS,
+        "only {mid_run} kills landed mid-run"
+    );
 }
