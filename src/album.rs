@@ -146,39 +146,16 @@ pub fn cluster(
     let mut joins: Vec<(FaceId, i64)> = Vec::new();
     let gallery = library.assigned(pid)?;
     if !new.is_empty() && !gallery.faces.is_empty() && gallery.dim == dim && dim > 0 {
-        let queries: Vec<f32> = new
-            .iter()
-            .flat_map(|&i| vectors[i].iter().copied())
-            .collect();
-        let near = distance::within(
-            &queries,
-            &gallery.vectors,
+        let near = join_nearest(
+            &faces,
+            &vectors,
+            &new,
+            (&gallery.vectors, &gallery.faces, &gallery.person),
             dim,
-            ccfg.threshold,
-            ccfg.metric,
-            false,
+            ccfg,
+            &mut taken,
         );
-        // (distance, face, person): each face's nearest row per person.
-        let mut cands: Vec<(f32, usize, i64)> = Vec::new();
-        for (q, list) in near.iter().enumerate() {
-            let mut seen = HashSet::new();
-            for n in list {
-                let row = n.index as usize;
-                // A face is not its own evidence (assigned faces are never queries, but a
-                // photo's other faces in the gallery must not pull it either).
-                let person = gallery.person[row];
-                if gallery.faces[row] == faces[new[q]].id || !seen.insert(person) {
-                    continue;
-                }
-                cands.push((n.distance, new[q], person));
-            }
-        }
-        cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        for (_, i, person) in cands {
-            if faces[i].person.is_some() || taken.contains(&(faces[i].photo, person)) {
-                continue;
-            }
-            taken.insert((faces[i].photo, person));
+        for (i, person) in near {
             faces[i].person = Some(person);
             faces[i].source = Some(Source::Clustered);
             faces[i].assigned_now = true;
@@ -207,12 +184,68 @@ pub fn cluster(
             groups.push(members.iter().map(|&j| faces[rest[j]].id).collect());
         }
     }
-    let new_people = library.record_clustering(&joins, &groups)?;
-    for (members, person) in group_members.iter().zip(&new_people) {
+    // A new group's person until it has an id: -1 - its index.
+    let pending = |g: usize| -1 - g as i64;
+    for (g, members) in group_members.iter().enumerate() {
         for &i in members {
-            faces[i].person = Some(*person);
+            faces[i].person = Some(pending(g));
             faces[i].source = Some(Source::Clustered);
             faces[i].assigned_now = true;
+            taken.insert((faces[i].photo, pending(g)));
+        }
+    }
+
+    // 3b. Faces left over (a group under the minimum size, noise) join the person of a face
+    //     this run assigned when one is within the threshold: the next run would join them so
+    //     (they are unassigned, so new to it), and an album clustered twice must not change.
+    //     Repeated until nothing joins; each pass searches only the faces the last one assigned
+    //     (the leftovers were searched against the earlier ones already).
+    let mut fresh: Vec<usize> = (0..faces.len())
+        .filter(|&i| faces[i].assigned_now)
+        .collect();
+    while !fresh.is_empty() && dim > 0 {
+        let left: Vec<usize> = new
+            .iter()
+            .copied()
+            .filter(|&i| faces[i].person.is_none())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        let rows: Vec<f32> = fresh
+            .iter()
+            .flat_map(|&i| vectors[i].iter().copied())
+            .collect();
+        let ids: Vec<FaceId> = fresh.iter().map(|&i| faces[i].id).collect();
+        let persons: Vec<i64> = fresh.iter().filter_map(|&i| faces[i].person).collect();
+        let near = join_nearest(
+            &faces,
+            &vectors,
+            &left,
+            (&rows, &ids, &persons),
+            dim,
+            ccfg,
+            &mut taken,
+        );
+        fresh.clear();
+        for (i, person) in near {
+            faces[i].person = Some(person);
+            faces[i].source = Some(Source::Clustered);
+            faces[i].assigned_now = true;
+            if person < 0 {
+                let g = (-1 - person) as usize;
+                group_members[g].push(i);
+                groups[g].push(faces[i].id);
+            } else {
+                joins.push((faces[i].id, person));
+            }
+            fresh.push(i);
+        }
+    }
+    let new_people = library.record_clustering(&joins, &groups)?;
+    for f in &mut faces {
+        if let Some(p) = f.person.filter(|&p| p < 0) {
+            f.person = Some(new_people[(-1 - p) as usize]);
         }
     }
     if config.recluster {
@@ -263,6 +296,54 @@ pub fn cluster(
         people,
         cleared,
     })
+}
+
+/// One pass of joining: each of `queries` (unassigned faces) joins the person of its nearest
+/// gallery row (`(vectors, face ids, person ids)`) within the threshold, nearest pairs first
+/// (single linkage, as the clustering graph links faces), never two faces of one photo to one
+/// person (`taken`, updated). Returns the `(face index, person)` joins.
+fn join_nearest(
+    faces: &[AlbumFace],
+    vectors: &[&[f32]],
+    queries: &[usize],
+    gallery: (&[f32], &[FaceId], &[i64]),
+    dim: usize,
+    ccfg: &ClusterConfig,
+    taken: &mut HashSet<(usize, i64)>,
+) -> Vec<(usize, i64)> {
+    let (rows, row_face, row_person) = gallery;
+    let flat: Vec<f32> = queries
+        .iter()
+        .flat_map(|&i| vectors[i].iter().copied())
+        .collect();
+    let near = distance::within(&flat, rows, dim, ccfg.threshold, ccfg.metric, false);
+    // (distance, face, person): each face's nearest row per person.
+    let mut cands: Vec<(f32, usize, i64)> = Vec::new();
+    for (q, list) in near.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for n in list {
+            let row = n.index as usize;
+            // A face is not its own evidence (assigned faces are never queries, but a
+            // photo's other faces in the gallery must not pull it either).
+            let person = row_person[row];
+            if row_face[row] == faces[queries[q]].id || !seen.insert(person) {
+                continue;
+            }
+            cands.push((n.distance, queries[q], person));
+        }
+    }
+    cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut joined = HashSet::new();
+    let mut out = Vec::new();
+    for (_, i, person) in cands {
+        if joined.contains(&i) || taken.contains(&(faces[i].photo, person)) {
+            continue;
+        }
+        taken.insert((faces[i].photo, person));
+        joined.insert(i);
+        out.push((i, person));
+    }
+    out
 }
 
 /// The member nearest the members' mean.

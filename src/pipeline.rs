@@ -126,6 +126,9 @@ pub struct Pipeline {
     embedder: Box<dyn Embedder>,
     config: PipelineConfig,
     source: ModelSource,
+    /// [`Pipeline::cache_key`], once computed (it hashes ~30 MB of weights; the library asks
+    /// for it for every photo).
+    key: std::sync::OnceLock<String>,
 }
 
 impl Pipeline {
@@ -154,6 +157,7 @@ impl Pipeline {
             embedder,
             config,
             source: source.clone(),
+            key: std::sync::OnceLock::new(),
         })
     }
 
@@ -208,6 +212,9 @@ impl Pipeline {
     /// detector settings, and the SHA-256 of every weights file it reads, so other weights in
     /// `--models DIR` never reuse stale embeddings): the embedding cache's key.
     pub fn cache_key(&self) -> Result<String> {
+        if let Some(key) = self.key.get() {
+            return Ok(key.clone());
+        }
         let mut files = vec![crate::models::MTCNN, crate::models::DLIB_RESNET];
         if self.config.template == Template::Dlib {
             files.push(crate::models::SHAPE_PREDICTOR_5);
@@ -216,7 +223,7 @@ impl Pipeline {
         for name in files {
             key.push_str(&format!("|{name}:{}", self.source.sha256(name)?));
         }
-        Ok(key)
+        Ok(self.key.get_or_init(|| key).clone())
     }
 
     /// The face a centred portrait would have: the fallback for pair protocols when no face is
