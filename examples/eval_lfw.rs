@@ -2,7 +2,8 @@
 //! different pairs): the threshold is chosen on 9 folds and tested on the held-out one.
 //!
 //! cargo run --release --example eval_lfw -- [--shared DIR] [--no-flip] [--policy center|largest]
-//!     [--template dlib|dlib-mtcnn|arcface|facenet] [--threads N] [--limit N]
+//!     [--template dlib|dlib-mtcnn|arcface|facenet] [--detector mtcnn|yunet] [--threads N]
+//!     [--limit N]
 //!
 //! Uses `../shared/data/lfw/lfw-deepfunneled` and `pairs.txt`. For each image the face nearest
 //! the image centre is used (LFW's subject is centred); images where no face is found use the
@@ -14,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use facekit::align::Template;
-use facekit::detect::{BBox, Detection, Point};
+use facekit::detect::{BBox, Detection, DetectorKind, Point};
 use facekit::io::{load_image, LoadOptions};
 use facekit::metrics::{self, Scored, Sweep};
 use facekit::models::ModelSource;
@@ -47,6 +48,13 @@ fn main() -> Result<()> {
                     Some("arcface") => Template::Arcface,
                     Some("facenet") => Template::Facenet,
                     other => bail!("--template dlib|dlib-mtcnn|arcface|facenet, got {other:?}"),
+                }
+            }
+            "--detector" => {
+                config.detector.kind = match args.next().as_deref() {
+                    Some("mtcnn") => DetectorKind::Mtcnn,
+                    Some("yunet") => DetectorKind::YuNet,
+                    other => bail!("--detector mtcnn|yunet, got {other:?}"),
                 }
             }
             "--threads" => threads = args.next().context("--threads N")?.parse()?,
@@ -165,6 +173,7 @@ fn main() -> Result<()> {
     let (best_t, best_acc) = Sweep::new(&scored).best_threshold();
     let mean_t = kf.threshold_mean;
     println!("model            {}", pipeline.model_id());
+    println!("detector         {}", pipeline.detector().id());
     println!(
         "pairs            {} ({} images, {} without a detected face)",
         scored.len(),
