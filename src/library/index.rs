@@ -28,6 +28,8 @@ const MAGIC: &[u8; 8] = b"FKGALL01";
 const HEADER: usize = 8 + 6 * 8;
 /// Rows per parallel scan block (128 KB of codes at dim 128: stays in L2 for every query).
 const BLOCK: usize = 1024;
+/// Histogram bins for the candidate bound.
+const BINS: usize = 4096;
 /// Relative slack on the squared approximate distances for float rounding in the scan.
 const SLACK: f32 = 1e-5;
 
@@ -49,6 +51,10 @@ pub struct Index {
     norm2: Vec<f32>,
     /// Quantisation error (L2) per row.
     err: Vec<f32>,
+    /// The largest of `norm2`.
+    max_norm2: f32,
+    /// The largest of `err`.
+    max_err: f32,
     codes: Vec<i8>,
     file: File,
     vectors_at: u64,
@@ -83,18 +89,6 @@ pub(crate) fn write(
     people: &[i64],
 ) -> Result<()> {
     let rows = person_of_row.len();
-    let mut out: Vec<u8> = Vec::with_capacity(HEADER + rows * (dim * 5 + 24) + people.len() * 8);
-    out.extend_from_slice(MAGIC);
-    for v in [
-        generation as u64,
-        dim as u64,
-        rows as u64,
-        people.len() as u64,
-        0,
-        0,
-    ] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     let mut codes = vec![0i8; rows * dim];
     let mut scale = vec![0f32; rows];
     let mut norm2 = vec![0f32; rows];
@@ -120,30 +114,45 @@ pub(crate) fn write(
             *n2 = nn as f32;
             *e = ee.sqrt() as f32;
         });
-    for &p in person_of_row {
-        out.extend_from_slice(&p.to_le_bytes());
-    }
-    for &f in faces {
-        out.extend_from_slice(&f.to_le_bytes());
-    }
-    for &p in people {
-        out.extend_from_slice(&p.to_le_bytes());
-    }
-    for v in [&scale, &norm2, &err] {
-        for x in v.iter() {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    out.extend(codes.iter().map(|&c| c as u8));
-    for x in vectors {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
+    // Written through a buffer (never the whole file in memory), then renamed into place.
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(&out)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_err(&tmp, e))?;
-    drop(f);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        f.write_all(MAGIC)?;
+        for v in [
+            generation as u64,
+            dim as u64,
+            rows as u64,
+            people.len() as u64,
+            0,
+            0,
+        ] {
+            f.write_all(&v.to_le_bytes())?;
+        }
+        for &p in person_of_row {
+            f.write_all(&p.to_le_bytes())?;
+        }
+        for &x in faces.iter().chain(people) {
+            f.write_all(&x.to_le_bytes())?;
+        }
+        for v in [&scale, &norm2, &err] {
+            for x in v.iter() {
+                f.write_all(&x.to_le_bytes())?;
+            }
+        }
+        let bytes: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
+        f.write_all(&bytes)?;
+        drop(bytes);
+        for x in vectors {
+            f.write_all(&x.to_le_bytes())?;
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io_err(path, e)
@@ -207,7 +216,14 @@ impl Index {
         if person_of_row.iter().any(|&p| p as usize >= npeople) {
             return Err(damaged(path, "person out of range"));
         }
+        let max_norm2 = norm2.iter().fold(0f32, |m, &v| m.max(v));
+        let max_err = err.iter().fold(0f32, |m, &v| m.max(v));
+        if !max_norm2.is_finite() || !max_err.is_finite() {
+            return Err(damaged(path, "non-finite values"));
+        }
         Ok(Index {
+            max_norm2,
+            max_err,
             generation,
             dim,
             rows,
@@ -308,57 +324,90 @@ impl Index {
             .map(|q| q.iter().map(|v| v * v).sum())
             .collect();
         let nblocks = self.rows.div_ceil(BLOCK);
-        // Pass 1: squared approximate distances, and each block's r smallest upper bounds.
-        let pass1: Vec<(Vec<f32>, Vec<Vec<f32>>)> = (0..nblocks)
+        // Pass 1: squared approximate distances, block by block.
+        let pass1: Vec<Vec<f32>> = (0..nblocks)
             .into_par_iter()
             .map(|b| {
                 let lo = b * BLOCK;
                 let hi = (lo + BLOCK).min(self.rows);
-                let n = hi - lo;
-                let mut a2 = vec![0f32; nq * n];
+                let mut a2 = vec![0f32; nq * (hi - lo)];
                 self.block_distances(queries, &qn2, lo, hi, &mut a2);
-                let mut tops = Vec::with_capacity(nq);
-                let mut upper = vec![0f32; n];
-                for q in 0..nq {
-                    for (j, u) in upper.iter_mut().enumerate() {
-                        let i = lo + j;
-                        let s = SLACK * (qn2[q] + self.norm2[i] + 1.0);
-                        *u = (a2[q * n + j] + s).max(0.0).sqrt() + self.err[i];
-                    }
-                    let keep = r.min(n);
-                    if keep < n {
-                        upper.select_nth_unstable_by(keep - 1, f32::total_cmp);
-                    }
-                    tops.push(upper[..keep].to_vec());
-                }
-                (a2, tops)
+                a2
             })
             .collect();
+        // A bound on each query's r-th smallest true distance from a histogram of the squared
+        // approximate ones: at least r rows lie in the bins up to the one holding the r-th,
+        // and each of them is within sqrt(edge + slack) + the largest error.
+        let tops: Vec<f32> = qn2
+            .iter()
+            .map(|&q| 2.0 * (q + self.max_norm2) + 1.0)
+            .collect();
+        let hist = pass1
+            .par_iter()
+            .fold(
+                || vec![0u32; nq * BINS],
+                |mut h, a2| {
+                    let n = a2.len() / nq;
+                    for q in 0..nq {
+                        let per_bin = BINS as f32 / tops[q];
+                        let hq = &mut h[q * BINS..(q + 1) * BINS];
+                        for &v in &a2[q * n..(q + 1) * n] {
+                            hq[((v.max(0.0) * per_bin) as usize).min(BINS - 1)] += 1;
+                        }
+                    }
+                    h
+                },
+            )
+            .reduce(
+                || vec![0u32; nq * BINS],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
         let bounds: Vec<f32> = (0..nq)
             .map(|q| {
-                let mut all: Vec<f32> = pass1
-                    .iter()
-                    .flat_map(|(_, t)| t[q].iter().copied())
-                    .collect();
-                let k = r.min(all.len()).max(1);
-                let (_, &mut b, _) = all.select_nth_unstable_by(k - 1, f32::total_cmp);
-                b
+                let per_bin = BINS as f32 / tops[q];
+                let mut seen = 0usize;
+                let mut edge = tops[q];
+                for (b, &c) in hist[q * BINS..(q + 1) * BINS].iter().enumerate() {
+                    seen += c as usize;
+                    if seen >= r {
+                        edge = (b + 1) as f32 / per_bin;
+                        break;
+                    }
+                }
+                let slack = SLACK * (qn2[q] + self.max_norm2 + 1.0);
+                (edge + slack).sqrt() + self.max_err
             })
             .collect();
         // Pass 2: rows whose lower bound is within the bound (compared squared: no roots).
+        let found: Vec<Vec<Vec<u32>>> = pass1
+            .par_iter()
+            .enumerate()
+            .map(|(b, a2)| {
+                let lo = b * BLOCK;
+                let n = a2.len() / nq;
+                (0..nq)
+                    .map(|q| {
+                        let mut c = Vec::new();
+                        for j in 0..n {
+                            let i = lo + j;
+                            let s = SLACK * (qn2[q] + self.norm2[i] + 1.0);
+                            let reach = bounds[q] + self.err[i];
+                            if (a2[q * n + j] - s).max(0.0) <= reach * reach {
+                                c.push(i as u32);
+                            }
+                        }
+                        c
+                    })
+                    .collect()
+            })
+            .collect();
         let mut out = vec![Vec::new(); nq];
-        for (b, (a2, _)) in pass1.iter().enumerate() {
-            let lo = b * BLOCK;
-            let n = a2.len() / nq;
-            for (q, cands) in out.iter_mut().enumerate() {
-                for j in 0..n {
-                    let i = lo + j;
-                    let s = SLACK * (qn2[q] + self.norm2[i] + 1.0);
-                    let reach = bounds[q] + self.err[i];
-                    if (a2[q * n + j] - s).max(0.0) <= reach * reach {
-                        cands.push(i as u32);
-                    }
-                }
+        for block in found {
+            for (q, c) in block.into_iter().enumerate() {
+                out[q].extend(c);
             }
         }
         out
