@@ -323,6 +323,20 @@ impl Index {
             .chunks_exact(dim)
             .map(|q| q.iter().map(|v| v * v).sum())
             .collect();
+        // Queries as 16-bit codes: q = sq * q16 + d with |d_j| <= sq / 2, so the scan's dot
+        // products are off by at most sq / 2 * sqrt(dim) * |x^| (added to the slack below).
+        let q16: Vec<(Vec<i16>, f32)> = queries
+            .chunks_exact(dim)
+            .map(|q| {
+                let max = q.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let sq = if max > 0.0 { max / 32767.0 } else { 1.0 };
+                (q.iter().map(|v| (v / sq).round() as i16).collect(), sq)
+            })
+            .collect();
+        let qslack: Vec<f32> = q16
+            .iter()
+            .map(|(_, sq)| sq * (dim as f32).sqrt() * self.max_norm2.sqrt() * 1.01)
+            .collect();
         let nblocks = self.rows.div_ceil(BLOCK);
         // Pass 1: squared approximate distances, block by block.
         let pass1: Vec<Vec<f32>> = (0..nblocks)
@@ -331,7 +345,7 @@ impl Index {
                 let lo = b * BLOCK;
                 let hi = (lo + BLOCK).min(self.rows);
                 let mut a2 = vec![0f32; nq * (hi - lo)];
-                self.block_distances(queries, &qn2, lo, hi, &mut a2);
+                self.block_distances(&q16, &qn2, lo, hi, &mut a2);
                 a2
             })
             .collect();
@@ -377,7 +391,7 @@ impl Index {
                         break;
                     }
                 }
-                let slack = SLACK * (qn2[q] + self.max_norm2 + 1.0);
+                let slack = SLACK * (qn2[q] + self.max_norm2 + 1.0) + qslack[q];
                 (edge + slack).sqrt() + self.max_err
             })
             .collect();
@@ -390,10 +404,17 @@ impl Index {
                 let n = a2.len() / nq;
                 (0..nq)
                     .map(|q| {
+                        // A looser test with constants first (one compare per row).
+                        let reach = bounds[q] + self.max_err;
+                        let loose =
+                            reach * reach + SLACK * (qn2[q] + self.max_norm2 + 1.0) + qslack[q];
                         let mut c = Vec::new();
                         for j in 0..n {
+                            if a2[q * n + j] > loose {
+                                continue;
+                            }
                             let i = lo + j;
-                            let s = SLACK * (qn2[q] + self.norm2[i] + 1.0);
+                            let s = SLACK * (qn2[q] + self.norm2[i] + 1.0) + qslack[q];
                             let reach = bounds[q] + self.err[i];
                             if (a2[q * n + j] - s).max(0.0) <= reach * reach {
                                 c.push(i as u32);
@@ -413,36 +434,11 @@ impl Index {
         out
     }
 
-    /// Squared distances (expanded form) from each query to the dequantised rows `lo..hi`,
-    /// query-major into `out`.
-    fn block_distances(&self, queries: &[f32], qn2: &[f32], lo: usize, hi: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                return unsafe { self.block_distances_avx2(queries, qn2, lo, hi, out) };
-            }
-        }
-        self.block_distances_generic(queries, qn2, lo, hi, out)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_distances_avx2(
+    /// Squared distances (expanded form) from each 16-bit-coded query to the dequantised rows
+    /// `lo..hi`, query-major into `out`.
+    fn block_distances(
         &self,
-        queries: &[f32],
-        qn2: &[f32],
-        lo: usize,
-        hi: usize,
-        out: &mut [f32],
-    ) {
-        self.block_distances_generic(queries, qn2, lo, hi, out)
-    }
-
-    #[inline(always)]
-    fn block_distances_generic(
-        &self,
-        queries: &[f32],
+        queries: &[(Vec<i16>, f32)],
         qn2: &[f32],
         lo: usize,
         hi: usize,
@@ -450,32 +446,57 @@ impl Index {
     ) {
         let dim = self.dim;
         let n = hi - lo;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::is_x86_feature_detected!("avx2");
         for i in lo..hi {
             let c = &self.codes[i * dim..(i + 1) * dim];
-            for (q, query) in queries.chunks_exact(dim).enumerate() {
-                let dot = dot_i8(query, c);
-                out[q * n + (i - lo)] = qn2[q] - 2.0 * self.scale[i] * dot + self.norm2[i];
+            for (q, (query, sq)) in queries.iter().enumerate() {
+                #[cfg(target_arch = "x86_64")]
+                let dot = if avx2 {
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    unsafe { dot_i16_i8_avx2(query, c) }
+                } else {
+                    dot_i16_i8(query, c)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let dot = dot_i16_i8(query, c);
+                out[q * n + (i - lo)] =
+                    qn2[q] - 2.0 * self.scale[i] * sq * dot as f32 + self.norm2[i];
             }
         }
     }
 }
 
-/// `q . c` with `c` 8-bit codes (inlined into the caller's target features).
-#[inline(always)]
-fn dot_i8(q: &[f32], c: &[i8]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (qc, qt) = q.split_at(q.len() / 16 * 16);
-    let (cc, ct) = c.split_at(qc.len());
-    for (a, b) in qc.chunks_exact(16).zip(cc.chunks_exact(16)) {
-        for j in 0..16 {
-            acc[j] += a[j] * f32::from(b[j]);
-        }
+/// `q . c` of 16-bit and 8-bit codes (exact in i32 for dim < 4096).
+fn dot_i16_i8(q: &[i16], c: &[i8]) -> i32 {
+    q.iter()
+        .zip(c)
+        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+        .sum()
+}
+
+/// [`dot_i16_i8`] with AVX2: 16 codes widened to i16 and multiplied-and-added in pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i16_i8_avx2(q: &[i16], c: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let n = q.len().min(c.len()) / 16 * 16;
+    let mut acc = _mm256_setzero_si256();
+    let mut j = 0;
+    while j < n {
+        // SAFETY: j + 16 <= n <= both lengths; unaligned loads.
+        let cv = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(c.as_ptr().add(j).cast()) });
+        let qv = unsafe { _mm256_loadu_si256(q.as_ptr().add(j).cast()) };
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(qv, cv));
+        j += 16;
     }
-    let mut s: f32 = acc.iter().sum();
-    for (a, &b) in qt.iter().zip(ct) {
-        s += a * f32::from(b);
-    }
-    s
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256::<1>(acc),
+    );
+    let s = _mm_hadd_epi32(s, s);
+    let s = _mm_hadd_epi32(s, s);
+    _mm_cvtsi128_si32(s) + dot_i16_i8(&q[n..], &c[n..])
 }
 
 #[cfg(test)]
