@@ -43,6 +43,17 @@ enum Action {
     Unassign(UnassignArgs),
 }
 
+/// Where photos are analysed into: the library, the embedding and the detector.
+#[derive(Args, Debug)]
+struct Analysis {
+    #[command(flatten)]
+    library: LibraryArgs,
+    #[command(flatten)]
+    embedding: EmbeddingArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 /// `people add`.
 #[derive(Args, Debug)]
 struct AddArgs {
@@ -55,11 +66,7 @@ struct AddArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    library: LibraryArgs,
-    #[command(flatten)]
-    embedding: EmbeddingArgs,
-    #[command(flatten)]
-    common: CommonArgs,
+    with: Analysis,
 }
 
 /// `people import`.
@@ -71,11 +78,7 @@ struct ImportArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    library: LibraryArgs,
-    #[command(flatten)]
-    embedding: EmbeddingArgs,
-    #[command(flatten)]
-    common: CommonArgs,
+    with: Analysis,
 }
 
 /// `people list`.
@@ -132,11 +135,7 @@ struct AssignArgs {
     #[arg(long, value_name = "N")]
     face: Option<usize>,
     #[command(flatten)]
-    library: LibraryArgs,
-    #[command(flatten)]
-    embedding: EmbeddingArgs,
-    #[command(flatten)]
-    common: CommonArgs,
+    with: Analysis,
 }
 
 /// `people unassign`.
@@ -148,11 +147,7 @@ struct UnassignArgs {
     #[arg(long, value_name = "N")]
     face: Option<usize>,
     #[command(flatten)]
-    library: LibraryArgs,
-    #[command(flatten)]
-    embedding: EmbeddingArgs,
-    #[command(flatten)]
-    common: CommonArgs,
+    with: Analysis,
 }
 
 /// One enrolled photo (`--json`).
@@ -175,7 +170,7 @@ pub fn run(args: PeopleArgs) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .map(|p| (a.name.clone(), p))
                 .collect();
-            enroll(items, &a.library, &a.embedding, &a.common, a.json)
+            enroll(items, &a.with, a.json)
         }
         Action::Import(a) => {
             let items = people::known_folder(&a.dir)?;
@@ -185,7 +180,7 @@ pub fn run(args: PeopleArgs) -> anyhow::Result<ExitCode> {
                     a.dir.display()
                 );
             }
-            enroll(items, &a.library, &a.embedding, &a.common, a.json)
+            enroll(items, &a.with, a.json)
         }
         Action::List(a) => list(&a.library.open_persistent()?, a.json),
         Action::Rename(a) => {
@@ -218,9 +213,9 @@ pub fn run(args: PeopleArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Action::Assign(a) => {
-            let lib = a.library.open_persistent()?;
-            let pipeline = a.embedding.pipeline(&a.common, None)?;
-            let opts = load_options(&a.common);
+            let lib = a.with.library.open_persistent()?;
+            let pipeline = a.with.embedding.pipeline(&a.with.common, None)?;
+            let opts = load_options(&a.with.common);
             let (face, index, n) = lib.face_of_file(&pipeline, &a.photo, a.face, &opts)?;
             let person = match lib.person(&a.who) {
                 Ok(p) => p.id,
@@ -245,9 +240,9 @@ pub fn run(args: PeopleArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Action::Unassign(a) => {
-            let lib = a.library.open_persistent()?;
-            let pipeline = a.embedding.pipeline(&a.common, None)?;
-            let opts = load_options(&a.common);
+            let lib = a.with.library.open_persistent()?;
+            let pipeline = a.with.embedding.pipeline(&a.with.common, None)?;
+            let opts = load_options(&a.with.common);
             let (face, index, n) = lib.face_of_file(&pipeline, &a.photo, a.face, &opts)?;
             let was = lib.unassign(face)?;
             outln!(
@@ -272,15 +267,10 @@ fn load_options(common: &CommonArgs) -> LoadOptions {
 }
 
 /// Enrolls the largest face of each photo as its person; one line (or record) per photo.
-fn enroll(
-    items: Vec<people::KnownPhoto>,
-    library: &LibraryArgs,
-    embedding: &EmbeddingArgs,
-    common: &CommonArgs,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let lib = library.open_persistent()?;
-    let pipeline = embedding.pipeline(common, None)?;
+fn enroll(items: Vec<people::KnownPhoto>, with: &Analysis, json: bool) -> anyhow::Result<ExitCode> {
+    let common = &with.common;
+    let lib = with.library.open_persistent()?;
+    let pipeline = with.embedding.pipeline(common, None)?;
     let opts = load_options(common);
     let pool = thread_pool(common.threads)?;
     let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
