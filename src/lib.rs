@@ -21,6 +21,7 @@ pub mod detect;
 pub mod distance;
 pub mod embed;
 pub mod error;
+pub mod identify;
 pub mod io;
 pub mod metrics;
 pub mod models;
