@@ -6,7 +6,8 @@
 //! [`decide`] turns that list into "known as X" or "unknown" at a threshold, with the distance
 //! to the next person as a measure of how sure the answer is.
 //!
-//! The search runs on the GEMM top-k kernel of [`crate::distance`]: it asks for enough nearest
+//! The search runs on the GEMM top-k kernel of [`crate::distance`] (with the rows' squared
+//! norms computed once, so a search reads the matrix once): it asks for enough nearest
 //! rows to see `k` distinct people and asks again for more rows (only for the queries that
 //! need it) when one person owns all of them. Rows are ranked by their exact pair-kernel
 //! distance, ties by row index, and a person ranks by its first row in that order, so the
@@ -14,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use crate::distance::{self, Metric};
+use crate::distance;
 use crate::{Error, Result};
 
 /// Known people's embeddings: an `n x dim` row-major matrix and the person of each row.
@@ -22,6 +23,8 @@ use crate::{Error, Result};
 pub struct Gallery {
     dim: usize,
     vectors: Vec<f32>,
+    /// `|row|^2` of every row, computed once (a search then reads the matrix once).
+    sq_norms: Vec<f32>,
     person_of_row: Vec<u32>,
     people: usize,
 }
@@ -82,9 +85,11 @@ impl Gallery {
             )));
         }
         let people = person_of_row.iter().collect::<HashSet<_>>().len();
+        let sq_norms = distance::squared_norms(&vectors, dim);
         Ok(Gallery {
             dim,
             vectors,
+            sq_norms,
             person_of_row,
             people,
         })
@@ -154,14 +159,8 @@ impl Gallery {
             for &q in &pending {
                 batch.extend_from_slice(&queries[q * self.dim..(q + 1) * self.dim]);
             }
-            let found = distance::top_k(
-                &batch,
-                &self.vectors,
-                self.dim,
-                rows,
-                Metric::Euclidean,
-                false,
-            );
+            let found =
+                distance::top_k_with_norms(&batch, &self.vectors, &self.sq_norms, self.dim, rows);
             let complete = rows >= m;
             let mut still = Vec::new();
             for (&q, neighbours) in pending.iter().zip(&found) {
