@@ -5,10 +5,11 @@ Usage (run with the venv python printed by scripts/peer_dlib_env.sh):
     python eval_identify_peer.py --root LFW_DEEPFUNNELED --out DIR [--workers 2]
                                  [--npz ../shared/golden/lfw_face_recognition.npz]
 
-Per photo, exactly as ../shared/golden/lfw_face_recognition.npz was made: load_image_file
-(RGB, no EXIF orientation), HOG detection with upsample 1 (the raw, untrimmed rects that
-face_recognition's face_encodings uses), the largest face, or the full-image box when HOG
-finds none, dlib's 5-point predictor and the ResNet with num_jitters 1.
+Per photo, exactly as ../shared/golden/lfw_face_recognition.npz was made (checked: same
+encodings on its 7,701 photos): load_image_file (RGB, no EXIF orientation), face_locations
+with HOG and upsample 1 (boxes trimmed to the image), the largest box, or the full-image box
+(0, w, h, 0) when HOG finds none, then face_encodings on that box (dlib's 5-point predictor
+and the ResNet, num_jitters 1).
 
 Writes to DIR (a cache: reused when the photo list and settings are unchanged):
     lfw_paths.txt       one path per line, relative to the root, sorted
@@ -29,7 +30,7 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-SETTINGS = "v1 hog upsample=1 largest raw rect, full-image box fallback, 5-point, jitters=1"
+SETTINGS = "v2 hog upsample=1, largest trimmed box, full-image box fallback, 5-point, jitters=1"
 
 
 def log(msg):
@@ -57,23 +58,21 @@ def _init(root):
 
 
 def encode(rel):
-    """(encoding as list of 128 floats, HOG fallback?, number of HOG faces)."""
-    import dlib
+    """(128-d float32 encoding, HOG fallback?, number of HOG faces)."""
     import numpy as np
     import face_recognition
-    from face_recognition import api
 
     img = face_recognition.load_image_file(os.path.join(_ROOT, rel))
-    rects = list(api._raw_face_locations(img, 1, "hog"))
-    if rects:
-        rect = max(rects, key=lambda r: r.width() * r.height())
+    # face_locations: boxes in css order (top, right, bottom, left), trimmed to the image;
+    # the largest trimmed box (first on ties) is encoded from that trimmed box.
+    boxes = face_recognition.face_locations(img, number_of_times_to_upsample=1, model="hog")
+    if boxes:
+        box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))
     else:
         h, w = img.shape[:2]
-        rect = api._css_to_rect((0, w, h, 0))
-    shape = api.pose_predictor_5_point(img, rect)
-    enc = np.array(api.face_encoder.compute_face_descriptor(img, shape, 1), dtype=np.float32)
-    assert isinstance(rect, dlib.rectangle)
-    return enc, not rects, len(rects)
+        box = (0, w, h, 0)
+    enc = face_recognition.face_encodings(img, known_face_locations=[box], num_jitters=1)[0]
+    return np.asarray(enc, dtype=np.float32), not boxes, len(boxes)
 
 
 def main(argv=None):
