@@ -151,7 +151,12 @@ impl Gallery {
             return Ok(out);
         }
         let m = self.len();
-        let mut rows = want.saturating_mul(ROWS_PER_PERSON).max(MIN_ROWS).min(m);
+        let mut rows = if self.people == m {
+            // One row per person: the nearest `want` rows are the answer.
+            want
+        } else {
+            want.saturating_mul(ROWS_PER_PERSON).max(MIN_ROWS).min(m)
+        };
         let mut pending: Vec<usize> = (0..n).collect();
         let mut batch = Vec::new();
         while !pending.is_empty() {
@@ -298,6 +303,20 @@ mod tests {
         assert_eq!(got[0][1].person, 1);
         assert_eq!(got[0][1].row, 5000);
         assert!((got[0][1].distance - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn one_row_per_person_matches_brute_force() {
+        let dim = 8;
+        let mut rng = Rng::new(5);
+        let vectors: Vec<f32> = (0..500 * dim).map(|_| rng.normal() as f32).collect();
+        let g = Gallery::new(dim, vectors, (0..500).rev().collect()).unwrap();
+        let queries: Vec<f32> = (0..20 * dim).map(|_| rng.normal() as f32).collect();
+        for k in [1, 3, 600] {
+            for (q, list) in queries.chunks(dim).zip(g.search(&queries, k).unwrap()) {
+                assert_eq!(list, reference(&g, q, k));
+            }
+        }
     }
 
     #[test]
