@@ -480,7 +480,7 @@ fn main() -> Result<()> {
     let w = 34;
     let row = |label: &str, a: String, b: Option<String>| {
         println!(
-            "{label:<w$} {a:>18} {:>18}",
+            "{label:<w$} {a:>18} {:>30}",
             b.unwrap_or_else(|| "-".into())
         );
     };
@@ -534,7 +534,10 @@ fn main() -> Result<()> {
     row(
         "embedding wall time (this run)",
         format!("{embed_seconds:.1} s"),
-        num("seconds").map(|s| format!("{s:.1} s")),
+        num("seconds").map(|s| match num("computed") {
+            Some(0.0) => format!("{s:.1} s (computed earlier)"),
+            _ => format!("{s:.1} s"),
+        }),
     );
     row(
         "  images computed (rest cached)",
