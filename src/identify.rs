@@ -6,7 +6,8 @@
 //! [`decide`] turns that list into "known as X" or "unknown" at a threshold, with the distance
 //! to the next person as a measure of how sure the answer is.
 //!
-//! The search runs on the GEMM top-k kernel of [`crate::distance`]: it asks for enough nearest
+//! The search runs on the GEMM top-k kernel of [`crate::distance`] (with the rows' squared
+//! norms computed once, so a search reads the matrix once): it asks for enough nearest
 //! rows to see `k` distinct people and asks again for more rows (only for the queries that
 //! need it) when one person owns all of them. Rows are ranked by their exact pair-kernel
 //! distance, ties by row index, and a person ranks by its first row in that order, so the
@@ -14,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use crate::distance::{self, Metric};
+use crate::distance;
 use crate::{Error, Result};
 
 /// Known people's embeddings: an `n x dim` row-major matrix and the person of each row.
@@ -22,6 +23,8 @@ use crate::{Error, Result};
 pub struct Gallery {
     dim: usize,
     vectors: Vec<f32>,
+    /// `|row|^2` of every row, computed once (a search then reads the matrix once).
+    sq_norms: Vec<f32>,
     person_of_row: Vec<u32>,
     people: usize,
 }
@@ -82,9 +85,11 @@ impl Gallery {
             )));
         }
         let people = person_of_row.iter().collect::<HashSet<_>>().len();
+        let sq_norms = distance::squared_norms(&vectors, dim);
         Ok(Gallery {
             dim,
             vectors,
+            sq_norms,
             person_of_row,
             people,
         })
@@ -146,7 +151,12 @@ impl Gallery {
             return Ok(out);
         }
         let m = self.len();
-        let mut rows = want.saturating_mul(ROWS_PER_PERSON).max(MIN_ROWS).min(m);
+        let mut rows = if self.people == m {
+            // One row per person: the nearest `want` rows are the answer.
+            want
+        } else {
+            want.saturating_mul(ROWS_PER_PERSON).max(MIN_ROWS).min(m)
+        };
         let mut pending: Vec<usize> = (0..n).collect();
         let mut batch = Vec::new();
         while !pending.is_empty() {
@@ -154,14 +164,8 @@ impl Gallery {
             for &q in &pending {
                 batch.extend_from_slice(&queries[q * self.dim..(q + 1) * self.dim]);
             }
-            let found = distance::top_k(
-                &batch,
-                &self.vectors,
-                self.dim,
-                rows,
-                Metric::Euclidean,
-                false,
-            );
+            let found =
+                distance::top_k_with_norms(&batch, &self.vectors, &self.sq_norms, self.dim, rows);
             let complete = rows >= m;
             let mut still = Vec::new();
             for (&q, neighbours) in pending.iter().zip(&found) {
@@ -299,6 +303,20 @@ mod tests {
         assert_eq!(got[0][1].person, 1);
         assert_eq!(got[0][1].row, 5000);
         assert!((got[0][1].distance - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn one_row_per_person_matches_brute_force() {
+        let dim = 8;
+        let mut rng = Rng::new(5);
+        let vectors: Vec<f32> = (0..500 * dim).map(|_| rng.normal() as f32).collect();
+        let g = Gallery::new(dim, vectors, (0..500).rev().collect()).unwrap();
+        let queries: Vec<f32> = (0..20 * dim).map(|_| rng.normal() as f32).collect();
+        for k in [1, 3, 600] {
+            for (q, list) in queries.chunks(dim).zip(g.search(&queries, k).unwrap()) {
+                assert_eq!(list, reference(&g, q, k));
+            }
+        }
     }
 
     #[test]
