@@ -145,19 +145,6 @@ pub(crate) fn path_blob(p: &Path) -> Vec<u8> {
     crate::io::path_bytes(p)
 }
 
-/// A path from its stored bytes.
-pub(crate) fn blob_path(b: &[u8]) -> PathBuf {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        PathBuf::from(std::ffi::OsStr::from_bytes(b))
-    }
-    #[cfg(not(unix))]
-    {
-        PathBuf::from(String::from_utf8_lossy(b).into_owned())
-    }
-}
-
 impl Library {
     /// Where the library lives unless told otherwise: `$FACEKIT_LIBRARY`, else
     /// `$XDG_DATA_HOME/facekit/library.db`, else `~/.local/share/facekit/library.db`.

@@ -166,6 +166,11 @@ pub struct Enrolled {
     pub faces_in_photo: usize,
 }
 
+/// Makes face ?1 person ?2's with source ?3 at time ?4, replacing any earlier assignment.
+const UPSERT_ASSIGNMENT: &str = "INSERT INTO assignments(face_id, person_id, source, assigned_at) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT(face_id) DO UPDATE SET \
+     person_id = excluded.person_id, source = excluded.source, assigned_at = excluded.assigned_at";
+
 const PERSON_SELECT: &str = "SELECT p.id, p.name,
       (SELECT count(*) FROM assignments a WHERE a.person_id = p.id AND a.source = 'enrolled'),
       (SELECT count(*) FROM assignments a WHERE a.person_id = p.id AND a.source = 'confirmed'),
@@ -323,37 +328,11 @@ impl Library {
         self.flush()?;
         self.conn()?
             .execute(
-                "INSERT INTO assignments(face_id, person_id, source, assigned_at) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT(face_id) DO UPDATE SET \
-                 person_id = excluded.person_id, source = excluded.source, \
-                 assigned_at = excluded.assigned_at",
+                UPSERT_ASSIGNMENT,
                 params![face, person, source.as_str(), now()],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
-    }
-
-    /// Many assignments in one transaction.
-    pub fn assign_all(&self, items: &[(FaceId, i64, Source)]) -> Result<()> {
-        self.flush()?;
-        let mut conn = self.conn()?;
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO assignments(face_id, person_id, source, assigned_at) \
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT(face_id) DO UPDATE SET \
-                     person_id = excluded.person_id, source = excluded.source, \
-                     assigned_at = excluded.assigned_at",
-                )
-                .map_err(|e| self.err(e))?;
-            let t = now();
-            for &(face, person, source) in items {
-                st.execute(params![face, person, source.as_str(), t])
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Removes face `face` from whoever it belonged to (true when it belonged to someone).
@@ -364,17 +343,6 @@ impl Library {
             .execute("DELETE FROM assignments WHERE face_id = ?1", params![face])
             .map_err(|e| self.err(e))?;
         Ok(n > 0)
-    }
-
-    /// A new unnamed person (clustering).
-    pub fn new_person(&self) -> Result<i64> {
-        let conn = self.conn()?;
-        conn.execute(
-            "INSERT INTO people(name, created_at) VALUES (NULL, ?1)",
-            params![now()],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(conn.last_insert_rowid())
     }
 
     /// Records a clustering in one transaction: each `(face, person)` join, and each group of
@@ -391,16 +359,12 @@ impl Library {
         let mut ids = Vec::with_capacity(groups.len());
         {
             let mut assign = tx
-                .prepare_cached(
-                    "INSERT INTO assignments(face_id, person_id, source, assigned_at) \
-                     VALUES (?1, ?2, 'clustered', ?3) ON CONFLICT(face_id) DO UPDATE SET \
-                     person_id = excluded.person_id, source = excluded.source, \
-                     assigned_at = excluded.assigned_at",
-                )
+                .prepare_cached(UPSERT_ASSIGNMENT)
                 .map_err(|e| self.err(e))?;
+            let clustered = Source::Clustered.as_str();
             for &(face, person) in joins {
                 assign
-                    .execute(params![face, person, t])
+                    .execute(params![face, person, clustered, t])
                     .map_err(|e| self.err(e))?;
             }
             for g in groups {
@@ -412,7 +376,7 @@ impl Library {
                 let person = tx.last_insert_rowid();
                 for &face in g {
                     assign
-                        .execute(params![face, person, t])
+                        .execute(params![face, person, clustered, t])
                         .map_err(|e| self.err(e))?;
                 }
                 ids.push(person);
@@ -446,13 +410,9 @@ impl Library {
                 )
                 .and_then(|mut st| st.query_row(params![photo, pipeline], |r| r.get(0)))
                 .map_err(|e| self.err(e))?;
-            tx.prepare_cached(
-                "INSERT INTO assignments(face_id, person_id, source, assigned_at) \
-                 VALUES (?1, ?2, 'enrolled', ?3) ON CONFLICT(face_id) DO UPDATE SET \
-                 person_id = excluded.person_id, source = excluded.source",
-            )
-            .and_then(|mut st| st.execute(params![face, person, t]))
-            .map_err(|e| self.err(e))?;
+            tx.prepare_cached(UPSERT_ASSIGNMENT)
+                .and_then(|mut st| st.execute(params![face, person, Source::Enrolled.as_str(), t]))
+                .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
@@ -632,19 +592,6 @@ impl Library {
             .ok_or_else(|| Error::image(path, "face missing from the library"))?;
         Ok((face, index, n))
     }
-
-    /// Paths a photo (by id) was last seen at, most recent first.
-    pub fn photo_paths(&self, photo: i64) -> Result<Vec<std::path::PathBuf>> {
-        let conn = self.conn()?;
-        let mut st = conn
-            .prepare_cached("SELECT path FROM paths WHERE photo_id = ?1 ORDER BY seen_at DESC")
-            .map_err(|e| self.err(e))?;
-        let paths = st
-            .query_map(params![photo], |r| r.get::<_, Vec<u8>>(0))
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(paths.iter().map(|b| super::blob_path(b)).collect())
-    }
 }
 
 /// A photo of a "known people" folder and whose it is (or why it cannot be used).
@@ -705,7 +652,7 @@ mod tests {
         let (ada, created) = lib.person_named("Ada").unwrap();
         assert!(created);
         assert_eq!(lib.person_named("Ada").unwrap(), (ada, false));
-        let anon = lib.new_person().unwrap();
+        let anon = lib.record_clustering(&[], &[Vec::new()]).unwrap()[0];
         assert_eq!(lib.person(&format!("person_{anon:04}")).unwrap().id, anon);
         assert!(lib.rename_person(&format!("#{anon}"), "Ada").is_err());
         let grace = lib.rename_person(&format!("#{anon}"), "Grace").unwrap();
