@@ -226,10 +226,130 @@ pub fn decode_image(
     opts: &LoadOptions,
 ) -> std::result::Result<RgbImage, String> {
     let bytes = bytes.into();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decode_unguarded(bytes, opts)
-    }))
-    .unwrap_or_else(|payload| {
+    catch_decoder_panic(|| decode_unguarded(bytes, opts))
+}
+
+/// A photo decoded for detection. A large JPEG whose detection runs on a working copy at most
+/// half its size is decoded reduced, by libjpeg's DCT scaling (1/2, 1/4 or 1/8: a fraction of
+/// the work and memory of a full decode), and the full-resolution image that alignment needs is
+/// decoded only when asked for ([`Photo::full`]), so photos without faces never need it. Other
+/// images are decoded once at full size.
+#[derive(Debug)]
+pub struct Photo {
+    /// Upright full-resolution width and height.
+    dims: (u32, u32),
+    /// The decoded pixels: the full image, or the reduced copy.
+    image: RgbImage,
+    /// The file's bytes, kept to decode the full image later (reduced photos only).
+    bytes: Option<Vec<u8>>,
+    opts: LoadOptions,
+}
+
+impl Photo {
+    /// A photo that is already decoded at full resolution.
+    pub fn from_image(image: RgbImage) -> Photo {
+        Photo {
+            dims: image.dimensions(),
+            image,
+            bytes: None,
+            opts: LoadOptions::default(),
+        }
+    }
+
+    /// Upright width and height of the full-resolution image.
+    pub fn dimensions(&self) -> (u32, u32) {
+        self.dims
+    }
+
+    /// The decoded pixels: the full image, or (see [`Photo::is_reduced`]) the reduced copy
+    /// that covers the same scene at fewer pixels.
+    pub fn decoded(&self) -> &RgbImage {
+        &self.image
+    }
+
+    /// Whether [`Photo::decoded`] is a reduced copy rather than the full image.
+    pub fn is_reduced(&self) -> bool {
+        self.bytes.is_some()
+    }
+
+    /// The full-resolution image (decoded now when the photo was decoded reduced); the error is
+    /// a reason to show after the file name.
+    pub fn full(&self) -> std::result::Result<std::borrow::Cow<'_, RgbImage>, String> {
+        match &self.bytes {
+            None => Ok(std::borrow::Cow::Borrowed(&self.image)),
+            Some(bytes) => {
+                let full = catch_decoder_panic(|| decode_jpeg_scaled(bytes, &self.opts, 8))?;
+                if full.dimensions() != self.dims {
+                    return Err("JPEG size changed between decodes".to_string());
+                }
+                Ok(std::borrow::Cow::Owned(full))
+            }
+        }
+    }
+}
+
+/// Decodes image bytes for detection (see [`Photo`]): `working_scale(width, height)` is the
+/// scale of the copy detection will run on for an upright image of that size (1 = full size).
+pub fn decode_photo(
+    bytes: Vec<u8>,
+    opts: &LoadOptions,
+    working_scale: impl Fn(u32, u32) -> f64,
+) -> std::result::Result<Photo, String> {
+    let numerator = match (sniff_format(&bytes), header_dimensions(&bytes)) {
+        (Some(ImageFormat::Jpeg), Some((w, h))) => jpeg_reduction(w, h, working_scale(w, h)),
+        _ => 8,
+    };
+    if numerator == 8 {
+        return Ok(Photo {
+            opts: opts.clone(),
+            ..Photo::from_image(decode_image(bytes, opts)?)
+        });
+    }
+    let image = catch_decoder_panic(|| decode_jpeg_scaled(&bytes, opts, numerator))?;
+    let (sw, sh) = header_dimensions(&bytes).unwrap_or((0, 0));
+    let rotated = opts.apply_exif_orientation
+        && jpeg_exif(&bytes)
+            .and_then(image::metadata::Orientation::from_exif_chunk)
+            .is_some_and(|o| {
+                use image::metadata::Orientation::*;
+                matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+            });
+    let dims = if rotated { (sh, sw) } else { (sw, sh) };
+    Ok(Photo {
+        dims,
+        image,
+        bytes: Some(bytes),
+        opts: opts.clone(),
+    })
+}
+
+/// Reads an image file and decodes it for detection ([`decode_photo`]).
+pub fn load_photo(
+    path: &Path,
+    opts: &LoadOptions,
+    working_scale: impl Fn(u32, u32) -> f64,
+) -> Result<Photo> {
+    let bytes = read_image_bytes(path, opts)?;
+    decode_photo(bytes, opts, working_scale).map_err(|reason| Error::image(path, reason))
+}
+
+/// The DCT scaling numerator (of 8) for decoding a `w` x `h` JPEG whose detection copy is
+/// `scale` times its size: the smallest of 1, 2 and 4 whose output is still at least the copy's
+/// size on both sides, else 8 (a full decode).
+fn jpeg_reduction(w: u32, h: u32, scale: f64) -> u8 {
+    let target = |side: u32| ((side as f64 * scale).round() as u64).max(1);
+    let out = |side: u32, n: u64| (side as u64 * n).div_ceil(8);
+    [1u8, 2, 4]
+        .into_iter()
+        .find(|&n| out(w, n as u64) >= target(w) && out(h, n as u64) >= target(h))
+        .unwrap_or(8)
+}
+
+/// Runs a decoder, turning a panic inside it (libjpeg's fatal errors unwind) into the reason.
+fn catch_decoder_panic<T>(
+    f: impl FnOnce() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         Err(format!(
             "cannot decode: {}",
             panic_message(&*payload).trim_start_matches("libjpeg fatal error: ")
@@ -314,11 +434,21 @@ fn upright(
 /// level here and there, which is enough to flip MTCNN's NMS choices on some faces, and does
 /// not read arithmetic-coded files). The orientation comes from the EXIF segment.
 fn decode_jpeg(bytes: Vec<u8>, opts: &LoadOptions) -> std::result::Result<RgbImage, String> {
-    let orientation = jpeg_exif(&bytes)
+    let rgb = decode_jpeg_scaled(&bytes, opts, 8)?;
+    drop(bytes);
+    Ok(rgb)
+}
+
+/// A JPEG decoded upright at `numerator / 8` of its size (libjpeg's DCT scaling; 8 = full size).
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    opts: &LoadOptions,
+    numerator: u8,
+) -> std::result::Result<RgbImage, String> {
+    let orientation = jpeg_exif(bytes)
         .and_then(image::metadata::Orientation::from_exif_chunk)
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let rgb = decode_jpeg_libjpeg(&bytes, opts)?;
-    drop(bytes);
+    let rgb = decode_jpeg_libjpeg(bytes, opts, numerator)?;
     Ok(upright(DynamicImage::ImageRgb8(rgb), orientation, opts))
 }
 
@@ -363,16 +493,23 @@ fn jpeg_has_adobe_marker(bytes: &[u8]) -> bool {
 /// Decodes a JPEG to RGB with libjpeg-turbo's algorithms (accurate integer IDCT, fancy
 /// upsampling). CMYK and YCCK JPEGs are converted to RGB (as Pillow does); arithmetic coding is
 /// supported. libjpeg's fatal errors unwind; [`decode_image`] catches them.
-fn decode_jpeg_libjpeg(bytes: &[u8], opts: &LoadOptions) -> std::result::Result<RgbImage, String> {
+fn decode_jpeg_libjpeg(
+    bytes: &[u8],
+    opts: &LoadOptions,
+    numerator: u8,
+) -> std::result::Result<RgbImage, String> {
     use mozjpeg::ColorSpace;
     if !jpeg_is_complete(bytes) {
         return Err("truncated JPEG (no end-of-image marker after the last scan)".to_string());
     }
     let fail = |e: std::io::Error| format!("cannot decode JPEG: {e}");
-    let decompress = mozjpeg::Decompress::new_mem(bytes).map_err(fail)?;
+    let mut decompress = mozjpeg::Decompress::new_mem(bytes).map_err(fail)?;
     let (w, h) = (decompress.width() as u32, decompress.height() as u32);
     check_pixels(w, h, opts)?;
     gate_acquire(w as u64 * h as u64);
+    if numerator != 8 {
+        decompress.scale(numerator);
+    }
     let cmyk = matches!(
         decompress.color_space(),
         ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
@@ -381,6 +518,7 @@ fn decode_jpeg_libjpeg(bytes: &[u8], opts: &LoadOptions) -> std::result::Result<
         let mut started = decompress
             .to_colorspace(ColorSpace::JCS_CMYK)
             .map_err(fail)?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
         let mut rgb = Vec::new();
         rgb.try_reserve_exact(w as usize * h as usize * 3)
             .map_err(|_| "out of memory".to_string())?;
@@ -402,6 +540,7 @@ fn decode_jpeg_libjpeg(bytes: &[u8], opts: &LoadOptions) -> std::result::Result<
         return RgbImage::from_raw(w, h, rgb).ok_or_else(|| "JPEG size mismatch".to_string());
     }
     let mut started = decompress.rgb().map_err(fail)?;
+    let (w, h) = (started.width() as u32, started.height() as u32);
     let pixels: Vec<u8> = started.read_scanlines().map_err(fail)?;
     started.finish().map_err(fail)?;
     RgbImage::from_raw(w, h, pixels).ok_or_else(|| "JPEG size mismatch".to_string())
@@ -796,6 +935,90 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jpeg_reduction_keeps_at_least_the_working_size() {
+        // 6000 x 4000 to a 1280 px copy: 2/8 (1500 x 1000) is the smallest that covers it.
+        assert_eq!(jpeg_reduction(6000, 4000, 1280.0 / 6000.0), 2);
+        // 3000 x 2000 to 1280: 4/8 (1500 x 1000).
+        assert_eq!(jpeg_reduction(3000, 2000, 1280.0 / 3000.0), 4);
+        assert_eq!(jpeg_reduction(2000, 1500, 1280.0 / 2000.0), 8);
+        // A tiny copy of a large photo: 1/8.
+        assert_eq!(jpeg_reduction(8000, 8000, 0.1), 1);
+        assert_eq!(jpeg_reduction(500, 375, 1.0), 8);
+    }
+
+    /// A large JPEG (a fixture upscaled 6 times) with an optional EXIF orientation segment.
+    fn large_jpeg(orientation: Option<u16>) -> (Vec<u8>, RgbImage) {
+        let small = load_image(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/2008_001322.jpg"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let big = image::imageops::resize(&small, 3000, 2250, image::imageops::Triangle);
+        let stored = match orientation {
+            Some(6) => image::imageops::rotate270(&big),
+            _ => big.clone(),
+        };
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&stored)
+            .unwrap();
+        if let Some(v) = orientation {
+            let mut tiff = b"II*\0".to_vec();
+            tiff.extend(8u32.to_le_bytes());
+            tiff.extend(1u16.to_le_bytes());
+            tiff.extend(0x0112u16.to_le_bytes());
+            tiff.extend(3u16.to_le_bytes());
+            tiff.extend(1u32.to_le_bytes());
+            tiff.extend(v.to_le_bytes());
+            tiff.extend([0, 0]);
+            tiff.extend(0u32.to_le_bytes());
+            let mut payload = b"Exif\0\0".to_vec();
+            payload.extend(tiff);
+            let mut out = jpeg[..2].to_vec();
+            out.extend([0xFF, 0xE1]);
+            out.extend(((payload.len() + 2) as u16).to_be_bytes());
+            out.extend(payload);
+            out.extend(&jpeg[2..]);
+            jpeg = out;
+        }
+        (jpeg, big)
+    }
+
+    #[test]
+    fn a_large_jpeg_is_decoded_reduced_and_its_full_image_on_demand() {
+        let opts = LoadOptions::default();
+        for orientation in [None, Some(6)] {
+            let (jpeg, _) = large_jpeg(orientation);
+            let full = decode_image(jpeg.clone(), &opts).unwrap();
+            assert_eq!(full.dimensions(), (3000, 2250));
+            let photo = decode_photo(jpeg.clone(), &opts, |w, h| 1280.0 / w.max(h) as f64).unwrap();
+            assert!(photo.is_reduced());
+            assert_eq!(photo.dimensions(), (3000, 2250), "{orientation:?}");
+            // 1/2 of 3000 x 2250, upright like the full image.
+            assert_eq!(
+                photo.decoded().dimensions(),
+                (1500, 1125),
+                "{orientation:?}"
+            );
+            assert_eq!(*photo.full().unwrap(), full, "{orientation:?}");
+            // The reduced copy shows the same scene: close to the full image averaged 2 x 2.
+            let halved = crate::preprocess::area_downscale(&full, 1500, 1125);
+            let diff: f64 = halved
+                .as_raw()
+                .iter()
+                .zip(photo.decoded().as_raw())
+                .map(|(&a, &b)| (a as f64 - b as f64).abs())
+                .sum::<f64>()
+                / halved.as_raw().len() as f64;
+            assert!(diff < 2.0, "{orientation:?}: mean difference {diff}");
+            // No reduction asked for: decoded once at full size.
+            let same = decode_photo(jpeg, &opts, |_, _| 1.0).unwrap();
+            assert!(!same.is_reduced());
+            assert_eq!(*same.decoded(), full);
+        }
+    }
 
     #[test]
     fn write_new_file_never_overwrites() {

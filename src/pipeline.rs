@@ -285,8 +285,30 @@ impl Pipeline {
     pub fn faces(&self, img: &RgbImage) -> Result<Vec<Face>> {
         let dets = self.detector.detect(img)?;
         let embs = self.embed_detections(img, &dets)?;
-        Ok(dets
-            .into_iter()
+        Ok(Self::zip_faces(dets, embs))
+    }
+
+    /// Every face of a decoded photo with its embedding, best score first: detection on the
+    /// decoded (possibly reduced) pixels, chips from the full-resolution image, which is decoded
+    /// only when there is a face. `path` names the file in errors.
+    pub fn faces_of_photo(
+        &self,
+        photo: &crate::io::Photo,
+        path: &std::path::Path,
+    ) -> Result<Vec<Face>> {
+        let dets = self.detector.detect_photo(photo)?;
+        if dets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full = photo
+            .full()
+            .map_err(|reason| crate::Error::image(path, reason))?;
+        let embs = self.embed_detections(&full, &dets)?;
+        Ok(Self::zip_faces(dets, embs))
+    }
+
+    fn zip_faces(dets: Vec<Detection>, embs: Vec<Vec<f32>>) -> Vec<Face> {
+        dets.into_iter()
             .zip(embs)
             .map(|(d, embedding)| Face {
                 bbox: d.bbox,
@@ -294,6 +316,6 @@ impl Pipeline {
                 landmarks: d.landmarks,
                 embedding,
             })
-            .collect())
+            .collect()
     }
 }

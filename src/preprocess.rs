@@ -126,22 +126,30 @@ pub fn area_resize_chw_rows(
 /// Area-downscales `img` to `out_w x out_h` (8-bit RGB, rounded), in bands of output rows so
 /// the working memory stays small whatever the source's size.
 pub fn area_downscale(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    use rayon::prelude::*;
     let (ow, oh) = (out_w as usize, out_h as usize);
     let mut out = RgbImage::new(out_w, out_h);
-    let band = (1 << 20) / (ow * 3).max(1) + 1;
-    let mut planes = Vec::new();
-    for r0 in (0..oh).step_by(band) {
-        let r1 = (r0 + band).min(oh);
-        let n = (r1 - r0) * ow;
-        planes.resize(3 * n, 0.0);
-        area_resize_chw_rows(img, Region::full(img), ow, oh, r0..r1, |v| v, &mut planes);
-        let dst = &mut out.as_mut()[r0 * ow * 3..r1 * ow * 3];
-        for (i, px) in dst.chunks_exact_mut(3).enumerate() {
-            for (c, v) in px.iter_mut().enumerate() {
-                *v = planes[c * n + i].round().clamp(0.0, 255.0) as u8;
-            }
-        }
+    if ow == 0 || oh == 0 {
+        return out;
     }
+    // Bands of about a million output values, resized in parallel (each band reads only the
+    // source rows it needs, so the result does not depend on the number of threads).
+    let band = (1 << 20) / (ow * 3) + 1;
+    out.as_mut()
+        .par_chunks_mut(band * ow * 3)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            let r0 = b * band;
+            let r1 = (r0 + band).min(oh);
+            let n = (r1 - r0) * ow;
+            let mut planes = vec![0.0; 3 * n];
+            area_resize_chw_rows(img, Region::full(img), ow, oh, r0..r1, |v| v, &mut planes);
+            for (i, px) in dst.chunks_exact_mut(3).enumerate() {
+                for (c, v) in px.iter_mut().enumerate() {
+                    *v = planes[c * n + i].round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        });
     out
 }
 

@@ -405,3 +405,86 @@ fn invalid_options_fail_cleanly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/models/mtcnn.safetensors"));
 }
+
+/// A camera-sized JPEG (the fixture upscaled 6 times, optionally stored rotated with an EXIF
+/// orientation) is detected on a copy reduced in the decoder, and the faces are where detection
+/// on the fully decoded image finds them, in the upright full image's pixels; `align` cuts its
+/// chips from the full-resolution image.
+#[test]
+fn large_jpegs_are_detected_on_a_reduced_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = image::imageops::resize(&upright(), 3000, 2250, image::imageops::Triangle);
+    let plain = write(dir.path(), "big.jpg", &{
+        let mut v = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut v, 92)
+            .encode_image(&big)
+            .unwrap();
+        v
+    });
+    let rotated = write(
+        dir.path(),
+        "big_o6.jpg",
+        &jpeg_with_orientation(&image::imageops::rotate270(&big), 6),
+    );
+    // The library on the fully decoded image (area-downscaled working copy).
+    let full = facekit::io::load_image(Path::new(&plain), &Default::default()).unwrap();
+    let mut want: Vec<[f64; 4]> = common::detector()
+        .detect(&full)
+        .unwrap()
+        .iter()
+        .map(|d| d.bbox.to_array().map(f64::from))
+        .collect();
+    want.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    assert_eq!(want.len(), 3);
+    let out = facekit(&["detect", "--json", &plain, &rotated]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for rec in json_lines(&out.stdout) {
+        assert_eq!(
+            (rec["width"].as_u64(), rec["height"].as_u64()),
+            (Some(3000), Some(2250)),
+            "{rec}"
+        );
+        let mut got = faces_of(&rec);
+        got.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        assert_eq!(got.len(), want.len(), "{rec}");
+        for (g, w) in got.iter().zip(&want) {
+            let size = w[2] - w[0];
+            for k in 0..4 {
+                // Within 3 % of the face's width (the rotated file's JPEG blocks differ too).
+                assert!((g[k] - w[k]).abs() < 0.03 * size, "{g:?} vs {w:?}");
+            }
+        }
+    }
+    let chips = dir.path().join("chips");
+    let out = facekit(&["align", &plain, "--out", chips.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The chips are cut from the full-resolution image at the detections `detect` reported.
+    let out = facekit(&["detect", "--json", &plain]);
+    let rec = &json_lines(&out.stdout)[0];
+    let pipeline = facekit::Pipeline::new().unwrap();
+    for (k, f) in rec["faces"].as_array().unwrap().iter().enumerate() {
+        let num = |v: &Value| v.as_f64().unwrap() as f32;
+        let b: Vec<f32> = f["box"].as_array().unwrap().iter().map(num).collect();
+        let lm = f["landmarks"].as_array().unwrap();
+        let det = facekit::Detection {
+            bbox: facekit::BBox::from_array([b[0], b[1], b[2], b[3]]),
+            score: num(&f["score"]),
+            landmarks: std::array::from_fn(|i| facekit::Point {
+                x: num(&lm[i][0]),
+                y: num(&lm[i][1]),
+            }),
+        };
+        let chip = image::open(chips.join(format!("big_{k}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(chip, pipeline.chip(&full, &det), "chip {k}");
+    }
+}

@@ -91,8 +91,15 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let pb = progress(inputs.len(), "images");
     let job = |path: &Path| -> facekit::Result<Vec<facekit::Result<PathBuf>>> {
-        let img = io::load_image(path, &load)?;
-        let faces = detector.detect(&img)?;
+        let photo = io::load_photo(path, &load, |w, h| detector.working_scale(w, h))?;
+        let faces = detector.detect_photo(&photo)?;
+        let img = if faces.is_empty() {
+            std::borrow::Cow::Borrowed(photo.decoded())
+        } else {
+            photo
+                .full()
+                .map_err(|reason| facekit::Error::image(path, reason))?
+        };
         let stem = name_of.get(path).copied().unwrap_or("image");
         Ok(faces
             .iter()

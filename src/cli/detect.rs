@@ -80,15 +80,21 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     let pb = progress(inputs.len(), "images");
     let (mut images, mut faces_total, mut failures) = (0usize, 0usize, 0usize);
     let job = |path: &Path| -> facekit::Result<Outcome> {
-        let img = io::load_image(path, &load)?;
-        let faces = detector.detect(&img)?;
-        let annotated = args
-            .annotate
-            .as_deref()
-            .map(|dir| annotate(dir, path, &img, &faces));
+        let photo = io::load_photo(path, &load, |w, h| detector.working_scale(w, h))?;
+        let faces = detector.detect_photo(&photo)?;
+        let (width, height) = photo.dimensions();
+        let annotated = match args.annotate.as_deref() {
+            Some(dir) => {
+                let img = photo
+                    .full()
+                    .map_err(|reason| facekit::Error::image(path, reason))?;
+                Some(annotate(dir, path, &img, &faces))
+            }
+            None => None,
+        };
         Ok(Outcome {
-            width: img.width(),
-            height: img.height(),
+            width,
+            height,
             faces,
             annotated,
         })

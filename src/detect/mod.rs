@@ -131,12 +131,16 @@ impl DetectorKind {
     }
 }
 
-/// Long side of the working copy that detection runs on when the smallest face is left to
-/// the default: photos up to this size are searched at full resolution down to
-/// [`DEFAULT_MIN_FACE`] pixels; larger ones are area-downscaled to this long side first, so the
-/// smallest face searched for is the same fraction of the photo (about 1 % of its long side)
-/// and the work stays bounded whatever the resolution.
+/// MTCNN searches photos up to this long side as they are, down to [`DEFAULT_MIN_FACE`] pixels
+/// (exactly what facenet-pytorch does); larger photos, when the smallest face is left to the
+/// default, are searched on a working copy of [`LARGE_WORKING_SIZE`] px.
 pub const WORKING_SIZE: u32 = 2048;
+
+/// Long side of MTCNN's working copy of photos larger than [`WORKING_SIZE`]: an area-downscaled
+/// copy (decoded reduced from large JPEGs) searched down to [`DEFAULT_MIN_FACE`] px, i.e. faces
+/// of about 1.6 % of the photo's long side and more, so the work stays bounded whatever the
+/// resolution.
+pub const LARGE_WORKING_SIZE: u32 = 1280;
 
 /// Smallest face searched for by default, in pixels of the working copy.
 pub const DEFAULT_MIN_FACE: f64 = 20.0;
@@ -160,7 +164,8 @@ pub struct DetectorConfig {
     /// The network.
     pub kind: DetectorKind,
     /// Smallest face searched for, in pixels of the original image. `None`: automatic
-    /// ([`DEFAULT_MIN_FACE`] px on a working copy of at most [`WORKING_SIZE`] px). A given size
+    /// ([`DEFAULT_MIN_FACE`] px at full size up to [`WORKING_SIZE`] px, on a
+    /// [`LARGE_WORKING_SIZE`] px copy above). A given size
     /// is searched for exactly, at full resolution (slower on large photos).
     pub min_face: Option<f64>,
     /// MTCNN's stage thresholds and pyramid factor (its own `min_face_size` is set from
@@ -259,20 +264,20 @@ impl Detector {
     /// the embedding cache's key and of model ids).
     pub fn id(&self) -> String {
         let c = &self.config;
-        let min_face = |auto: u32| {
+        let min_face = |auto: String| {
             c.min_face
                 .map_or_else(|| format!("auto{auto}"), |m| m.to_string())
         };
         match c.kind {
             DetectorKind::Mtcnn => format!(
                 "mtcnn(min_face={},thresholds={:?},factor={})",
-                min_face(WORKING_SIZE),
+                min_face(format!("{WORKING_SIZE}/{LARGE_WORKING_SIZE}")),
                 c.mtcnn.thresholds,
                 c.mtcnn.factor
             ),
             DetectorKind::YuNet => format!(
                 "yunet(min_face={},score={},nms={},top_k={},keep={})",
-                min_face(YUNET_WORKING_SIZE),
+                min_face(YUNET_WORKING_SIZE.to_string()),
                 c.yunet.score_threshold,
                 c.yunet.nms_threshold,
                 c.yunet.top_k,
@@ -287,7 +292,8 @@ impl Detector {
         match self.config.kind {
             DetectorKind::Mtcnn => match self.config.min_face {
                 Some(m) => (1.0, m),
-                None => ((WORKING_SIZE as f64 / long).min(1.0), DEFAULT_MIN_FACE),
+                None if long <= WORKING_SIZE as f64 => (1.0, DEFAULT_MIN_FACE),
+                None => (LARGE_WORKING_SIZE as f64 / long, DEFAULT_MIN_FACE),
             },
             DetectorKind::YuNet => {
                 let scale = match self.config.min_face {
@@ -300,19 +306,43 @@ impl Detector {
         }
     }
 
+    /// The scale of the working copy detection runs on for a `width` x `height` image (1 = the
+    /// original; see [`io::decode_photo`](crate::io::decode_photo), which decodes large JPEGs
+    /// reduced to about this size).
+    pub fn working_scale(&self, width: u32, height: u32) -> f64 {
+        self.plan(width, height).0
+    }
+
     /// Detects faces; boxes (clipped) and landmarks are in the original image's pixels, faces
     /// sorted by score, best first.
     pub fn detect(&self, img: &RgbImage) -> Result<Vec<Detection>> {
-        let (w, h) = img.dimensions();
+        self.detect_in(img, img.dimensions())
+    }
+
+    /// Detects faces in a decoded photo (full or reduced); boxes and landmarks are in the
+    /// full-resolution image's pixels.
+    pub fn detect_photo(&self, photo: &crate::io::Photo) -> Result<Vec<Detection>> {
+        self.detect_in(photo.decoded(), photo.dimensions())
+    }
+
+    /// Detection on `src`, an image that shows a `w` x `h` original at its own size or reduced.
+    fn detect_in(&self, src: &RgbImage, (w, h): (u32, u32)) -> Result<Vec<Detection>> {
         let (scale, min_face) = self.plan(w, h);
-        if scale >= 1.0 {
-            return self.run(img, min_face);
+        if scale >= 1.0 && src.dimensions() == (w, h) {
+            return self.run(src, min_face);
         }
+        let scale = scale.min(1.0);
         let ww = ((w as f64 * scale).round() as u32).max(1);
         let wh = ((h as f64 * scale).round() as u32).max(1);
-        let small = crate::preprocess::area_downscale(img, ww, wh);
+        let resized;
+        let small = if src.dimensions() == (ww, wh) {
+            src
+        } else {
+            resized = crate::preprocess::area_downscale(src, ww, wh);
+            &resized
+        };
         let (sx, sy) = (w as f32 / ww as f32, h as f32 / wh as f32);
-        let mut faces = self.run(&small, min_face)?;
+        let mut faces = self.run(small, min_face)?;
         for f in &mut faces {
             f.bbox = BBox {
                 x1: f.bbox.x1 * sx,

@@ -31,11 +31,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use image::RgbImage;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::detect::{BBox, Point};
-use crate::io::{content_hash, decode_image, LoadOptions};
+use crate::io::{content_hash, decode_photo, LoadOptions};
 use crate::pipeline::{Face, Pipeline};
 use crate::{Error, Result};
 
@@ -356,18 +355,27 @@ impl Library {
                 return Ok((c.clone(), true));
             }
         }
-        let img = decode_image(bytes, opts).map_err(|reason| Error::image(path, reason))?;
+        let photo = decode_photo(bytes, opts, |w, h| pipeline.detector().working_scale(w, h))
+            .map_err(|reason| Error::image(path, reason))?;
         let mut faces = match cached {
             Some(c) => (*c).clone(),
             None => {
                 self.analysed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                analyze(pipeline, &img, sha)?
+                let (width, height) = photo.dimensions();
+                ImageFaces {
+                    sha256: sha,
+                    width,
+                    height,
+                    faces: pipeline.faces_of_photo(&photo, path)?,
+                    central: None,
+                }
             }
         };
         if central && faces.faces.is_empty() {
-            let det = pipeline.central_detection(img.width(), img.height());
-            faces.central = pipeline.embed_detections(&img, &[det])?.pop();
+            let full = photo.full().map_err(|reason| Error::image(path, reason))?;
+            let det = pipeline.central_detection(full.width(), full.height());
+            faces.central = pipeline.embed_detections(&full, &[det])?.pop();
         }
         Ok((self.insert(pid, faces, Some(path))?, false))
     }
@@ -514,16 +522,6 @@ fn seen_now(path: &Path) -> Seen {
 }
 
 /// Detects and embeds every face of `img`.
-fn analyze(pipeline: &Pipeline, img: &RgbImage, sha256: String) -> Result<ImageFaces> {
-    Ok(ImageFaces {
-        sha256,
-        width: img.width(),
-        height: img.height(),
-        faces: pipeline.faces(img)?,
-        central: None,
-    })
-}
-
 fn upsert_photo(
     tx: &rusqlite::Transaction,
     sha256: &str,
