@@ -730,6 +730,46 @@ mod tests {
         assert!(((a - z) - (b - a)).abs() < 2.0, "{z} {a} {b}");
     }
 
+    /// XML well-formedness as far as this SVG needs it: every tag closed in order, attributes
+    /// quoted, and `&` only in entities.
+    fn assert_well_formed(svg: &str) {
+        let mut open: Vec<&str> = Vec::new();
+        let mut rest = svg;
+        while let Some(start) = rest.find('<') {
+            let text = &rest[..start];
+            assert!(!text.contains('>'), "stray '>' in {text:?}");
+            for (i, _) in text.match_indices('&') {
+                let entity = &text[i..text.len().min(i + 6)];
+                assert!(
+                    ["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"]
+                        .iter()
+                        .any(|e| entity.starts_with(e)),
+                    "bare & in {text:?}"
+                );
+            }
+            let end = start + rest[start..].find('>').expect("unclosed tag");
+            let tag = &rest[start + 1..end];
+            assert_eq!(
+                tag.matches('"').count() % 2,
+                0,
+                "unbalanced quotes in {tag}"
+            );
+            let name = tag
+                .trim_start_matches('/')
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if let Some(closing) = tag.strip_prefix('/') {
+                assert_eq!(open.pop(), Some(closing.trim()), "misnested </{closing}>");
+            } else if !tag.ends_with('/') {
+                open.push(name);
+            }
+            rest = &rest[end + 1..];
+        }
+        assert!(open.is_empty(), "unclosed {open:?}");
+        assert!(rest.trim().is_empty());
+    }
+
     #[test]
     fn svg_has_labels_and_log_ticks() {
         let roc = sample_roc();
@@ -738,6 +778,14 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains(r#"width="1200" height="540""#));
+        assert_well_formed(&svg);
+        for broken in [
+            "<svg><text>a</svg>",
+            "<svg>a & b</svg>",
+            "<svg><rect x=\"1/>",
+        ] {
+            assert!(std::panic::catch_unwind(|| assert_well_formed(broken)).is_err());
+        }
         // Every text element is closed and the text is escaped.
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
         assert!(svg.contains("A&amp;B &lt;pairs&gt;"));
@@ -762,7 +810,10 @@ mod tests {
         }
         // Decade ticks of the log axis; the lowest stands for FAR = 0 too.
         for tick in ["≤1e-4", "1e-3", "1e-2", "1e-1"] {
-            assert!(svg.contains(&format!(">\n{tick}\n</text>")), "no tick {tick}");
+            assert!(
+                svg.contains(&format!(">\n{tick}\n</text>")),
+                "no tick {tick}"
+            );
         }
         assert!(svg.contains("font-family=\"DejaVu Sans, sans-serif\""));
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
@@ -818,6 +869,7 @@ mod tests {
             let _ = render_png(&p);
             let svg = render_svg(&p);
             assert!(svg.contains("ünïcødé ☺") && !svg.contains('\u{0}'));
+            assert_well_formed(&svg);
         }
         let svg = render_svg(&with(&two, &empty, &empty, "t"));
         assert!(svg.contains("no distances"));
