@@ -30,7 +30,6 @@ pub mod nn;
 pub mod organize;
 pub mod pairs;
 pub mod pipeline;
-pub mod plot;
 pub mod preprocess;
 pub mod rng;
 pub mod train;

@@ -9,6 +9,7 @@ mod identify;
 mod output;
 mod parse;
 mod people;
+mod plot;
 mod runner;
 mod sweep;
 mod train;

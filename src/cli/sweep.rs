@@ -453,7 +453,7 @@ fn write_plot(
         report.model
     );
     let metric = format!("{} distance", report.metric);
-    let chart = facekit::plot::SweepPlot {
+    let chart = super::plot::SweepPlot {
         title: &title,
         metric: &metric,
         roc: &curve,
@@ -464,10 +464,10 @@ fn write_plot(
         operating_point: (at.fpr, at.tpr),
     };
     let bytes = match format {
-        PlotFormat::Svg => facekit::plot::render_svg(&chart).into_bytes(),
+        PlotFormat::Svg => super::plot::render_svg(&chart).into_bytes(),
         PlotFormat::Png => {
             let mut bytes = Vec::new();
-            facekit::plot::render_png(&chart)
+            super::plot::render_png(&chart)
                 .write_to(
                     &mut std::io::Cursor::new(&mut bytes),
                     image::ImageFormat::Png,
