@@ -164,6 +164,21 @@ fn embed_formats() {
     // The same values as the JSON Lines.
     let first = f32::from_le_bytes(bytes[10 + header_len..14 + header_len].try_into().unwrap());
     assert!((first as f64 - recs[0]["embedding"][0].as_f64().unwrap()).abs() < 1e-6);
+    // The sidecar names each row's file, face, box and score, in the matrix's order.
+    let sidecar = std::fs::read_to_string(dir.path().join("faces.csv")).unwrap();
+    let lines: Vec<&str> = sidecar.lines().collect();
+    assert_eq!(lines[0], "row,path,face,x1,y1,x2,y2,score");
+    assert_eq!(lines.len(), 4, "{sidecar}");
+    for (row, (line, rec)) in lines[1..].iter().zip(&recs).enumerate() {
+        let cols: Vec<&str> = line.split(',').collect();
+        assert_eq!(cols[0], row.to_string());
+        assert_eq!(cols[1], rec["path"].as_str().unwrap());
+        assert_eq!(cols[2], rec["face"].to_string());
+        for (c, want) in cols[3..7].iter().zip(rec["box"].as_array().unwrap()) {
+            assert!((c.parse::<f64>().unwrap() - want.as_f64().unwrap()).abs() < 1e-3);
+        }
+    }
+    std::fs::remove_file(dir.path().join("faces.csv")).unwrap();
 
     // An existing --out is refused without --force, and kept intact.
     let out = facekit(&[

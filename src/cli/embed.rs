@@ -21,7 +21,8 @@ pub enum Format {
     Jsonl,
     /// A header, then one row per face: path, face, box, score, e0..eN.
     Csv,
-    /// A float32 matrix (faces x dims) in NumPy's .npy format; needs --out.
+    /// A float32 matrix (faces x dims) in NumPy's .npy format, plus a CSV sidecar naming each
+    /// row's file and face (`faces.npy` -> `faces.csv`); needs --out.
     Npy,
 }
 
@@ -60,37 +61,55 @@ struct FaceRecord<'a> {
     embedding: &'a [f32],
 }
 
-/// The `.npy` bytes of a row-major float32 matrix.
-fn npy(rows: &[Vec<f32>], dim: usize) -> Vec<u8> {
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
-        rows.len(),
-        dim
-    );
-    // Magic (6) + version (2) + length (2) + header + '\n', padded to a multiple of 64.
-    let total = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.as_bytes());
-    for r in rows {
-        for v in r {
-            out.extend(v.to_le_bytes());
-        }
+/// The `.npy` bytes of a row-major float32 matrix (faces x dims), written with ndarray-npy.
+fn npy(rows: &[Vec<f32>], dim: usize) -> anyhow::Result<Vec<u8>> {
+    use ndarray_npy::WriteNpyExt;
+    let flat: Vec<f32> = rows.concat();
+    let matrix = ndarray::Array2::from_shape_vec((rows.len(), dim), flat)?;
+    let mut out = Vec::new();
+    matrix.write_npy(&mut out)?;
+    Ok(out)
+}
+
+/// The sidecar of an `.npy` output: `faces.npy` -> `faces.csv` (`x` -> `x.csv`).
+fn sidecar_path(out: &Path) -> PathBuf {
+    if out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    {
+        out.with_extension("csv")
+    } else {
+        let mut name = out.as_os_str().to_owned();
+        name.push(".csv");
+        PathBuf::from(name)
     }
-    out
+}
+
+/// The header of the `.npy` sidecar: which file and face each matrix row is.
+const SIDECAR_HEADER: &str = "row,path,face,x1,y1,x2,y2,score\n";
+
+/// One sidecar line: the matrix row, then the face as `--format csv` gives it.
+fn sidecar_line(row: usize, path: &Path, k: usize, f: &Face) -> Vec<u8> {
+    let b = f.bbox;
+    let mut line = format!("{row},").into_bytes();
+    line.extend(csv_path(path));
+    line.extend(format!(",{k},{},{},{},{},{}\n", b.x1, b.y1, b.x2, b.y2, f.score).as_bytes());
+    line
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     if args.format == Format::Npy && args.out.is_none() {
         anyhow::bail!("--format npy writes binary data: give --out FILE");
     }
-    if let Some(out) = &args.out {
-        if out.exists() && !args.force {
+    let sidecar = match (&args.out, args.format) {
+        (Some(out), Format::Npy) => Some(sidecar_path(out)),
+        _ => None,
+    };
+    for file in args.out.iter().chain(&sidecar) {
+        if file.exists() && !args.force {
             anyhow::bail!(
                 "{} already exists (use --force to replace it)",
-                out.display()
+                file.display()
             );
         }
     }
@@ -108,6 +127,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         buf: Vec::new(),
     };
     let mut rows: Vec<Vec<f32>> = Vec::new();
+    let mut index = SIDECAR_HEADER.as_bytes().to_vec();
     if args.format == Format::Csv {
         let mut line = String::from("path,face,x1,y1,x2,y2,score");
         (0..dim).for_each(|i| line.push_str(&format!(",e{i}")));
@@ -155,7 +175,10 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
                         line.extend(rest.as_bytes());
                         sink.emit(&line);
                     }
-                    Format::Npy => rows.push(f.embedding.clone()),
+                    Format::Npy => {
+                        index.extend(sidecar_line(rows.len(), path, k, f));
+                        rows.push(f.embedding.clone());
+                    }
                 }
             }
         }
@@ -168,10 +191,19 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     library.flush()?;
     if let Some(out) = &args.out {
         let bytes = match args.format {
-            Format::Npy => npy(&rows, dim),
+            Format::Npy => npy(&rows, dim)?,
             _ => sink.buf,
         };
         io::write_file_atomic(out, &bytes, args.force)?;
+        if let Some(sidecar) = &sidecar {
+            io::write_file_atomic(sidecar, &index, args.force)?;
+            eprintln!(
+                "wrote {} ({} x {dim} float32) and {} (row -> path, face, box, score)",
+                out.display(),
+                rows.len(),
+                sidecar.display()
+            );
+        }
     }
     eprintln!(
         "{images} image(s), {faces_total} face(s) embedded{}",
