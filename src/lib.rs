@@ -32,6 +32,7 @@ pub mod pairs;
 pub mod pipeline;
 pub mod plot;
 pub mod preprocess;
+pub mod progress;
 pub mod rng;
 pub mod train;
 
