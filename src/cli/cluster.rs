@@ -140,12 +140,12 @@ struct FailedEntry {
 
 /// `OUT/clusters.json`.
 #[derive(Serialize)]
-struct ClustersFile<'a> {
-    faces: &'a [FaceEntry],
-    clusters: &'a [ClusterEntry],
+struct ClustersFile {
+    faces: Vec<FaceEntry>,
+    clusters: Vec<ClusterEntry>,
     #[serde(serialize_with = "io::serialize_paths")]
-    no_faces: &'a [PathBuf],
-    failed: &'a [FailedEntry],
+    no_faces: Vec<PathBuf>,
+    failed: Vec<FailedEntry>,
 }
 
 /// The `--json` summary.
@@ -199,27 +199,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let mut organizer = Organizer::new(&out, mode)?;
     report.place(&mut organizer, &bars);
 
-    let (faces, clusters) = entries(&report);
-    let failed: Vec<FailedEntry> = report
-        .failed
-        .iter()
-        .map(|f| FailedEntry {
-            path: f.path.clone(),
-            error: f.error.to_string(),
-        })
-        .collect();
-    let no_faces: Vec<PathBuf> = report
-        .no_faces
-        .iter()
-        .map(|&i| report.inputs[i].clone())
-        .collect();
-    let json = serde_json::to_vec_pretty(&ClustersFile {
-        faces: &faces,
-        clusters: &clusters,
-        no_faces: &no_faces,
-        failed: &failed,
-    })?;
-    let written_json = organizer.write_report("clusters", ".json", &json)?;
+    let file = clusters_file(&report);
+    let written_json =
+        organizer.write_report("clusters", ".json", &serde_json::to_vec_pretty(&file)?)?;
     let written_html = organizer.write_report("index", ".html", sheet.as_bytes())?;
     let summary = Summary {
         out: display_path(&out),
@@ -237,18 +219,18 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         images: report.inputs.len(),
         analysed: report.analysed,
         faces: report.album.faces.len(),
-        people: clusters.len(),
+        people: file.clusters.len(),
         unknown_faces: report.album.unknown(),
-        no_faces: no_faces.len(),
-        failed: failed.len(),
-        clusters: &clusters,
+        no_faces: file.no_faces.len(),
+        failed: file.failed.len(),
+        clusters: &file.clusters,
     };
     if args.json {
         outln!("{}", serde_json::to_string(&summary)?);
     } else {
         print_summary(&summary, &written_json, &written_html);
     }
-    Ok(exit_status(failed.len()))
+    Ok(exit_status(report.failed.len()))
 }
 
 /// The album settings the arguments ask for; the linking threshold is required with a trained
@@ -287,8 +269,8 @@ fn album_config(args: &ClusterArgs, out: &Path) -> anyhow::Result<AlbumConfig> {
     })
 }
 
-/// The faces and people of `clusters.json`.
-fn entries(report: &AlbumRun) -> (Vec<FaceEntry>, Vec<ClusterEntry>) {
+/// `clusters.json`: the faces, the people, the photos without faces and what failed.
+fn clusters_file(report: &AlbumRun) -> ClustersFile {
     let faces = report
         .album
         .faces
@@ -325,7 +307,23 @@ fn entries(report: &AlbumRun) -> (Vec<FaceEntry>, Vec<ClusterEntry>) {
             }
         })
         .collect();
-    (faces, clusters)
+    ClustersFile {
+        faces,
+        clusters,
+        no_faces: report
+            .no_faces
+            .iter()
+            .map(|&i| report.inputs[i].clone())
+            .collect(),
+        failed: report
+            .failed
+            .iter()
+            .map(|f| FailedEntry {
+                path: f.path.clone(),
+                error: f.error.to_string(),
+            })
+            .collect(),
+    }
 }
 
 /// The text summary: one line per person, the totals, the files written.

@@ -201,7 +201,8 @@ pub struct ThresholdBasis {
     pub from: Calibration,
     /// Identities whose faces were paired.
     pub identities: usize,
-    /// Pairs compared (all same-identity pairs and as many different ones, at most 20,000).
+    /// Pairs compared (every pair of their faces, or a seeded sample of 20,000 with up to half
+    /// same-identity pairs).
     pub pairs: usize,
 }
 
@@ -391,27 +392,8 @@ pub fn run(
         identities: identities_of(data, rows),
         pairs: best.pairs,
     };
-    let mut head = model.head(&trained.best_weights, input, normalize)?;
-    head.threshold = Some(best.threshold);
-    let meta = settings.metadata();
-    head.metadata = meta.clone();
-    let m = &mut head.metadata;
-    m.insert("best_epoch".into(), trained.best_epoch.to_string());
-    let accuracy = if has_val {
-        "val_accuracy"
-    } else {
-        "train_accuracy"
-    };
-    m.insert(accuracy.into(), best.accuracy.to_string());
-    m.insert("threshold_from".into(), threshold_basis.from.name().into());
-    m.insert(
-        "threshold_identities".into(),
-        threshold_basis.identities.to_string(),
-    );
-    m.insert("threshold_pairs".into(), threshold_basis.pairs.to_string());
-    let checkpoint = checkpoint_path(&settings.out);
-    crate::io::write_file_atomic(&settings.out, &head.to_bytes()?, true)?;
-    crate::io::write_file_atomic(&checkpoint, &trained.checkpoint.to_bytes(&meta)?, true)?;
+    let head = model.head(&trained.best_weights, input, normalize)?;
+    let checkpoint = save(settings, head, &trained, best, threshold_basis)?;
     Ok(TrainReport {
         out: settings.out.clone(),
         checkpoint,
@@ -431,6 +413,34 @@ pub fn run(
         epochs: trained.logs,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes the model (`head` with the best epoch's `best` validation, its threshold and what it
+/// rests on) and the checkpoint; returns the checkpoint's path.
+fn save(
+    settings: &TrainSettings,
+    mut head: Head,
+    trained: &super::Trained,
+    best: Validation,
+    basis: ThresholdBasis,
+) -> Result<PathBuf> {
+    head.threshold = Some(best.threshold);
+    let meta = settings.metadata();
+    head.metadata = meta.clone();
+    let m = &mut head.metadata;
+    m.insert("best_epoch".into(), trained.best_epoch.to_string());
+    let accuracy = match basis.from {
+        Calibration::Validation => "val_accuracy",
+        Calibration::Training => "train_accuracy",
+    };
+    m.insert(accuracy.into(), best.accuracy.to_string());
+    m.insert("threshold_from".into(), basis.from.name().into());
+    m.insert("threshold_identities".into(), basis.identities.to_string());
+    m.insert("threshold_pairs".into(), basis.pairs.to_string());
+    let checkpoint = checkpoint_path(&settings.out);
+    crate::io::write_file_atomic(&settings.out, &head.to_bytes()?, true)?;
+    crate::io::write_file_atomic(&checkpoint, &trained.checkpoint.to_bytes(&meta)?, true)?;
+    Ok(checkpoint)
 }
 
 /// The faces of the labeled photos (features from the library, data-parallel in a pool of
