@@ -546,9 +546,12 @@ fn start_state(settings: &TrainSettings, model: &Model) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let name = path.display().to_string();
     let (ck, meta) = Checkpoint::from_bytes(&bytes, &name)?;
-    let bad = |reason: String| Error::Model {
-        name: name.clone(),
-        reason,
+    // The checkpoint is readable but does not fit these settings.
+    let bad = |reason: String| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+        )
     };
     if ck.weight.len() != w0.len() {
         return Err(bad(format!(
