@@ -26,33 +26,13 @@ fn html_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A 96 px JPEG thumbnail of the face box (with some margin), base64.
-fn thumbnail(img: &image::RgbImage, b: &BBox) -> Option<String> {
-    let (w, h) = (b.width(), b.height());
-    let side = w.max(h) * 1.3;
-    let (cx, cy) = (b.center().x, b.center().y);
-    let x0 = (cx - side / 2.0).max(0.0) as u32;
-    let y0 = (cy - side / 2.0).max(0.0) as u32;
-    let x1 = ((cx + side / 2.0) as u32).min(img.width());
-    let y1 = ((cy + side / 2.0) as u32).min(img.height());
-    if x1 <= x0 || y1 <= y0 {
-        return None;
-    }
-    let crop = image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image();
-    let thumb = image::imageops::resize(&crop, 96, 96, image::imageops::FilterType::Triangle);
-    let mut bytes = Vec::new();
-    thumb
-        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
-        .ok()?;
-    Some(io::base64(&bytes))
-}
+/// A section of the sheet: its title, the faces shown (indices into [`super::Album::faces`])
+/// and how many faces it has in all.
+type Section = (String, Vec<usize>, usize);
 
-/// `index.html`: per person, up to [`SHEET_FACES`] face crops (each titled with its file and
-/// face index, linking to the photo), the unknown faces, and the photos without faces.
-/// Runs data-parallel in the current rayon pool (each photo shown is decoded once).
-pub fn contact_sheet(run: &AlbumRun, opts: &LoadOptions) -> String {
-    let (inputs, photos, album) = (&run.inputs, &run.photos, &run.album);
-    let mut sections: Vec<(String, Vec<usize>, usize)> = album
+/// One section per person (up to [`SHEET_FACES`] faces each), then the unknown faces.
+fn sections(album: &super::Album) -> Vec<Section> {
+    let mut sections: Vec<Section> = album
         .people
         .iter()
         .map(|p| {
@@ -78,26 +58,69 @@ pub fn contact_sheet(run: &AlbumRun, opts: &LoadOptions) -> String {
             unknown.len(),
         ));
     }
-    // The faces shown, grouped by photo: each photo is decoded once, and only the faces the
-    // sheet shows are cut out.
+    sections
+}
+
+/// The thumbnails of the faces the sections show, by face index, grouped by photo so each
+/// photo is decoded once and only the faces shown are cut out (data-parallel).
+fn thumbnails(
+    run: &AlbumRun,
+    sections: &[Section],
+    opts: &LoadOptions,
+) -> std::collections::HashMap<usize, String> {
+    let album = &run.album;
     let mut needed: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for &f in sections.iter().flat_map(|s| s.1.iter()) {
         needed.entry(album.faces[f].photo).or_default().push(f);
     }
     let needed: Vec<(usize, Vec<usize>)> = needed.into_iter().collect();
-    let thumbs: std::collections::HashMap<usize, String> = needed
+    needed
         .par_iter()
         .flat_map_iter(|(i, faces)| {
-            let img = io::load_image(&inputs[*i], opts).ok();
+            let img = io::load_image(&run.inputs[*i], opts).ok();
             faces
                 .iter()
                 .filter_map(|&f| {
-                    let b = photos[*i].as_ref()?.faces.get(album.faces[f].index)?.bbox;
+                    let b = run.photos[*i]
+                        .as_ref()?
+                        .faces
+                        .get(album.faces[f].index)?
+                        .bbox;
                     thumbnail(img.as_ref()?, &b).map(|t| (f, t))
                 })
                 .collect::<Vec<_>>()
         })
-        .collect();
+        .collect()
+}
+
+/// A 96 px JPEG thumbnail of the face box (with some margin), base64.
+fn thumbnail(img: &image::RgbImage, b: &BBox) -> Option<String> {
+    let (w, h) = (b.width(), b.height());
+    let side = w.max(h) * 1.3;
+    let (cx, cy) = (b.center().x, b.center().y);
+    let x0 = (cx - side / 2.0).max(0.0) as u32;
+    let y0 = (cy - side / 2.0).max(0.0) as u32;
+    let x1 = ((cx + side / 2.0) as u32).min(img.width());
+    let y1 = ((cy + side / 2.0) as u32).min(img.height());
+    if x1 <= x0 || y1 <= y0 {
+        return None;
+    }
+    let crop = image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image();
+    let thumb = image::imageops::resize(&crop, 96, 96, image::imageops::FilterType::Triangle);
+    let mut bytes = Vec::new();
+    thumb
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+        .ok()?;
+    Some(io::base64(&bytes))
+}
+
+/// `index.html`: per person, up to [`SHEET_FACES`] face crops (each titled with its file and
+/// face index, linking to the photo), the unknown faces, and the photos without faces.
+/// Runs data-parallel in the current rayon pool (each photo shown is decoded once).
+pub fn contact_sheet(run: &AlbumRun, opts: &LoadOptions) -> String {
+    let (inputs, album) = (&run.inputs, &run.album);
+    let sections = sections(&run.album);
+    let thumbs = thumbnails(run, &sections, opts);
     let href = |p: &Path| {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         html_escape(&format!("file://{}", abs.to_string_lossy()))
