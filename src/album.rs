@@ -412,7 +412,7 @@ pub const NO_FACES_FOLDER: &str = "no_faces";
 
 /// Clusters the album made of the image files under `paths` (folders walked recursively): every
 /// face of every photo (from `library`, else detected and embedded by `pipeline` and kept in
-/// `library`), then who is who as [`cluster`] decides. Runs data-parallel in the current rayon
+/// `library`), then who is who as [`cluster()`] decides. Runs data-parallel in the current rayon
 /// pool; files that cannot be used are reported to `progress` and listed in
 /// [`AlbumRun::failed`], and the run goes on without them.
 pub fn run(
