@@ -4,10 +4,16 @@
 //! themselves into new people. Person ids are the library's, so they are stable across runs,
 //! and named people give their folders their names.
 //!
-//! The organising of files (copy, link, move, undo) is [`crate::organize`]'s; this module only
-//! decides who is who.
+//! [`run`] is the whole workflow `facekit cluster` runs: the photos under the album's paths, their
+//! faces (from the library, or detected and embedded once), who is who, and which folders each
+//! photo belongs in; [`AlbumRun::place`] puts them there with an [`Organizer`] and
+//! [`sheet::contact_sheet`] draws the HTML contact sheet. The organising of files (copy, link,
+//! move, undo) is [`crate::organize`]'s; this module only decides who is who and where.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub mod sheet;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cluster::{self, ClusterConfig};
@@ -15,8 +21,10 @@ use crate::detect::BBox;
 use crate::distance;
 use crate::library::people::{folder_name, label};
 use crate::library::{FaceId, ImageFaces, Library, Source};
+use crate::organize::Organizer;
 use crate::pipeline::Pipeline;
-use crate::Result;
+use crate::progress::Progress;
+use crate::{Error, Result};
 
 /// Settings of an album run.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +35,11 @@ pub struct AlbumConfig {
     /// Forget earlier clustering of this album's faces first (enrolled and confirmed faces
     /// stay; they seed the new clusters).
     pub recluster: bool,
+    /// How photos are decoded ([`run`] only).
+    pub load: crate::io::LoadOptions,
+    /// Folders whose files are not part of the album, e.g. the output folder when it lies
+    /// inside the album ([`run`] only).
+    pub exclude: Vec<PathBuf>,
 }
 
 /// One face of the album and who it is.
@@ -363,4 +376,169 @@ fn medoid(members: &[usize], vectors: &[&[f32]], dim: usize, metric: distance::M
                 .total_cmp(&metric.distance(vectors[b], &mean))
         })
         .unwrap_or(0)
+}
+
+/// A photo that could not be used (read, decoded, analysed or placed), with the reason.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The photo (empty when the error names no file).
+    pub path: PathBuf,
+    /// What went wrong.
+    pub error: Error,
+}
+
+/// Everything [`run`] found: the photos, their faces, who is who, and what failed.
+#[derive(Debug, Clone, Default)]
+pub struct AlbumRun {
+    /// The album's photos in walk order (excluded folders left out); [`AlbumFace::photo`]
+    /// indexes this list.
+    pub inputs: Vec<PathBuf>,
+    /// The faces of each photo (`None`: the photo failed).
+    pub photos: Vec<Option<Arc<ImageFaces>>>,
+    /// Who is who.
+    pub album: Album,
+    /// Photos in which no face was found (indices into `inputs`).
+    pub no_faces: Vec<usize>,
+    /// Paths that could not be used, in the order they failed (walk, analysis, placing).
+    pub failed: Vec<Failure>,
+    /// Photos this run detected and embedded (the rest came from the library).
+    pub analysed: usize,
+}
+
+/// The folder of the faces without a person.
+pub const UNKNOWN_FOLDER: &str = "unknown";
+/// The folder of the photos without faces.
+pub const NO_FACES_FOLDER: &str = "no_faces";
+
+/// Clusters the album made of the image files under `paths` (folders walked recursively): every
+/// face of every photo (from `library`, else detected and embedded by `pipeline` and kept in
+/// `library`), then who is who as [`cluster()`] decides. Runs data-parallel in the current rayon
+/// pool; files that cannot be used are reported to `progress` and listed in
+/// [`AlbumRun::failed`], and the run goes on without them.
+pub fn run(
+    paths: &[PathBuf],
+    library: &Library,
+    pipeline: &Pipeline,
+    config: &AlbumConfig,
+    progress: &dyn Progress,
+) -> Result<AlbumRun> {
+    use rayon::prelude::*;
+    let mut failed = Vec::new();
+    let mut inputs = Vec::new();
+    for item in crate::io::collect_inputs(paths) {
+        match item {
+            Ok(p) => inputs.push(p),
+            Err(e) => {
+                progress.failed(&e);
+                failed.push(Failure {
+                    path: e.path().map(Path::to_path_buf).unwrap_or_default(),
+                    error: e,
+                });
+            }
+        }
+    }
+    let exclude: Vec<PathBuf> = config
+        .exclude
+        .iter()
+        .map(|p| std::path::absolute(p).map_err(|e| Error::io(p, e)))
+        .collect::<Result<_>>()?;
+    inputs.retain(|p| {
+        std::path::absolute(p).map_or(true, |a| !exclude.iter().any(|x| a.starts_with(x)))
+    });
+
+    // 1. Every face of every photo (cached by content).
+    progress.start("photos", inputs.len());
+    let results: Vec<Result<Arc<ImageFaces>>> = inputs
+        .par_iter()
+        .map(|p| {
+            let r = crate::io::guard(p, || {
+                crate::nn::serial(|| library.faces_of_file(pipeline, p, &config.load, false))
+            });
+            progress.step();
+            r.map(|(faces, _)| faces)
+        })
+        .collect();
+    progress.finish();
+    let mut photos = Vec::with_capacity(inputs.len());
+    for (path, r) in inputs.iter().zip(results) {
+        photos.push(match r {
+            Ok(faces) => Some(faces),
+            Err(e) => {
+                progress.failed(&e);
+                failed.push(Failure {
+                    path: path.clone(),
+                    error: e,
+                });
+                None
+            }
+        });
+    }
+
+    // 2. Who is who.
+    library.flush()?;
+    let album = cluster(library, pipeline, &photos, config)?;
+    let no_faces = (0..photos.len())
+        .filter(|&i| photos[i].as_ref().is_some_and(|p| p.faces.is_empty()))
+        .collect();
+    Ok(AlbumRun {
+        inputs,
+        photos,
+        album,
+        no_faces,
+        failed,
+        analysed: library.analysed_count(),
+    })
+}
+
+impl AlbumRun {
+    /// The folder of a person of [`AlbumRun::album`].
+    pub fn folder_of(&self, person: i64) -> Option<&str> {
+        self.album
+            .people
+            .iter()
+            .find(|p| p.id == person)
+            .map(|p| p.folder.as_str())
+    }
+
+    /// The folders each photo belongs in (by input index, sorted): its people's, [`UNKNOWN_FOLDER`]
+    /// for a face without a person, [`NO_FACES_FOLDER`] for a photo without faces; none for a
+    /// photo that failed.
+    pub fn destinations(&self) -> Vec<Vec<String>> {
+        let folder_of: HashMap<i64, &str> = self
+            .album
+            .people
+            .iter()
+            .map(|p| (p.id, p.folder.as_str()))
+            .collect();
+        let mut out: Vec<BTreeSet<String>> = vec![BTreeSet::new(); self.inputs.len()];
+        for f in &self.album.faces {
+            let folder = f.person.and_then(|p| folder_of.get(&p).copied());
+            out[f.photo].insert(folder.unwrap_or(UNKNOWN_FOLDER).to_string());
+        }
+        for &i in &self.no_faces {
+            out[i].insert(NO_FACES_FOLDER.to_string());
+        }
+        out.into_iter().map(|d| d.into_iter().collect()).collect()
+    }
+
+    /// Puts every photo into its [`destinations`](AlbumRun::destinations) with `organizer`; a
+    /// photo that cannot be placed is reported to `progress`, added to
+    /// [`AlbumRun::failed`], and the others are placed still.
+    pub fn place(&mut self, organizer: &mut Organizer, progress: &dyn Progress) {
+        progress.start("placing", self.inputs.len());
+        for (i, dests) in self.destinations().iter().enumerate() {
+            progress.step();
+            if dests.is_empty() {
+                continue;
+            }
+            if let Err(e) = organizer.place(&self.inputs[i], dests) {
+                progress.failed(&e);
+                self.failed.push(Failure {
+                    path: self.inputs[i].clone(),
+                    error: e,
+                });
+            }
+        }
+        progress.finish();
+    }
 }

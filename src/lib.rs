@@ -31,6 +31,7 @@ pub mod organize;
 pub mod pairs;
 pub mod pipeline;
 pub mod preprocess;
+pub mod progress;
 pub mod rng;
 pub mod train;
 

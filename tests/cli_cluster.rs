@@ -357,3 +357,87 @@ fn faces_of_one_photo_are_never_the_same_person() {
         );
     }
 }
+
+/// The workflow `facekit cluster` runs is a library call: `facekit::album::run` on the same
+/// album (fresh library, same threshold) finds the same photos, faces, people and failures the
+/// CLI wrote to clusters.json, and the folders each photo went to are its `destinations`.
+#[test]
+fn the_library_workflow_is_what_the_cli_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = album(tmp.path());
+    // OUT inside the album: left out of the album by both.
+    let out = a.join("people");
+    let (o, v) = run_cluster(&[s(&a), "--out", s(&out), "--no-cache", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "broken.jpg fails");
+    let v = v.unwrap();
+    let file = common::read_json(&out.join("clusters.json"));
+
+    let library = facekit::library::Library::in_memory().unwrap();
+    let pipeline = facekit::Pipeline::new().unwrap();
+    let config = facekit::album::AlbumConfig {
+        cluster: facekit::cluster::ClusterConfig {
+            threshold: 0.55,
+            ..Default::default()
+        },
+        exclude: vec![out.clone()],
+        ..Default::default()
+    };
+    let report =
+        facekit::album::run(std::slice::from_ref(&a), &library, &pipeline, &config, &()).unwrap();
+    assert_eq!(report.inputs.len(), v["images"].as_u64().unwrap() as usize);
+    assert!(report.inputs.iter().all(|p| !p.starts_with(&out)));
+    assert_eq!(report.album.people.len(), 2);
+    assert_eq!(
+        report.album.people.len(),
+        v["people"].as_u64().unwrap() as usize
+    );
+    assert_eq!(
+        report.album.unknown(),
+        v["unknown_faces"].as_u64().unwrap() as usize
+    );
+    let faces: Vec<(String, u64, Option<i64>)> = file["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["face"].as_u64().unwrap(),
+                f["person"].as_i64(),
+            )
+        })
+        .collect();
+    let ours: Vec<(String, u64, Option<i64>)> = report
+        .album
+        .faces
+        .iter()
+        .map(|f| {
+            (
+                report.inputs[f.photo].to_str().unwrap().to_string(),
+                f.index as u64,
+                f.person,
+            )
+        })
+        .collect();
+    assert_eq!(ours, faces);
+    let no_faces: Vec<&Path> = report
+        .no_faces
+        .iter()
+        .map(|&i| report.inputs[i].as_path())
+        .collect();
+    assert_eq!(no_faces, [a.join("wall.jpg")]);
+    let failed: Vec<&Path> = report.failed.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(failed, [a.join("broken.jpg")]);
+    // Each photo is in exactly the folders `destinations` names (file names are unique here).
+    for (input, dests) in report.inputs.iter().zip(report.destinations()) {
+        let name = input.file_name().unwrap().to_string_lossy().into_owned();
+        for d in &dests {
+            assert!(files_in(&out.join(d)).contains(&name), "{name} not in {d}");
+        }
+        let placed = ["person_0001", "person_0002", "unknown", "no_faces"]
+            .iter()
+            .filter(|d| files_in(&out.join(d)).contains(&name))
+            .count();
+        assert_eq!(placed, dests.len(), "{name}: {dests:?}");
+    }
+}

@@ -285,3 +285,78 @@ fn last_stage_trains_and_loads() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("last-stage"));
 }
+
+/// A threshold calibrated on a handful of identities is flagged on stderr, and the text
+/// summary, `--json` and the model's metadata say what it rests on.
+#[test]
+fn a_threshold_on_few_identities_says_what_it_rests_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("few.safetensors");
+    let cache = tmp.path().join("cache");
+    let data = fixture("lfw");
+    let train = |json: bool| {
+        let mut args = vec![
+            "train",
+            s(&data),
+            "--out",
+            s(&model),
+            "--head",
+            "new",
+            "--dim",
+            "8",
+            "--val-split",
+            "0",
+            "--identities",
+            "2",
+            "--per-identity",
+            "2",
+            "--epochs",
+            "2",
+            "--force",
+            "--cache-dir",
+            s(&cache),
+        ];
+        if json {
+            args.push("--json");
+        }
+        let out = facekit(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // --json: the basis in the summary, the warning on stderr.
+    let out = train(true);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["val_identities"], 0);
+    assert_eq!(v["threshold_from"], "training");
+    assert_eq!(v["threshold_identities"], 2);
+    // 2 people x 2 photos: every pair of the 4 faces.
+    assert_eq!(v["threshold_pairs"], 6);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning")
+            && err.contains("rests on 2 training identities / 6 pairs")
+            && err.contains("unreliable"),
+        "{err}"
+    );
+    // The model records it.
+    let meta = metadata(&model);
+    assert_eq!(meta["threshold_from"], "training");
+    assert_eq!(meta["threshold_identities"], "2");
+    assert_eq!(meta["threshold_pairs"], "6");
+    let threshold: f32 = meta["threshold"].as_str().unwrap().parse().unwrap();
+    assert_eq!(v["threshold"].as_f64().unwrap() as f32, threshold);
+    // The text summary says it too, and the warning is there without --json.
+    let out = train(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "threshold {threshold:.4} calibrated on 2 training identities (6 pairs)"
+        )),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rests on 2 training identities"));
+}

@@ -1,23 +1,20 @@
 //! `facekit cluster ALBUM --out OUT`: one folder per person, never losing or overwriting a
 //! photo; `facekit cluster --undo OUT` puts moved photos back.
 
-use std::collections::BTreeSet;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use facekit::album::{self, AlbumConfig, AlbumRun};
 use facekit::cluster::{self, Algorithm, ClusterConfig};
 use facekit::distance::Metric;
 use facekit::io::{self, LoadOptions};
 use facekit::organize::{self, Mode, Organizer};
-use facekit::BBox;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use super::output::{display_path, outln};
-use super::runner::{collect_inputs, exit_status, progress, run_ordered, thread_pool};
+use super::runner::{exit_status, thread_pool, Bars};
 use super::{CommonArgs, EXIT_FAILURE};
 
 /// How photos get into the output folders.
@@ -143,12 +140,12 @@ struct FailedEntry {
 
 /// `OUT/clusters.json`.
 #[derive(Serialize)]
-struct ClustersFile<'a> {
-    faces: &'a [FaceEntry],
-    clusters: &'a [ClusterEntry],
+struct ClustersFile {
+    faces: Vec<FaceEntry>,
+    clusters: Vec<ClusterEntry>,
     #[serde(serialize_with = "io::serialize_paths")]
-    no_faces: &'a [PathBuf],
-    failed: &'a [FailedEntry],
+    no_faces: Vec<PathBuf>,
+    failed: Vec<FailedEntry>,
 }
 
 /// The `--json` summary.
@@ -185,23 +182,60 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     }
     // Held until the run ends: a second run into OUT refuses.
     let _lock = check_out(&albums, &out, args.force)?;
-
-    // Inputs: everything under ALBUM except OUT itself (OUT may live inside the album).
-    let out_abs = std::path::absolute(&out)?;
-    let mut failed: Vec<FailedEntry> = Vec::new();
-    let (inputs, _) = collect_inputs(&albums, |e| {
-        eprintln!("facekit: {e}");
-        failed.push(FailedEntry {
-            path: e.path().map(Path::to_path_buf).unwrap_or_default(),
-            error: e.to_string(),
-        });
-    });
-    let inputs: Vec<PathBuf> = inputs
-        .into_iter()
-        .filter(|p| std::path::absolute(p).map_or(true, |a| !a.starts_with(&out_abs)))
-        .collect();
-
     let pipeline = args.embedding.pipeline(&args.common, None)?;
+    let config = album_config(&args, &out)?;
+    let cache = args.cache.open()?;
+    let pool = thread_pool(args.common.threads)?;
+    let bars = Bars::default();
+    // Everything under ALBUM except OUT itself (OUT may live inside the album).
+    let mut report = pool.install(|| album::run(&albums, &cache, &pipeline, &config, &bars))?;
+    // The contact sheet, from the photos where they are now (before any move).
+    let sheet = pool.install(|| album::sheet::contact_sheet(&report, &config.load));
+    let mode = match args.mode {
+        ModeArg::Copy => Mode::Copy,
+        ModeArg::Link => Mode::Link,
+        ModeArg::Move => Mode::Move,
+    };
+    let mut organizer = Organizer::new(&out, mode)?;
+    report.place(&mut organizer, &bars);
+
+    let file = clusters_file(&report);
+    let written_json =
+        organizer.write_report("clusters", ".json", &serde_json::to_vec_pretty(&file)?)?;
+    let written_html = organizer.write_report("index", ".html", sheet.as_bytes())?;
+    let summary = Summary {
+        out: display_path(&out),
+        mode: match mode {
+            Mode::Copy => "copy",
+            Mode::Link => "link",
+            Mode::Move => "move",
+        },
+        algorithm: match args.algorithm {
+            AlgorithmArg::ChineseWhispers => "chinese-whispers",
+            AlgorithmArg::Dbscan => "dbscan",
+            AlgorithmArg::Kmeans => "kmeans",
+        },
+        threshold: config.cluster.threshold,
+        images: report.inputs.len(),
+        analysed: report.analysed,
+        faces: report.album.faces.len(),
+        people: file.clusters.len(),
+        unknown_faces: report.album.unknown(),
+        no_faces: file.no_faces.len(),
+        failed: file.failed.len(),
+        clusters: &file.clusters,
+    };
+    if args.json {
+        outln!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_summary(&summary, &written_json, &written_html);
+    }
+    Ok(exit_status(report.failed.len()))
+}
+
+/// The album settings the arguments ask for; the linking threshold is required with a trained
+/// model or the cosine metric.
+fn album_config(args: &ClusterArgs, out: &Path) -> anyhow::Result<AlbumConfig> {
     let threshold = match (args.threshold, args.metric) {
         (Some(t), _) => t,
         (None, Metric::Euclidean) if args.embedding.model.is_none() => cluster::DEFAULT_THRESHOLD,
@@ -211,99 +245,54 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, Metric::Cosine) => bail!("--metric cosine needs --threshold"),
     };
-    let cache = args.cache.open()?;
-    let opts = LoadOptions {
-        max_pixels: args.common.max_pixels,
-        ..Default::default()
-    };
-    let pool = thread_pool(args.common.threads)?;
-
-    // 1. Every face of every photo (cached by content).
-    let pb = progress(inputs.len(), "photos");
-    let mut photos: Vec<Option<std::sync::Arc<facekit::library::ImageFaces>>> =
-        vec![None; inputs.len()];
-    let items: Vec<super::runner::Input> = inputs.iter().cloned().map(Ok).collect();
-    run_ordered(
-        &pool,
-        &items,
-        &pb,
-        |p| facekit::nn::serial(|| cache.faces_of_file(&pipeline, p, &opts, false)),
-        |i, r| match r {
-            Ok((faces, _)) => photos[i] = Some(faces),
-            Err(e) => {
-                eprintln!("facekit: {e}");
-                failed.push(FailedEntry {
-                    path: inputs[i].clone(),
-                    error: e.to_string(),
-                });
-            }
-        },
-    );
-    // 2. Who is who: known people keep their faces, new faces join them or form new people.
-    let ccfg = ClusterConfig {
-        algorithm: match args.algorithm {
-            AlgorithmArg::ChineseWhispers => Algorithm::ChineseWhispers,
-            AlgorithmArg::Dbscan => Algorithm::Dbscan,
-            AlgorithmArg::Kmeans => Algorithm::KMeans,
-        },
-        threshold,
-        min_size: args.min_size,
-        min_face: args.min_face,
-        k: args.k,
-        metric: args.metric,
-        seed: args.seed,
-        ..Default::default()
-    };
-    cache.flush()?;
-    let album = pool.install(|| {
-        facekit::album::cluster(
-            &cache,
-            &pipeline,
-            &photos,
-            &facekit::album::AlbumConfig {
-                cluster: ccfg,
-                recluster: args.recluster,
+    Ok(AlbumConfig {
+        cluster: ClusterConfig {
+            algorithm: match args.algorithm {
+                AlgorithmArg::ChineseWhispers => Algorithm::ChineseWhispers,
+                AlgorithmArg::Dbscan => Algorithm::Dbscan,
+                AlgorithmArg::Kmeans => Algorithm::KMeans,
             },
-        )
-    })?;
-    let folder_of: std::collections::HashMap<i64, &str> = album
-        .people
-        .iter()
-        .map(|p| (p.id, p.folder.as_str()))
-        .collect();
+            threshold,
+            min_size: args.min_size,
+            min_face: args.min_face,
+            k: args.k,
+            metric: args.metric,
+            seed: args.seed,
+            ..Default::default()
+        },
+        recluster: args.recluster,
+        load: LoadOptions {
+            max_pixels: args.common.max_pixels,
+            ..Default::default()
+        },
+        exclude: vec![out.to_path_buf()],
+    })
+}
 
-    // 3. Which folders each photo goes to.
-    let mut destinations: Vec<BTreeSet<String>> = vec![BTreeSet::new(); inputs.len()];
-    for f in &album.faces {
-        destinations[f.photo].insert(match f.person {
-            Some(p) => folder_of[&p].to_string(),
-            None => "unknown".to_string(),
-        });
-    }
-    let mut no_faces = Vec::new();
-    for (i, p) in photos.iter().enumerate() {
-        if p.as_ref().is_some_and(|p| p.faces.is_empty()) {
-            destinations[i].insert("no_faces".to_string());
-            no_faces.push(inputs[i].clone());
-        }
-    }
-    let faces: Vec<FaceEntry> = album
+/// `clusters.json`: the faces, the people, the photos without faces and what failed.
+fn clusters_file(report: &AlbumRun) -> ClustersFile {
+    let faces = report
+        .album
         .faces
         .iter()
         .map(|f| FaceEntry {
-            path: inputs[f.photo].clone(),
+            path: report.inputs[f.photo].clone(),
             face: f.index,
             bbox: f.bbox.to_array(),
             person: f.person,
-            folder: f.person.map(|p| folder_of[&p].to_string()),
+            folder: f
+                .person
+                .and_then(|p| report.folder_of(p))
+                .map(str::to_string),
             source: f.source.map(|s| s.as_str()),
         })
         .collect();
-    let clusters: Vec<ClusterEntry> = album
+    let clusters = report
+        .album
         .people
         .iter()
         .map(|p| {
-            let r = &album.faces[p.representative];
+            let r = &report.album.faces[p.representative];
             ClusterEntry {
                 id: p.id,
                 name: p.name.clone(),
@@ -312,105 +301,61 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 photos: p.photos,
                 new_faces: p.new_faces,
                 representative: Representative {
-                    path: inputs[r.photo].clone(),
+                    path: report.inputs[r.photo].clone(),
                     face: r.index,
                 },
             }
         })
         .collect();
-
-    // 4. The contact sheet, from the photos where they are now (before any move).
-    let sheet = pool.install(|| contact_sheet(&inputs, &photos, &album, &no_faces, &opts));
-
-    // 5. Place the photos.
-    let mode = match args.mode {
-        ModeArg::Copy => Mode::Copy,
-        ModeArg::Link => Mode::Link,
-        ModeArg::Move => Mode::Move,
-    };
-    let mut organizer = Organizer::new(&out, mode)?;
-    let pb = progress(inputs.len(), "placing");
-    for (i, dests) in destinations.iter().enumerate() {
-        pb.inc(1);
-        if dests.is_empty() {
-            continue;
-        }
-        let dests: Vec<String> = dests.iter().cloned().collect();
-        if let Err(e) = organizer.place(&inputs[i], &dests) {
-            pb.suspend(|| eprintln!("facekit: {e}"));
-            failed.push(FailedEntry {
-                path: inputs[i].clone(),
-                error: e.to_string(),
-            });
-        }
+    ClustersFile {
+        faces,
+        clusters,
+        no_faces: report
+            .no_faces
+            .iter()
+            .map(|&i| report.inputs[i].clone())
+            .collect(),
+        failed: report
+            .failed
+            .iter()
+            .map(|f| FailedEntry {
+                path: f.path.clone(),
+                error: f.error.to_string(),
+            })
+            .collect(),
     }
-    pb.finish_and_clear();
+}
 
-    let json = serde_json::to_vec_pretty(&ClustersFile {
-        faces: &faces,
-        clusters: &clusters,
-        no_faces: &no_faces,
-        failed: &failed,
-    })?;
-    let written_json = organizer.write_report("clusters", ".json", &json)?;
-    let written_html = organizer.write_report("index", ".html", sheet.as_bytes())?;
-
-    let unknown = album.unknown();
-    if args.json {
-        let summary = Summary {
-            out: display_path(&out),
-            mode: match mode {
-                Mode::Copy => "copy",
-                Mode::Link => "link",
-                Mode::Move => "move",
-            },
-            algorithm: match args.algorithm {
-                AlgorithmArg::ChineseWhispers => "chinese-whispers",
-                AlgorithmArg::Dbscan => "dbscan",
-                AlgorithmArg::Kmeans => "kmeans",
-            },
-            threshold,
-            images: inputs.len(),
-            analysed: cache.analysed_count(),
-            faces: album.faces.len(),
-            people: clusters.len(),
-            unknown_faces: unknown,
-            no_faces: no_faces.len(),
-            failed: failed.len(),
-            clusters: &clusters,
-        };
-        outln!("{}", serde_json::to_string(&summary)?);
-    } else {
-        for c in &clusters {
-            outln!(
-                "{}  {:>5} face(s) in {:>5} photo(s)",
-                c.folder,
-                c.size,
-                c.photos
-            );
-        }
+/// The text summary: one line per person, the totals, the files written.
+fn print_summary(s: &Summary, written_json: &Path, written_html: &Path) {
+    for c in s.clusters {
         outln!(
-            "{} photo(s), {} face(s): {} people, {} unknown face(s), {} photo(s) without faces, {} failed",
-            inputs.len(),
-            album.faces.len(),
-            clusters.len(),
-            unknown,
-            no_faces.len(),
-            failed.len()
+            "{}  {:>5} face(s) in {:>5} photo(s)",
+            c.folder,
+            c.size,
+            c.photos
         );
-        outln!(
-            "wrote {} and {}",
-            display_path(&written_json),
-            display_path(&written_html)
-        );
-        if mode == Mode::Move {
-            outln!(
-                "moved; to put every photo back: facekit cluster --undo {}",
-                display_path(&out)
-            );
-        }
     }
-    Ok(exit_status(failed.len()))
+    outln!(
+        "{} photo(s), {} face(s): {} people, {} unknown face(s), {} photo(s) without faces, {} failed",
+        s.images,
+        s.faces,
+        s.people,
+        s.unknown_faces,
+        s.no_faces,
+        s.failed
+    );
+    outln!(
+        "wrote {} and {}",
+        display_path(written_json),
+        display_path(written_html)
+    );
+    if s.mode == "move" {
+        outln!(
+            "moved; to put every photo back: facekit cluster --undo {}",
+            s.out
+        );
+    }
 }
 
 /// OUT must be empty (or absent) unless --force, and must not be the album itself. Returns
@@ -484,146 +429,4 @@ fn run_undo(out: &Path, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_FAILURE)
     })
-}
-
-/// Faces shown per person on the contact sheet.
-const SHEET_FACES: usize = 24;
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// A 96 px JPEG thumbnail of the face box (with some margin), base64.
-fn thumbnail(img: &image::RgbImage, b: &BBox) -> Option<String> {
-    let (w, h) = (b.width(), b.height());
-    let side = w.max(h) * 1.3;
-    let (cx, cy) = (b.center().x, b.center().y);
-    let x0 = (cx - side / 2.0).max(0.0) as u32;
-    let y0 = (cy - side / 2.0).max(0.0) as u32;
-    let x1 = ((cx + side / 2.0) as u32).min(img.width());
-    let y1 = ((cy + side / 2.0) as u32).min(img.height());
-    if x1 <= x0 || y1 <= y0 {
-        return None;
-    }
-    let crop = image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image();
-    let thumb = image::imageops::resize(&crop, 96, 96, image::imageops::FilterType::Triangle);
-    let mut bytes = Vec::new();
-    thumb
-        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
-        .ok()?;
-    Some(io::base64(&bytes))
-}
-
-/// `index.html`: per person, up to [`SHEET_FACES`] face crops (each titled with its file and
-/// face index, linking to the photo), the unknown faces, and the photos without faces.
-fn contact_sheet(
-    inputs: &[PathBuf],
-    photos: &[Option<std::sync::Arc<facekit::library::ImageFaces>>],
-    album: &facekit::album::Album,
-    no_faces: &[PathBuf],
-    opts: &LoadOptions,
-) -> String {
-    let mut sections: Vec<(String, Vec<usize>, usize)> = album
-        .people
-        .iter()
-        .map(|p| {
-            let title = if p.folder == p.label {
-                p.label.clone()
-            } else {
-                format!("{} ({})", p.label, p.folder)
-            };
-            (
-                title,
-                p.faces.iter().copied().take(SHEET_FACES).collect(),
-                p.faces.len(),
-            )
-        })
-        .collect();
-    let unknown: Vec<usize> = (0..album.faces.len())
-        .filter(|&f| album.faces[f].person.is_none())
-        .collect();
-    if !unknown.is_empty() {
-        sections.push((
-            "unknown".into(),
-            unknown.iter().copied().take(SHEET_FACES).collect(),
-            unknown.len(),
-        ));
-    }
-    // The faces shown, grouped by photo: each photo is decoded once, and only the faces the
-    // sheet shows are cut out.
-    let mut needed: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    for &f in sections.iter().flat_map(|s| s.1.iter()) {
-        needed.entry(album.faces[f].photo).or_default().push(f);
-    }
-    let needed: Vec<(usize, Vec<usize>)> = needed.into_iter().collect();
-    let thumbs: std::collections::HashMap<usize, String> = needed
-        .par_iter()
-        .flat_map_iter(|(i, faces)| {
-            let img = io::load_image(&inputs[*i], opts).ok();
-            faces
-                .iter()
-                .filter_map(|&f| {
-                    let b = photos[*i].as_ref()?.faces.get(album.faces[f].index)?.bbox;
-                    thumbnail(img.as_ref()?, &b).map(|t| (f, t))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let href = |p: &Path| {
-        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        html_escape(&format!("file://{}", abs.to_string_lossy()))
-    };
-    let mut html = String::from(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>facekit cluster</title>\n\
-         <style>body{font-family:sans-serif;margin:1em}h2{font-size:1em;margin:1em 0 .3em}\
-         img{width:96px;height:96px;margin:1px;border-radius:3px}li{font-size:.9em}</style>\
-         </head><body>\n<h1>facekit cluster</h1>\n",
-    );
-    for (name, faces, total) in &sections {
-        html.push_str(&format!(
-            "<h2>{} &mdash; {} face(s){}</h2>\n<div>",
-            html_escape(name),
-            total,
-            if *total > faces.len() {
-                format!(", first {}", faces.len())
-            } else {
-                String::new()
-            }
-        ));
-        for &f in faces {
-            if let Some(t) = thumbs.get(&f) {
-                let face = &album.faces[f];
-                let title = html_escape(&format!(
-                    "{} face {}",
-                    display_path(&inputs[face.photo]),
-                    face.index
-                ));
-                html.push_str(&format!(
-                    "<a href=\"{}\"><img src=\"data:image/jpeg;base64,{t}\" title=\"{title}\" \
-                     alt=\"{title}\"></a>",
-                    href(&inputs[face.photo])
-                ));
-            }
-        }
-        html.push_str("</div>\n");
-    }
-    if !no_faces.is_empty() {
-        html.push_str(&format!(
-            "<h2>no faces &mdash; {} photo(s)</h2>\n<ul>",
-            no_faces.len()
-        ));
-        for p in no_faces {
-            html.push_str(&format!(
-                "<li><a href=\"{}\">{}</a></li>",
-                href(p),
-                html_escape(&display_path(p))
-            ));
-        }
-        html.push_str("</ul>\n");
-    }
-    html.push_str("</body></html>\n");
-    html
 }

@@ -19,26 +19,6 @@ pub fn inputs(paths: &[PathBuf]) -> Vec<Input> {
     facekit::io::collect_inputs(paths)
 }
 
-/// The image files named by `paths` (directories walked). Paths that cannot be used are passed
-/// to `on_error` and counted; the run goes on with the rest.
-pub fn collect_inputs(
-    paths: &[PathBuf],
-    mut on_error: impl FnMut(&facekit::Error),
-) -> (Vec<PathBuf>, usize) {
-    let mut files = Vec::new();
-    let mut failures = 0;
-    for item in inputs(paths) {
-        match item {
-            Ok(p) => files.push(p),
-            Err(e) => {
-                failures += 1;
-                on_error(&e);
-            }
-        }
-    }
-    (files, failures)
-}
-
 /// Exit status for a run over many inputs: 0 when all were processed, 2 when any failed.
 pub fn exit_status(failures: usize) -> std::process::ExitCode {
     if failures > 0 {
@@ -125,4 +105,37 @@ pub fn run_ordered<T, J, S>(
         }
     });
     pb.finish_and_clear();
+}
+
+/// A library workflow's progress as bars on stderr (see [`progress`]), one per phase; a file
+/// that could not be used is printed above the bar as `facekit: <error>`.
+#[derive(Default)]
+pub struct Bars(std::sync::Mutex<Option<ProgressBar>>);
+
+impl Bars {
+    fn with(&self, f: impl FnOnce(&mut Option<ProgressBar>)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl facekit::progress::Progress for Bars {
+    fn start(&self, what: &str, len: usize) {
+        self.with(|pb| *pb = Some(progress(len, what)));
+    }
+
+    fn step(&self) {
+        self.with(|pb| pb.iter().for_each(|pb| pb.inc(1)));
+    }
+
+    fn finish(&self) {
+        self.with(|pb| pb.take().iter().for_each(ProgressBar::finish_and_clear));
+    }
+
+    fn failed(&self, error: &facekit::Error) {
+        let print = || eprintln!("facekit: {error}");
+        self.with(|pb| match pb {
+            Some(pb) => pb.suspend(print),
+            None => print(),
+        });
+    }
 }

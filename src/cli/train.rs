@@ -1,27 +1,23 @@
 //! `facekit train DATA --out MODEL.safetensors`: fine-tune an embedding head on a labeled folder
 //! (triplet, contrastive or dlib's hinge loss); the result loads with `--model` everywhere.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
-use facekit::embed::dlib_resnet::{DIM, FEATURES};
-use facekit::embed::head::{Head, HeadInput};
-use facekit::embed::{DlibEmbedder, Output};
 use facekit::io::LoadOptions;
 use facekit::models::ModelSource;
-use facekit::train::stage::{self, Stage};
+use facekit::progress::Progress;
 use facekit::train::{
-    self, Checkpoint, HeadInit, LinearHead, LossKind, Mining, TrainConfig, Trainable, Validation,
+    self, Calibration, HeadInit, Layers, LossKind, Mining, Ready, TrainConfig, TrainProgress,
+    TrainReport, TrainSettings, Validation,
 };
-use facekit::{FacePolicy, Pipeline, PipelineConfig};
+use facekit::FacePolicy;
 use serde::Serialize;
 
 use super::output::{display_path, outln};
-use super::runner::{progress, thread_pool};
+use super::runner::Bars;
 use super::CommonArgs;
 
 /// Losses.
@@ -141,6 +137,7 @@ pub struct TrainArgs {
     common: CommonArgs,
 }
 
+/// The `--json` summary.
 #[derive(Serialize)]
 struct Summary<'a> {
     out: String,
@@ -157,17 +154,12 @@ struct Summary<'a> {
     best: Option<Validation>,
     best_epoch: usize,
     threshold: Option<f32>,
+    /// What the threshold was calibrated on: `validation` or `training` identities.
+    threshold_from: &'static str,
+    threshold_identities: usize,
+    threshold_pairs: usize,
     epochs: &'a [train::EpochLog],
     seconds: f64,
-}
-
-/// `MODEL.safetensors` -> `MODEL.ckpt.safetensors`.
-fn checkpoint_path(out: &Path) -> PathBuf {
-    let stem = out
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    out.with_file_name(format!("{stem}.ckpt.safetensors"))
 }
 
 fn pct(v: Option<Validation>) -> String {
@@ -178,10 +170,59 @@ fn pct(v: Option<Validation>) -> String {
 
 /// Runs `facekit train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let start = Instant::now();
-    let stage = match args.train_layers {
-        LayersArg::Head => false,
-        LayersArg::LastStage if args.head == HeadArg::Pretrained => true,
+    let settings = settings(&args)?;
+    let ckpt_path = train::checkpoint_path(&args.out);
+    for p in [&args.out, &ckpt_path] {
+        if p.exists() && !args.force && args.resume.as_deref() != Some(p.as_path()) {
+            bail!(
+                "{}: already exists (use --force to replace it)",
+                p.display()
+            );
+        }
+    }
+    let cache = args.cache.open()?;
+    if !args.data.is_dir() {
+        bail!(
+            "{}: not a folder of identity subfolders",
+            args.data.display()
+        );
+    }
+    let log = Log {
+        bars: Bars::default(),
+        json: args.json,
+    };
+    let report = train::run(&settings, &cache, &log)?;
+    let basis = report.threshold_basis;
+    if report.val_identities < train::MIN_RELIABLE_IDENTITIES {
+        eprintln!(
+            "facekit: warning: the calibrated threshold {:.4} rests on {} {} identities / {} \
+             pairs{}: unreliable below {} validation identities (hold out more people with \
+             --val-split, or measure it with threshold-sweep on more photos)",
+            report.threshold,
+            basis.identities,
+            basis.from.name(),
+            basis.pairs,
+            if basis.from == Calibration::Training {
+                " (no validation identities)"
+            } else {
+                ""
+            },
+            train::MIN_RELIABLE_IDENTITIES
+        );
+    }
+    if args.json {
+        outln!("{}", serde_json::to_string(&summary(&report))?);
+    } else {
+        print_text(&report);
+    }
+    Ok(super::runner::exit_status(report.failed.len()))
+}
+
+/// The training settings the arguments ask for (refusing combinations that cannot work).
+fn settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
+    let layers = match args.train_layers {
+        LayersArg::Head => Layers::Head,
+        LayersArg::LastStage if args.head == HeadArg::Pretrained => Layers::LastStage,
         LayersArg::LastStage => {
             bail!("--train-layers last-stage trains dlib's own final layer: use --head pretrained")
         }
@@ -193,15 +234,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     if !(0.0..1.0).contains(&args.val_split) {
         bail!("--val-split must be in [0, 1)");
-    }
-    let ckpt_path = checkpoint_path(&args.out);
-    for p in [&args.out, &ckpt_path] {
-        if p.exists() && !args.force && args.resume.as_deref() != Some(p.as_path()) {
-            bail!(
-                "{}: already exists (use --force to replace it)",
-                p.display()
-            );
-        }
     }
     let loss = match args.loss {
         LossArg::Triplet => LossKind::Triplet {
@@ -220,344 +252,150 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             margin: args.margin.unwrap_or(0.04),
         },
     };
-    let config = TrainConfig {
-        loss,
-        identities: args.identities,
-        per_identity: args.per_identity,
-        epochs: args.epochs,
-        lr: args.lr.unwrap_or(match args.head {
-            HeadArg::Pretrained => 1e-4,
-            HeadArg::New => 1e-3,
-        }),
-        weight_decay: args.weight_decay,
-        seed: args.seed,
-    };
     let init = match args.head {
         HeadArg::Pretrained => HeadInit::Pretrained,
-        HeadArg::New => {
-            if args.dim == 0 {
-                bail!("--dim must be at least 1");
-            }
-            HeadInit::New { dim: args.dim }
-        }
+        HeadArg::New if args.dim == 0 => bail!("--dim must be at least 1"),
+        HeadArg::New => HeadInit::New { dim: args.dim },
     };
-
-    // Features of every face, cached by content (the backbone is frozen).
-    let source = ModelSource::resolve(args.common.models.as_deref());
-    let pipeline = Pipeline::with_models(
-        &source,
-        PipelineConfig {
-            flip: !args.no_flip,
-            output: match init.input() {
-                // The last stage starts from the chips: the cache only supplies the faces.
-                HeadInput::Pooled if !stage => Output::Pooled,
-                _ => Output::Embedding,
-            },
-            detector: args.common.detector_config(args.faces.min_face),
+    Ok(TrainSettings {
+        config: TrainConfig {
+            loss,
+            identities: args.identities,
+            per_identity: args.per_identity,
+            epochs: args.epochs,
+            lr: args.lr.unwrap_or(match args.head {
+                HeadArg::Pretrained => 1e-4,
+                HeadArg::New => 1e-3,
+            }),
+            weight_decay: args.weight_decay,
+            seed: args.seed,
+        },
+        init,
+        layers,
+        min_images: args.min_images,
+        val_split: args.val_split,
+        resume: args.resume.clone(),
+        policy: FacePolicy::from(args.face_select),
+        flip: !args.no_flip,
+        models: ModelSource::resolve(args.common.models.as_deref()),
+        detector: args.common.detector_config(args.faces.min_face),
+        load: LoadOptions {
+            max_pixels: args.common.max_pixels,
             ..Default::default()
         },
-    )
-    .context("cannot load the models")?;
-    let cache = args.cache.open()?;
-    let opts = LoadOptions {
-        max_pixels: args.common.max_pixels,
-        ..Default::default()
-    };
-    let policy = FacePolicy::from(args.face_select);
-    if !args.data.is_dir() {
-        bail!(
-            "{}: not a folder of identity subfolders",
-            args.data.display()
-        );
-    }
-    let pool = thread_pool(args.common.threads)?;
-    let (images, unreadable) = train::labeled_images(&args.data, args.min_images);
-    let n_images = images.len();
-    let pb = progress(n_images, "faces");
-    let mut loaded = pool.install(|| {
-        train::load_dataset(&args.data, images, &pipeline, &cache, &opts, policy, || {
-            pb.inc(1)
-        })
-    })?;
-    pb.finish_and_clear();
-    loaded.failed.extend(unreadable);
-    for e in &loaded.failed {
-        eprintln!("facekit: {e}");
-    }
-    for p in &loaded.no_face {
-        eprintln!("facekit: {}: no face found; left out", display_path(p));
-    }
-    // dlib's network: the frozen part for the last stage, and its final layer.
-    let dlib = DlibEmbedder::new(&source)?;
-    if stage {
-        // The frozen blocks 0-9 run once per face (and its mirror); their output is the row.
-        let flip = !args.no_flip;
-        let pb = progress(loaded.paths.len(), "stage inputs");
-        let rows: Vec<Vec<f32>> = pool.install(|| {
-            use rayon::prelude::*;
-            loaded
-                .paths
-                .par_iter()
-                .zip(&loaded.faces)
-                .map(|(path, det)| -> facekit::Result<Vec<f32>> {
-                    let r = facekit::nn::serial(|| {
-                        let img = facekit::io::load_image(path, &opts)?;
-                        let chip = pipeline.chip(&img, det);
-                        let mut chips = vec![chip.clone()];
-                        if flip {
-                            chips.push(image::imageops::flip_horizontal(&chip));
-                        }
-                        Ok(dlib.prefix(&chips, stage::FIRST_BLOCK)?.concat())
-                    });
-                    pb.inc(1);
-                    r
-                })
-                .collect::<facekit::Result<Vec<_>>>()
-        })?;
-        pb.finish_and_clear();
-        loaded.dataset.dim = rows.first().map_or(0, Vec::len);
-        loaded.dataset.features = rows.concat();
-    }
-    let data = &loaded.dataset;
-    let (train_rows, val_rows) = data.split(args.val_split, args.seed);
-    let ids = |rows: &[usize]| {
-        rows.iter()
-            .map(|&i| data.labels[i])
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    };
+        threads: args.common.threads,
+        ..TrainSettings::new(&args.data, &args.out)
+    })
+}
 
-    // The model and its starting point: fresh, or a checkpoint.
-    let input = init.input();
-    let normalize = config.normalize();
-    let fc = dlib.fc_weight()?;
-    let model = if stage {
-        Model::Stage(Stage::pretrained(&source, !args.no_flip)?)
-    } else {
-        let (w0, in_dim, out_dim) = train::initial_weights(init, &fc, args.seed);
-        Model::Head {
-            head: LinearHead::new(w0, in_dim, out_dim)?,
-            in_dim,
-            out_dim,
-        }
-    };
-    let w0 = train::flat_weights(model.trainable())?;
-    let has_val = !val_rows.is_empty();
-    // dlib's embedding as published: the pretrained model without normalisation.
-    let base = if !has_val {
-        None
-    } else if input == HeadInput::Embedding {
-        Some(train::validate(data, &val_rows, |x| x.to_vec()))
-    } else if stage {
-        let emb = train::embed_rows(model.trainable(), data, &val_rows, false)?;
-        Some(train::validate_embeddings(
-            &emb,
-            &labels_of(data, &val_rows),
-        ))
-    } else {
-        let dlib = Head::new(fc.clone(), FEATURES, DIM, input, false);
-        Some(train::validate(data, &val_rows, |x| dlib.apply(x)))
-    };
-    let start_state = match &args.resume {
-        Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-            let (ck, meta) = Checkpoint::from_bytes(&bytes, &path.display().to_string())?;
-            if ck.weight.len() != w0.len() {
-                bail!(
-                    "{}: the checkpoint holds {} weights, these settings need {}",
-                    path.display(),
-                    ck.weight.len(),
-                    w0.len()
-                );
-            }
-            if meta.get("head").map(String::as_str) != Some(head_name(init).as_str())
-                || meta.get("train_layers").map(String::as_str) != Some(layers_name(stage))
-            {
-                bail!(
-                    "{}: the checkpoint was trained with another --head/--dim/--train-layers",
-                    path.display()
-                );
-            }
-            ck
-        }
-        None => Checkpoint::fresh(w0.clone()),
-    };
-    train::set_weights(model.trainable(), &start_state.weight)?;
-    let before = if has_val {
-        let emb = train::embed_rows(model.trainable(), data, &val_rows, normalize)?;
-        Some(train::validate_embeddings(
-            &emb,
-            &labels_of(data, &val_rows),
-        ))
-    } else {
-        None
-    };
-    if !args.json {
-        eprintln!(
-            "{} faces of {} identities ({} train, {} validation); base model {}; before training {}",
-            data.len(),
-            data.identities.len(),
-            ids(&train_rows),
-            ids(&val_rows),
-            pct(base),
-            pct(before)
-        );
-    }
-    let trained = train::train(
-        data,
-        &train_rows,
-        &val_rows,
-        &config,
-        model.trainable(),
-        start_state,
-        |log| {
-            if !args.json {
-                eprintln!(
-                    "epoch {:>3}/{}  loss {:.5}  active {:>5.1} %  validation {}",
-                    log.epoch,
-                    config.epochs,
-                    log.loss,
-                    100.0 * log.active,
-                    pct(log.validation)
-                );
-            }
-        },
-    )?;
+/// The run's progress on stderr: bars, files left out, and (without `--json`) the data and
+/// each epoch.
+struct Log {
+    bars: Bars,
+    json: bool,
+}
 
-    // The saved model: the best checkpoint, its threshold calibrated on validation (or on the
-    // training identities without a validation split).
-    train::set_weights(model.trainable(), &trained.best_weights)?;
-    let rows = if has_val { &val_rows } else { &train_rows };
-    let emb = train::embed_rows(model.trainable(), data, rows, normalize)?;
-    let best = train::validate_embeddings(&emb, &labels_of(data, rows));
-    let mut head = match &model {
-        // The model holds the best weights now (set above).
-        Model::Stage(st) => {
-            let mut h = Head::new(st.fc_weight()?, FEATURES, DIM, HeadInput::Pooled, normalize);
-            h.backbone = st.backbone_tensors()?;
-            h
+impl Progress for Log {
+    fn start(&self, what: &str, len: usize) {
+        self.bars.start(what, len);
+    }
+
+    fn step(&self) {
+        self.bars.step();
+    }
+
+    fn finish(&self) {
+        self.bars.finish();
+    }
+}
+
+impl TrainProgress for Log {
+    fn loaded(&self, failed: &[facekit::Error], no_face: &[PathBuf]) {
+        for e in failed {
+            eprintln!("facekit: {e}");
         }
-        Model::Head {
-            in_dim, out_dim, ..
-        } => Head::new(
-            trained.best_weights.clone(),
-            *in_dim,
-            *out_dim,
-            input,
-            normalize,
-        ),
-    };
-    head.threshold = Some(best.threshold);
-    let mut settings = BTreeMap::new();
-    settings.insert("head".to_string(), head_name(init));
-    settings.insert("train_layers".into(), layers_name(stage).into());
-    settings.insert("loss".into(), format!("{:?}", config.loss));
-    settings.insert("identities_per_batch".into(), config.identities.to_string());
-    settings.insert(
-        "images_per_identity".into(),
-        config.per_identity.to_string(),
+        for p in no_face {
+            eprintln!("facekit: {}: no face found; left out", display_path(p));
+        }
+    }
+
+    fn ready(&self, r: &Ready) {
+        if !self.json {
+            eprintln!(
+                "{} faces of {} identities ({} train, {} validation); base model {}; before training {}",
+                r.faces,
+                r.identities,
+                r.train_identities,
+                r.val_identities,
+                pct(r.base),
+                pct(r.before)
+            );
+        }
+    }
+
+    fn epoch(&self, log: &train::EpochLog, epochs: usize) {
+        if !self.json {
+            eprintln!(
+                "epoch {:>3}/{}  loss {:.5}  active {:>5.1} %  validation {}",
+                log.epoch,
+                epochs,
+                log.loss,
+                100.0 * log.active,
+                pct(log.validation)
+            );
+        }
+    }
+}
+
+fn summary(r: &TrainReport) -> Summary<'_> {
+    Summary {
+        out: display_path(&r.out),
+        checkpoint: display_path(&r.checkpoint),
+        images: r.images,
+        faces: r.faces,
+        no_face: r.no_face.len(),
+        failed: r.failed.len(),
+        identities: r.identities,
+        train_identities: r.train_identities,
+        val_identities: r.val_identities,
+        base: r.base,
+        before: r.before,
+        best: r.best,
+        best_epoch: r.best_epoch,
+        threshold: Some(r.threshold),
+        threshold_from: r.threshold_basis.from.name(),
+        threshold_identities: r.threshold_basis.identities,
+        threshold_pairs: r.threshold_basis.pairs,
+        epochs: &r.epochs,
+        seconds: r.seconds,
+    }
+}
+
+/// The text summary.
+fn print_text(r: &TrainReport) {
+    outln!("validation accuracy (10-fold on held-out identities):");
+    outln!("  base model (dlib ResNet)   {}", pct(r.base));
+    outln!("  head before training       {}", pct(r.before));
+    outln!(
+        "  best head (epoch {:>3})      {}",
+        r.best_epoch,
+        pct(r.best)
     );
-    settings.insert("epochs".into(), config.epochs.to_string());
-    settings.insert("lr".into(), config.lr.to_string());
-    settings.insert("weight_decay".into(), config.weight_decay.to_string());
-    settings.insert("val_split".into(), args.val_split.to_string());
-    settings.insert("min_images".into(), args.min_images.to_string());
-    settings.insert("seed".into(), config.seed.to_string());
-    settings.insert("flip".into(), (!args.no_flip).to_string());
-    settings.insert("data".into(), display_path(&args.data));
-    head.metadata = settings.clone();
-    head.metadata
-        .insert("best_epoch".into(), trained.best_epoch.to_string());
-    head.metadata.insert(
-        if has_val {
-            "val_accuracy"
-        } else {
-            "train_accuracy"
-        }
-        .into(),
-        best.accuracy.to_string(),
+    outln!(
+        "threshold {:.4} calibrated on {} {} identities ({} pairs)",
+        r.threshold,
+        r.threshold_basis.identities,
+        r.threshold_basis.from.name(),
+        r.threshold_basis.pairs
     );
-    facekit::io::write_file_atomic(&args.out, &head.to_bytes()?, true)?;
-    let ck_bytes = trained.checkpoint.to_bytes(&settings)?;
-    facekit::io::write_file_atomic(&ckpt_path, &ck_bytes, true)?;
-
-    let summary = Summary {
-        out: display_path(&args.out),
-        checkpoint: display_path(&ckpt_path),
-        images: n_images,
-        faces: data.len(),
-        no_face: loaded.no_face.len(),
-        failed: loaded.failed.len(),
-        identities: data.identities.len(),
-        train_identities: ids(&train_rows),
-        val_identities: ids(&val_rows),
-        base,
-        before,
-        best: has_val.then_some(best),
-        best_epoch: trained.best_epoch,
-        threshold: head.threshold,
-        epochs: &trained.logs,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    if args.json {
-        outln!("{}", serde_json::to_string(&summary)?);
-    } else {
-        outln!("validation accuracy (10-fold on held-out identities):");
-        outln!("  base model (dlib ResNet)   {}", pct(base));
-        outln!("  head before training       {}", pct(before));
-        outln!(
-            "  best head (epoch {:>3})      {}",
-            trained.best_epoch,
-            pct(has_val.then_some(best))
-        );
-        outln!(
-            "wrote {} (threshold {:.4}) and {}",
-            display_path(&args.out),
-            best.threshold,
-            display_path(&ckpt_path)
-        );
-        outln!(
-            "use it: facekit verify --model {} a.jpg b.jpg",
-            display_path(&args.out)
-        );
-    }
-    Ok(super::runner::exit_status(loaded.failed.len()))
-}
-
-/// What trains: a linear head on cached features, or the last stage of the ResNet.
-enum Model {
-    Head {
-        head: LinearHead,
-        in_dim: usize,
-        out_dim: usize,
-    },
-    Stage(Stage),
-}
-
-impl Model {
-    fn trainable(&self) -> &dyn Trainable {
-        match self {
-            Model::Head { head, .. } => head,
-            Model::Stage(st) => st,
-        }
-    }
-}
-
-fn layers_name(stage: bool) -> &'static str {
-    if stage {
-        "last-stage"
-    } else {
-        "head"
-    }
-}
-
-fn labels_of(data: &train::Dataset, rows: &[usize]) -> Vec<u32> {
-    rows.iter().map(|&i| data.labels[i]).collect()
-}
-
-fn head_name(init: HeadInit) -> String {
-    match init {
-        HeadInit::Pretrained => "pretrained-fc".into(),
-        HeadInit::New { dim } => format!("new-projection-{dim}"),
-    }
+    outln!(
+        "wrote {} (threshold {:.4}) and {}",
+        display_path(&r.out),
+        r.threshold,
+        display_path(&r.checkpoint)
+    );
+    outln!(
+        "use it: facekit verify --model {} a.jpg b.jpg",
+        display_path(&r.out)
+    );
 }

@@ -2,8 +2,11 @@
 //! FaceNet's triplet loss with semi-hard / batch-hard mining on P x K batches, the contrastive
 //! loss, or dlib's pairwise hinge loss — with validation on held-out identities, the best
 //! checkpoint kept, and exact resume (weights, AdamW moments and the epoch are checkpointed).
+//! [`run`] is the whole workflow `facekit train` performs, from a labeled folder to a saved
+//! model with its calibrated threshold and what that threshold rests on.
 
 pub mod loss;
+mod run;
 pub mod stage;
 
 use std::collections::BTreeMap;
@@ -17,6 +20,10 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 
 pub use loss::{LossKind, Mining};
+pub use run::{
+    checkpoint_path, run, Calibration, Layers, Ready, ThresholdBasis, TrainProgress, TrainReport,
+    TrainSettings, MIN_RELIABLE_IDENTITIES,
+};
 
 /// Backbone features of labeled faces: the training set.
 #[derive(Debug, Clone)]
