@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use facekit::io::JsonPath;
 
-use super::output::{csv_path, flush_stdout, write_stdout};
+use super::output::{csv_path, flush_stdout, note, write_stdout};
 use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool};
 use super::CommonArgs;
 
@@ -173,7 +173,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         };
         io::write_file_atomic(out, &bytes, args.force)?;
     }
-    eprintln!(
+    note!(
         "{images} image(s), {faces_total} face(s) embedded{}",
         if failures > 0 {
             format!(", {failures} failed")
