@@ -141,7 +141,7 @@ pub fn long_version() -> String {
 /// The `-v` lines every run starts with: version and build, device, CPU, kernels.
 pub fn verbose_start() {
     verbose!(
-        "version {} ({TARGET}, {})",
+        "version: {} ({TARGET}, {})",
         env!("CARGO_PKG_VERSION"),
         features()
     );

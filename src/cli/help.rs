@@ -143,7 +143,7 @@ const EXAMPLES: &[(&str, &[Example])] = &[
         &[
             ("A head on frozen features from one subfolder per person", "facekit train people/ --out mine.safetensors"),
             ("Contrastive loss, 40 epochs, the last ResNet stage trained too", "facekit train people/ --out mine.safetensors --loss contrastive --epochs 40 --train-layers last-stage"),
-            ("Then use it", "facekit verify --model mine.safetensors a.jpg b.jpg"),
+            ("The training report (losses, validation, calibrated threshold) as JSON", "facekit train people/ --out mine.safetensors --json > train.json"),
         ],
     ),
     (
