@@ -54,7 +54,7 @@ pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
         let mut pages = Vec::new();
         collect(&root, "", &mut pages);
         for (path, cmd) in &pages {
-            let man = Man::new((*cmd).clone());
+            let man = man_of(cmd);
             let file = dir.join(man.get_filename());
             facekit::io::write_file_atomic(&file, &page(&man, cmd, path)?, args.force)?;
         }
@@ -72,8 +72,13 @@ pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     }
-    write_stdout(&page(&Man::new(cmd.clone()), cmd, &args.path.join(" "))?);
+    write_stdout(&page(&man_of(cmd), cmd, &args.path.join(" "))?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// clap_mangen's page of `cmd`, its footer naming facekit and its version on every page.
+fn man_of(cmd: &Command) -> Man {
+    Man::new(cmd.clone()).source(format!("facekit {}", env!("CARGO_PKG_VERSION")))
 }
 
 /// Every visible command below `cmd` (itself included) with its path ("people add").
