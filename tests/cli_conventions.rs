@@ -335,6 +335,33 @@ fn quiet_silences_notes_but_not_errors() {
 }
 
 #[test]
+fn quiet_hides_the_progress_bar_on_a_terminal() {
+    if !have("script", "quiet_hides_the_progress_bar_on_a_terminal") {
+        return;
+    }
+    // `script` gives facekit a terminal for stderr (stdout goes to /dev/null inside it), so the
+    // terminal shows exactly what facekit writes on stderr.
+    let on_terminal = |quiet: &str| {
+        let command = format!(
+            "'{}' {quiet} detect '{}' > /dev/null",
+            env!("CARGO_BIN_EXE_facekit"),
+            fixture("lfw").display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env_remove("FACEKIT_MODELS")
+            .output()
+            .expect("run script");
+        assert!(out.status.success(), "{command}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_terminal("");
+    assert!(shown.contains("/4 images ["), "no progress bar: {shown:?}");
+    assert!(shown.contains("4 image(s), 4 face(s)"), "{shown:?}");
+    assert_eq!(on_terminal("-q"), "");
+}
+
+#[test]
 fn verbose_says_what_the_run_uses() {
     let photo = fixture("lfw/Akhmed_Zakayev_0001.jpg");
     let dir = tempfile::tempdir().unwrap();
