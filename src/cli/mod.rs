@@ -25,7 +25,11 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 /// facekit: fast face detection and recognition, one static binary, no downloads at run time.
 #[derive(Parser)]
 #[command(name = "facekit", version, about, long_about = None, after_help = help::after_help(""))]
+#[command(disable_version_flag = true)]
 struct Cli {
+    /// Print the version (--version: also the models and their SHA-256, the build, the CPU).
+    #[arg(short = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
     /// No progress bars and no notes on stderr (errors and warnings are still printed).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
