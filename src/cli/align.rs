@@ -10,7 +10,7 @@ use facekit::io::{self, LoadOptions};
 use facekit::models::ModelSource;
 use facekit::Detector;
 
-use super::output::{display_path, flush_stdout, outln};
+use super::output::{display_path, flush_stdout, note, outln};
 use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool, Input};
 use super::CommonArgs;
 
@@ -72,6 +72,7 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
     let source = ModelSource::resolve(args.common.models.as_deref());
     let detector = Detector::new(&source, args.common.detector_config(args.faces.min_face))
         .context("cannot load the detector")?;
+    super::about::verbose_detector(&source, &detector);
     let aligner = Aligner::new(&source, template, size)
         .context("cannot load the aligner")?
         .for_detector(detector.config().kind);
@@ -138,7 +139,7 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
         }
     });
     flush_stdout();
-    eprintln!("{chips} chip(s) written to {}", args.out.display());
+    note!("{chips} chip(s) written to {}", args.out.display());
     Ok(exit_status(failures))
 }
 

@@ -15,7 +15,7 @@ use imageproc::rect::Rect;
 use facekit::io::JsonPath;
 
 use super::output::{
-    display_path, flush_stdout, json_line, DetectTable, ErrorRecord, FaceRecord, ImageRecord,
+    display_path, flush_stdout, json_line, note, DetectTable, ErrorRecord, FaceRecord, ImageRecord,
 };
 use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool};
 use super::CommonArgs;
@@ -63,6 +63,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     config.mtcnn.factor = args.factor;
     let source = ModelSource::resolve(args.common.models.as_deref());
     let detector = Detector::new(&source, config).context("cannot load the detector")?;
+    super::about::verbose_detector(&source, &detector);
     let load = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..LoadOptions::default()
@@ -131,7 +132,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     });
     flush_stdout();
     if !args.json {
-        eprintln!(
+        note!(
             "{images} image(s), {faces_total} face(s){}",
             if failures > 0 {
                 format!(", {failures} failed")

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use facekit::io::JsonPath;
 
-use super::output::{csv_path, flush_stdout, write_stdout};
+use super::output::{csv_path, flush_stdout, note, write_stdout};
 use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool};
 use super::CommonArgs;
 
@@ -205,7 +205,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    eprintln!(
+    note!(
         "{images} image(s), {faces_total} face(s) embedded{}",
         if failures > 0 {
             format!(", {failures} failed")

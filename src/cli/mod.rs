@@ -1,16 +1,19 @@
 //! Command-line definitions (clap) and one small driver per subcommand. No model or maths code
 //! lives here: drivers loop over inputs, call the library and hand results to a writer.
 
+mod about;
 mod align;
 mod cluster;
 mod detect;
 mod embed;
+mod help;
 mod identify;
 mod output;
 mod parse;
 mod people;
 mod plot;
 mod runner;
+mod shell;
 mod sweep;
 mod train;
 mod verify;
@@ -18,12 +21,22 @@ mod verify;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// facekit: fast face detection and recognition, one static binary, no downloads at run time.
 #[derive(Parser)]
-#[command(name = "facekit", version, about, long_about = None)]
+#[command(name = "facekit", version, about, long_about = None, after_help = help::after_help(""))]
+#[command(disable_version_flag = true)]
 struct Cli {
+    /// Print the version (--version: also the models and their SHA-256, the build, the CPU).
+    #[arg(short = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+    /// No progress bars and no notes on stderr (errors and warnings are still printed).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Say on stderr what the run uses: device, CPU kernels, threads, models, face library.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,23 +44,38 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Detect faces (MTCNN): boxes, scores and 5 landmarks per face.
+    #[command(after_help = help::after_help("detect"))]
     Detect(detect::DetectArgs),
     /// Cut aligned face chips (PNG, `<stem>_<k>.png`) for every face.
+    #[command(after_help = help::after_help("align"))]
     Align(align::AlignArgs),
     /// One embedding per face (JSON Lines, CSV or .npy).
+    #[command(after_help = help::after_help("embed"))]
     Embed(embed::EmbedArgs),
     /// Same person? Compares the main face of two photos (exit 0 same, 1 different, 2 error).
+    #[command(after_help = help::after_help("verify"))]
     Verify(verify::VerifyArgs),
     /// Which threshold? Accuracy, ROC, EER and the LFW k-fold protocol over labeled photos.
+    #[command(after_help = help::after_help("threshold-sweep"))]
     ThresholdSweep(sweep::SweepArgs),
     /// An album into one folder per person (copy, link or move; never overwrites).
+    #[command(after_help = help::after_help("cluster"))]
     Cluster(cluster::ClusterArgs),
     /// Who is in these photos? Every face against the people of the face library.
+    #[command(after_help = help::after_help("identify"))]
     Identify(identify::IdentifyArgs),
     /// The people you know: add, import, list, rename, merge, remove, assign faces.
+    #[command(after_help = help::after_help("people"))]
     People(people::PeopleArgs),
     /// Fine-tune the embedding (triplet / contrastive / hinge loss) on your labeled photos.
+    #[command(after_help = help::after_help("train"))]
     Train(train::TrainArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = help::after_help("completions"))]
+    Completions(shell::CompletionsArgs),
+    /// Print the man page (roff) to stdout: facekit's, or a subcommand's.
+    #[command(after_help = help::after_help("man"))]
+    Man(shell::ManArgs),
 }
 
 /// Options shared by every subcommand that runs networks.
@@ -131,7 +159,10 @@ impl EmbeddingArgs {
             ..Default::default()
         };
         let source = facekit::models::ModelSource::resolve(common.models.as_deref());
-        facekit::Pipeline::with_models(&source, config).context("cannot load the models")
+        let pipeline =
+            facekit::Pipeline::with_models(&source, config).context("cannot load the models")?;
+        about::verbose_pipeline(&source, &pipeline);
+        Ok(pipeline)
     }
 }
 
@@ -156,6 +187,13 @@ impl LibraryArgs {
     /// The library to use: in memory with --no-cache. When the default location cannot be
     /// used, a warning and an in-memory library (an explicit --library must work).
     pub fn open(&self) -> anyhow::Result<facekit::library::Library> {
+        let library = self.open_any()?;
+        about::verbose_library(&library);
+        Ok(library)
+    }
+
+    /// [`LibraryArgs::open`] without the `-v` line.
+    fn open_any(&self) -> anyhow::Result<facekit::library::Library> {
         use facekit::library::Library;
         if self.no_cache {
             return Ok(Library::in_memory()?);
@@ -187,6 +225,13 @@ impl LibraryArgs {
 
     /// The library a people/identify command works on: never in memory.
     pub fn open_persistent(&self) -> anyhow::Result<facekit::library::Library> {
+        let library = self.open_file()?;
+        about::verbose_library(&library);
+        Ok(library)
+    }
+
+    /// [`LibraryArgs::open_persistent`] without the `-v` line.
+    fn open_file(&self) -> anyhow::Result<facekit::library::Library> {
         use facekit::library::Library;
         if self.no_cache {
             anyhow::bail!("--no-cache: this command needs the library");
@@ -215,7 +260,15 @@ pub fn main() -> ExitCode {
     if std::env::var_os("RUST_BACKTRACE").is_none() {
         std::panic::set_hook(Box::new(|_| {}));
     }
-    let cli = Cli::parse();
+    let cli = parse();
+    output::set_verbosity(if cli.quiet {
+        output::Verbosity::Quiet
+    } else if cli.verbose {
+        output::Verbosity::Verbose
+    } else {
+        output::Verbosity::Normal
+    });
+    about::verbose_start();
     let result = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|payload| {
         Err(anyhow::anyhow!(
             "internal error: {} (please report this bug)",
@@ -232,6 +285,18 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Parses the command line (exits on usage errors, `--help` and `--version`). The long
+/// `--version` text hashes the model files, so it is built only when `--version` is asked for.
+fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Cli::command();
+    if args.iter().skip(1).any(|a| a == "--version") {
+        cmd = cmd.long_version(about::long_version());
+    }
+    let matches = cmd.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Detect(args) => detect::run(args),
@@ -243,5 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::run(args),
         Command::People(args) => people::run(args),
         Command::Identify(args) => identify::run(args),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man(args) => shell::man(args),
     }
 }

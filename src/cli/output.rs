@@ -1,9 +1,11 @@
 //! Output records and writers: standard output through one buffered writer (a closed pipe ends
 //! the run quietly, any other write error is reported with exit 2), the JSON Lines schema, paths
-//! in JSON and CSV, and the human-readable table.
+//! in JSON and CSV, the human-readable table, and how much is said on stderr besides errors
+//! (`-q` / `-v`: [`Verbosity`], [`note!`], [`verbose!`]).
 
 use std::io::{BufWriter, IsTerminal, Stdout, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use facekit::io::JsonPath;
@@ -46,6 +48,77 @@ pub fn flush_stdout() {
         }
     }
 }
+
+/// How much facekit says on stderr besides its data (stdout) and its errors and warnings (always
+/// printed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// `-q`: no progress bars, no notes.
+    Quiet,
+    /// The default: progress bars on a terminal, and notes (summaries, files written).
+    Normal,
+    /// `-v`: also what the run uses (device, kernels, threads, models, library), once each.
+    Verbose,
+}
+
+/// The run's [`Verbosity`], set once by the parser ([`set_verbosity`]).
+static VERBOSITY: AtomicU8 = AtomicU8::new(Verbosity::Normal as u8);
+
+/// Sets the run's verbosity (from `-q` / `-v`).
+pub fn set_verbosity(v: Verbosity) {
+    VERBOSITY.store(v as u8, Ordering::Relaxed);
+}
+
+/// The run's verbosity.
+pub fn verbosity() -> Verbosity {
+    match VERBOSITY.load(Ordering::Relaxed) {
+        0 => Verbosity::Quiet,
+        1 => Verbosity::Normal,
+        _ => Verbosity::Verbose,
+    }
+}
+
+/// Writes an informational line to stderr, unless `-q`.
+pub fn note_line(line: &str) {
+    if verbosity() > Verbosity::Quiet {
+        eprintln!("{line}");
+    }
+}
+
+/// Lines already written by [`verbose_line`] (each is said once per run).
+static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Writes `facekit: <line>` to stderr with `-v`, once per run for the same line.
+pub fn verbose_line(line: &str) {
+    if verbosity() < Verbosity::Verbose {
+        return;
+    }
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if !said.iter().any(|s| s == line) {
+        eprintln!("facekit: {line}");
+        said.push(line.to_string());
+    }
+}
+
+/// `eprintln!` for informational notes (summaries, files written): silenced by `-q`. Errors and
+/// warnings use `eprintln!` and are always printed.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::cli::output::note_line(&format!($($arg)*))
+    };
+}
+pub(crate) use note;
+
+/// A `-v` line on stderr (`facekit: ...`), said once per run; the text is only formatted with
+/// `-v`.
+macro_rules! verbose {
+    ($($arg:tt)*) => {
+        if $crate::cli::output::verbosity() == $crate::cli::output::Verbosity::Verbose {
+            $crate::cli::output::verbose_line(&format!($($arg)*))
+        }
+    };
+}
+pub(crate) use verbose;
 
 /// `println!` through the buffered standard output.
 macro_rules! outln {

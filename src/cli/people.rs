@@ -25,21 +25,29 @@ pub struct PeopleArgs {
 #[derive(Subcommand, Debug)]
 enum Action {
     /// Enroll NAME from photos: the largest face of each photo becomes theirs.
+    #[command(after_help = super::help::after_help("people add"))]
     Add(AddArgs),
     /// Enroll a known-people folder: each subfolder is a person (its name), each photo
     /// directly inside is a person named by its file stem (face_recognition's layout).
+    #[command(after_help = super::help::after_help("people import"))]
     Import(ImportArgs),
     /// List the people: id, name, faces (enrolled, confirmed, clustered), photos.
+    #[command(after_help = super::help::after_help("people list"))]
     List(ListArgs),
     /// Give a person a (new) name: `facekit people rename person_0007 "Ada Lovelace"`.
+    #[command(after_help = super::help::after_help("people rename"))]
     Rename(RenameArgs),
     /// Make several people one: every face of FROM... becomes INTO's.
+    #[command(after_help = super::help::after_help("people merge"))]
     Merge(MergeArgs),
     /// Remove a person (their faces stay in the library, unassigned).
+    #[command(after_help = super::help::after_help("people remove"))]
     Remove(RemoveArgs),
     /// Confirm or correct: face --face of PHOTO is WHO's (it stays so through re-clustering).
+    #[command(after_help = super::help::after_help("people assign"))]
     Assign(AssignArgs),
     /// Take face --face of PHOTO away from whoever it was assigned to.
+    #[command(after_help = super::help::after_help("people unassign"))]
     Unassign(UnassignArgs),
 }
 

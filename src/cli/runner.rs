@@ -10,6 +10,8 @@ use std::sync::mpsc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 
+use super::output::{verbose, verbosity, Verbosity};
+
 /// One input of a run: a file to process, or the reason a named path cannot be used (kept in
 /// its place so records stay in input order).
 pub type Input = Result<PathBuf, facekit::Error>;
@@ -28,18 +30,28 @@ pub fn exit_status(failures: usize) -> std::process::ExitCode {
     }
 }
 
-/// Builds the thread pool the run uses (`None`: one thread per core).
+/// Builds the thread pool the run uses (`None`: one thread per core); `-v` says how many.
 pub fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(n) = threads {
         builder = builder.num_threads(n);
     }
-    Ok(builder.build()?)
+    let pool = builder.build()?;
+    verbose!(
+        "threads: {} ({})",
+        pool.current_num_threads(),
+        if threads.is_some() {
+            "--threads"
+        } else {
+            "one per core"
+        }
+    );
+    Ok(pool)
 }
 
-/// A progress bar on stderr when it is a terminal (and not `--quiet`); hidden otherwise.
+/// A progress bar on stderr when it is a terminal (and not `-q`); hidden otherwise.
 pub fn progress(len: usize, what: &str) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() {
+    let target = if std::io::stderr().is_terminal() && verbosity() > Verbosity::Quiet {
         ProgressDrawTarget::stderr()
     } else {
         ProgressDrawTarget::hidden()
