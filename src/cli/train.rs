@@ -315,13 +315,13 @@ impl TrainProgress for Log {
             eprintln!("facekit: {e}");
         }
         for p in no_face {
-            eprintln!("facekit: {}: no face found; left out", display_path(p));
+            note!("facekit: {}: no face found; left out", display_path(p));
         }
     }
 
     fn ready(&self, r: &Ready) {
         if !self.json {
-            eprintln!(
+            note!(
                 "{} faces of {} identities ({} train, {} validation); base model {}; before training {}",
                 r.faces,
                 r.identities,
@@ -335,7 +335,7 @@ impl TrainProgress for Log {
 
     fn epoch(&self, log: &train::EpochLog, epochs: usize) {
         if !self.json {
-            eprintln!(
+            note!(
                 "epoch {:>3}/{}  loss {:.5}  active {:>5.1} %  validation {}",
                 log.epoch,
                 epochs,
