@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod rng;
 pub mod train;
+pub mod verify;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
 pub use error::{Error, Result};
