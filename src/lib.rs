@@ -32,6 +32,7 @@ pub mod pairs;
 pub mod pipeline;
 pub mod preprocess;
 pub mod rng;
+pub mod sweep;
 pub mod train;
 pub mod verify;
 

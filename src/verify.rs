@@ -68,7 +68,12 @@ pub struct PhotoFaces {
 impl PhotoFaces {
     /// Detects every face of `img` and embeds the ones `policy` compares. `path` names the
     /// photo in the error when there is no face.
-    pub fn of_image(pipeline: &Pipeline, img: &RgbImage, policy: Policy, path: &Path) -> Result<Self> {
+    pub fn of_image(
+        pipeline: &Pipeline,
+        img: &RgbImage,
+        policy: Policy,
+        path: &Path,
+    ) -> Result<Self> {
         let faces = pipeline.detector().detect(img)?;
         let chosen: Vec<usize> = match policy.single() {
             None => (0..faces.len()).collect(),
@@ -89,7 +94,12 @@ impl PhotoFaces {
 
     /// Loads the photo at `path` and runs [`PhotoFaces::of_image`] on it, inside the per-file
     /// fault boundary.
-    pub fn of_file(pipeline: &Pipeline, path: &Path, policy: Policy, load: &LoadOptions) -> Result<Self> {
+    pub fn of_file(
+        pipeline: &Pipeline,
+        path: &Path,
+        policy: Policy,
+        load: &LoadOptions,
+    ) -> Result<Self> {
         io::guard(path, || {
             let img = io::load_image(path, load)?;
             Self::of_image(pipeline, &img, policy, path)
