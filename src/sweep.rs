@@ -508,21 +508,30 @@ fn embed_one(
     }
 }
 
-/// Runs the sweep: embeds every image of `protocol` (in parallel on the current rayon pool,
-/// through `library`; `progress` is called once per image), scores the pairs and measures
-/// them. Fails when no pair could be scored.
-pub fn run(
+/// The embeddings of a protocol's images: one per image (`None` for an image that failed),
+/// what became of each, and the counts.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// The embedding standing for each image of [`Protocol::images`].
+    pub embeddings: Vec<Option<Vec<f32>>>,
+    /// What became of each image, in order.
+    pub outcomes: Vec<ImageOutcome>,
+    /// Image counts (including the protocol's unusable entries).
+    pub images: ImageCounts,
+    /// The pipeline's model id.
+    pub model: String,
+}
+
+/// Embeds every image of `protocol` in parallel on the current rayon pool, through `library`
+/// (each image inside the per-file fault boundary; `progress` is called once per image). An
+/// image that fails is recorded, never fatal.
+pub fn embed(
     protocol: &Protocol,
     library: &Library,
     pipeline: &Pipeline,
     config: &SweepConfig,
     progress: &(dyn Fn() + Sync),
-) -> Result<Report> {
-    if protocol.pairs.is_empty() {
-        return Err(Error::Config(
-            "no pairs to compare (need at least two images)".into(),
-        ));
-    }
+) -> Embedded {
     let results: Vec<Result<(Vec<f32>, bool, bool)>> = protocol
         .images
         .par_iter()
@@ -559,19 +568,35 @@ pub fn run(
             }
         }
     }
-    let mut report = measure(protocol, &embeddings, config, pipeline.model_id(), images)?;
-    report.outcomes = outcomes;
-    Ok(report)
+    Embedded {
+        embeddings,
+        outcomes,
+        images,
+        model: pipeline.model_id(),
+    }
 }
 
-/// Scores the pairs whose images both have an embedding and measures every threshold.
-pub fn measure(
+/// The whole sweep: [`embed`] then [`measure`].
+pub fn run(
     protocol: &Protocol,
-    embeddings: &[Option<Vec<f32>>],
+    library: &Library,
+    pipeline: &Pipeline,
     config: &SweepConfig,
-    model: String,
-    images: ImageCounts,
+    progress: &(dyn Fn() + Sync),
 ) -> Result<Report> {
+    let embedded = embed(protocol, library, pipeline, config, progress);
+    measure(protocol, &embedded, config)
+}
+
+/// Scores the pairs whose images both have an embedding and measures every threshold. Fails
+/// when there is no pair, or no pair could be scored.
+pub fn measure(protocol: &Protocol, embedded: &Embedded, config: &SweepConfig) -> Result<Report> {
+    if protocol.pairs.is_empty() {
+        return Err(Error::Config(
+            "no pairs to compare (need at least two images)".into(),
+        ));
+    }
+    let embeddings = &embedded.embeddings;
     let mut scored = Vec::with_capacity(protocol.pairs.len());
     let mut folds = Vec::with_capacity(protocol.pairs.len());
     for (n, &(a, b, same)) in protocol.pairs.iter().enumerate() {
@@ -613,7 +638,7 @@ pub fn measure(
         .then(|| metrics::k_fold(&plain, &folds, protocol.k));
     let operating = k_fold.as_ref().map_or(best_t, |k| k.threshold_mean);
     Ok(Report {
-        model,
+        model: embedded.model.clone(),
         metric: config.metric.to_string(),
         protocol: protocol.kind,
         face_select: match config.policy {
@@ -621,7 +646,7 @@ pub fn measure(
             FacePolicy::Largest => "largest",
         },
         identities: protocol.identities.clone(),
-        images,
+        images: embedded.images.clone(),
         pairs: PairCounts {
             same: sweep.same_count(),
             different: sweep.different_count(),
@@ -643,7 +668,7 @@ pub fn measure(
         k_fold,
         thresholds: thresholds.iter().map(|&t| sweep.at(t)).collect(),
         hardest: hardest(&protocol.images, &scored, operating, config.hardest),
-        outcomes: Vec::new(),
+        outcomes: embedded.outcomes.clone(),
         scored,
         roc,
     })

@@ -131,11 +131,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let library = args.cache.open()?;
     let pool = thread_pool(args.common.threads)?;
     let pb = progress(protocol.images.len(), "images");
-    let report = pool
-        .install(|| sweep::run(&protocol, &library, &pipeline, &config, &|| pb.inc(1)))
-        .with_context(|| display_path(&args.data))?;
+    let embedded =
+        pool.install(|| sweep::embed(&protocol, &library, &pipeline, &config, &|| pb.inc(1)));
     pb.finish_and_clear();
-    for (path, outcome) in protocol.images.iter().zip(&report.outcomes) {
+    for (path, outcome) in protocol.images.iter().zip(&embedded.outcomes) {
         match outcome {
             ImageOutcome::CentralCrop => eprintln!(
                 "facekit: {}: no face found; using the central crop",
@@ -145,6 +144,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     }
+    let report = sweep::measure(&protocol, &embedded, &config)?;
     if let Some((path, format)) = plot {
         write_plot(path, format, &report, args.force)?;
         eprintln!("facekit: wrote {}", display_path(path));
