@@ -113,7 +113,6 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let protocol = load_protocol(&args)?;
     let config = SweepConfig {
         metric: args.metric,
         policy: FacePolicy::from(args.face_select),
@@ -127,6 +126,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         },
         hardest: args.hardest,
     };
+    let protocol = load_protocol(&args)?;
     let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
     let library = args.cache.open()?;
     let pool = thread_pool(args.common.threads)?;
