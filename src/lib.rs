@@ -33,7 +33,9 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
 pub mod rng;
+pub mod sweep;
 pub mod train;
+pub mod verify;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
 pub use error::{Error, Result};

@@ -147,16 +147,34 @@ pub fn looks_like_lfw(text: &str) -> bool {
         })
 }
 
+/// Where an image's identity label in a labeled folder came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelSource {
+    /// The first folder under the root (`root/alice/x.jpg` -> `alice`).
+    Subfolder,
+    /// The file stem with digits removed, for files directly in the root.
+    FileName,
+}
+
 /// The identity label of an image in a labeled folder: the first directory under `root`, or for
 /// files directly in `root` the file stem with digits removed (`alice2.jpg` -> `alice`,
 /// `Abel_Pacheco_0004.jpg` -> `Abel_Pacheco`).
 pub fn label_of(root: &Path, path: &Path) -> String {
+    labeled(root, path).0
+}
+
+/// [`label_of`] with where the label came from.
+pub fn labeled(root: &Path, path: &Path) -> (String, LabelSource) {
     let rel = path.strip_prefix(root).unwrap_or(path);
     let mut comps = rel.components();
     let first = comps.next();
     if comps.next().is_some() {
         if let Some(c) = first {
-            return c.as_os_str().to_string_lossy().into_owned();
+            return (
+                c.as_os_str().to_string_lossy().into_owned(),
+                LabelSource::Subfolder,
+            );
         }
     }
     let stem = path
@@ -165,11 +183,12 @@ pub fn label_of(root: &Path, path: &Path) -> String {
         .unwrap_or_default();
     let stripped: String = stem.chars().filter(|c| !c.is_ascii_digit()).collect();
     let trimmed = stripped.trim_matches(|c: char| c == '_' || c == '-' || c == ' ' || c == '.');
-    if trimmed.is_empty() {
+    let label = if trimmed.is_empty() {
         stem
     } else {
         trimmed.to_string()
-    }
+    };
+    (label, LabelSource::FileName)
 }
 
 /// Pairs drawn from labeled images.
@@ -317,6 +336,14 @@ mod tests {
         );
         assert_eq!(label_of(root, Path::new("/album/Bob/x/1.jpg")), "Bob");
         assert_eq!(label_of(root, Path::new("/album/123.jpg")), "123");
+        assert_eq!(
+            labeled(root, Path::new("/album/Bob/1.jpg")).1,
+            LabelSource::Subfolder
+        );
+        assert_eq!(
+            labeled(root, Path::new("/album/obama_partial_face.jpg")),
+            ("obama_partial_face".to_string(), LabelSource::FileName)
+        );
     }
 
     #[test]

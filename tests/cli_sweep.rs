@@ -1,5 +1,6 @@
 //! `facekit threshold-sweep` end to end on real photos: flat digit-stripped folders, identity
-//! subfolders, TSV and LFW-format pair files, the no-face fallback, the cache and the plot.
+//! subfolders, TSV and LFW-format pair files, the no-face fallback, the cache and the plot; the
+//! identities it infers (and from what), the mixed-layout refusal, and the hardest pairs.
 
 mod common;
 
@@ -70,6 +71,30 @@ fn flat_folder_labels_by_name_and_separates_people() {
     assert_eq!(row["fpr"], 0.0);
     assert_eq!(row["same"]["f1"], 1.0);
     assert_eq!(v["tar_at_far"][0]["far"], 0.001);
+    // The identities it inferred, and from what, on stderr and in the JSON.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "inferred 2 identities from file names (stem with digits stripped): \
+             Abel_Pacheco (2 photos), Akhmed_Zakayev (2)"
+        ),
+        "{err}"
+    );
+    assert_eq!(v["identities"]["layout"], "file-names");
+    let ids = v["identities"]["list"].as_array().unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0]["name"], "Abel_Pacheco");
+    assert_eq!(ids[0]["photos"], 2);
+    assert_eq!(ids[0]["from"], "file-name");
+    // Separable: the hardest pairs are listed, none is an error at the chosen threshold.
+    let h = &v["hardest"];
+    assert_eq!(h["threshold"], v["best"]["threshold"]);
+    assert_eq!(
+        (h["false_accepts"].as_u64(), h["false_rejects"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(h["different"].as_array().unwrap().len(), 4);
+    assert_eq!(h["same"].as_array().unwrap().len(), 2);
 
     // The second run answers from the cache.
     let (_, again) = sweep(&[s(&dir), "--cache-dir", s(cache.path())]);
@@ -176,6 +201,11 @@ fn lfw_pairs_folds_and_no_face_fallback() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(v["protocol"], "lfw-pairs");
+    assert_eq!(
+        v["identities"],
+        Value::Null,
+        "a pairs file defines the identities"
+    );
     assert_eq!(v["images"]["no_face"], 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("Nobody_0001.jpg: no face found"));
     assert_eq!(v["pairs"]["same"], 4);
@@ -200,6 +230,16 @@ fn lfw_pairs_folds_and_no_face_fallback() {
     // The same folder as labeled subfolders, with 3 seeded folds.
     let (out, v) = sweep(&[s(&root), "--folds", "3", "--no-cache"]);
     assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "inferred 3 identities from subfolders: Abel_Pacheco (2 photos), Akhmed_Zakayev (2), \
+             Nobody (1) (1 with a single photo, so in no same-person pair)"
+        ),
+        "{err}"
+    );
+    assert_eq!(v["identities"]["layout"], "subfolders");
+    assert_eq!(v["identities"]["list"][2]["from"], "subfolder");
     assert_eq!(v["pairs"]["same"], 2);
     assert_eq!(v["pairs"]["different"], 8);
     assert_eq!(v["k_fold"]["k"], 3);
@@ -230,6 +270,9 @@ fn plot_files() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The written file is named on stderr.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("facekit: wrote {}\n", s(p))), "{err}");
     }
     let img = image::open(&png).unwrap().to_rgb8();
     assert!(img.width() >= 800 && img.height() >= 400);
@@ -252,4 +295,153 @@ fn plot_files() {
         "--force",
     ]);
     assert!(out.status.success());
+}
+
+/// Identity subfolders plus a loose group photo at the top level: refused (the loose photo
+/// would be an identity named after its file), and with --allow-mixed used with a warning.
+#[test]
+fn mixed_layout_is_refused_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("people");
+    for f in PEOPLE {
+        let name = &f[..f.len() - 9];
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        std::fs::copy(fixture("lfw").join(f), root.join(name).join(f)).unwrap();
+    }
+    std::fs::copy(fixture("2008_001322.jpg"), root.join("party1.jpg")).unwrap();
+    std::fs::copy(
+        fixture("Tom_Cruise_avp_2014_4.jpg"),
+        root.join("party2.jpg"),
+    )
+    .unwrap();
+    let out = facekit(&["threshold-sweep", s(&root), "--no-cache"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mixed layout: identity subfolders plus 2 loose photo(s) at the top level")
+            && err.contains("--allow-mixed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 from file names (stem with digits stripped): party (2 photos)"),
+        "{err}"
+    );
+
+    let (out, v) = sweep(&[s(&root), "--no-cache", "--allow-mixed"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: ") && err.contains("mixed layout"),
+        "{err}"
+    );
+    assert_eq!(v["identities"]["layout"], "mixed");
+    let list = v["identities"]["list"].as_array().unwrap();
+    let party = list.iter().find(|i| i["name"] == "party").unwrap();
+    assert_eq!(party["photos"], 2);
+    assert_eq!(party["from"], "file-name");
+    // The two group photos became one identity: 2 + 1 same pairs.
+    assert_eq!(v["pairs"]["same"], 3);
+}
+
+/// A mislabeled photo (Abel Pacheco's second photo filed as Akhmed Zakayev's) shows up as the
+/// worst false rejects, and as the closest different pair against Abel's other photo. The
+/// listed distances are the ones `verify` measures for the same two files.
+#[test]
+fn hardest_pairs_expose_a_mislabeled_photo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("flat");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [PEOPLE[0], PEOPLE[2], PEOPLE[3]] {
+        std::fs::copy(fixture("lfw").join(f), dir.join(f)).unwrap();
+    }
+    let wrong = dir.join("Akhmed_Zakayev_0004.jpg");
+    std::fs::copy(fixture("lfw").join(PEOPLE[1]), &wrong).unwrap();
+    let (out, v) = sweep(&[s(&dir), "--no-cache", "--hardest", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = &v["hardest"];
+    let t = h["threshold"].as_f64().unwrap();
+    assert_eq!(h["threshold"], v["best"]["threshold"]);
+    let different = h["different"].as_array().unwrap();
+    let same = h["same"].as_array().unwrap();
+    assert_eq!((different.len(), same.len()), (3, 3));
+    // The two farthest same pairs are the mislabeled photo against Akhmed's: false rejects.
+    for p in &same[..2] {
+        assert!(p["a"] == s(&wrong) || p["b"] == s(&wrong), "{h}");
+        assert_eq!(p["error"], true, "{h}");
+    }
+    assert_eq!(same[2]["error"], false, "{h}");
+    assert_eq!(
+        (h["false_accepts"].as_u64(), h["false_rejects"].as_u64()),
+        (Some(0), Some(2)),
+        "{h}"
+    );
+    // The closest different pair is the mislabeled photo against Abel's other photo.
+    let first = &different[0];
+    let abel = dir.join(PEOPLE[0]);
+    assert_eq!(first["a"], s(&abel), "{h}");
+    assert_eq!(first["b"], s(&wrong), "{h}");
+    // Order and error flags follow the distances and the threshold.
+    let d =
+        |l: &[Value]| -> Vec<f64> { l.iter().map(|p| p["distance"].as_f64().unwrap()).collect() };
+    assert!(d(different).windows(2).all(|w| w[0] <= w[1]), "{h}");
+    assert!(d(same).windows(2).all(|w| w[0] >= w[1]), "{h}");
+    for p in different {
+        assert_eq!(p["error"], p["distance"].as_f64().unwrap() < t);
+    }
+    for p in same {
+        assert_eq!(p["error"], p["distance"].as_f64().unwrap() >= t);
+    }
+    // The error counts are the best accuracy's complement.
+    let count = |k: &str| v["pairs"][k].as_u64().unwrap() as f64;
+    let errors = 2.0;
+    let accuracy = v["best"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (errors - (1.0 - accuracy) * (count("same") + count("different"))).abs() < 1e-6,
+        "{v}"
+    );
+    // verify (centre face, as the sweep) measures the same distances.
+    for p in [first, &same[0]] {
+        let out = facekit(&[
+            "verify",
+            "--json",
+            "--policy",
+            "center",
+            p["a"].as_str().unwrap(),
+            p["b"].as_str().unwrap(),
+        ]);
+        let vv: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (x, y) = (
+            vv["distance"].as_f64().unwrap(),
+            p["distance"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() < 1e-4, "verify {x} vs sweep {y}");
+    }
+    // The text report lists them with both paths.
+    let text = facekit(&["threshold-sweep", s(&dir), "--no-cache", "--hardest", "1"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("hardest pairs at threshold")
+            && text.contains("0 false accepts, 2 false rejects"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("FALSE REJECT"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(s(&wrong)), "{line}");
+    let listed = |kind: &str| {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with(kind))
+            .count()
+    };
+    assert_eq!((listed("same "), listed("different ")), (1, 1), "{text}");
 }

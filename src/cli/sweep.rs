@@ -1,7 +1,6 @@
 //! `facekit threshold-sweep`: accuracy, ROC, EER and TAR@FAR over a labeled folder or a pairs
 //! file, with the LFW k-fold protocol, to choose a verify threshold from data.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,13 +9,16 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use facekit::distance::Metric;
 use facekit::io::LoadOptions;
-use facekit::metrics::{self, KFold, Scored, Sweep, ThresholdRow};
-use facekit::pairs::{self, Pair};
-use facekit::pipeline::{select_face, FacePolicy};
-use serde::Serialize;
+use facekit::metrics;
+use facekit::pairs::LabelSource;
+use facekit::pipeline::FacePolicy;
+use facekit::sweep::{
+    self, Data, HardPair, Identities, Identity, ImageOutcome, Layout, Protocol, ProtocolConfig,
+    Report, SweepConfig,
+};
 
 use super::output::{display_path, outln};
-use super::runner::{exit_status, progress, run_ordered, thread_pool};
+use super::runner::{exit_status, progress, thread_pool};
 use super::CommonArgs;
 
 /// Which face of an image stands for it.
@@ -77,6 +79,14 @@ pub struct SweepArgs {
     /// Replace the plot file if it exists.
     #[arg(long)]
     force: bool,
+    /// List this many hardest pairs of each kind: the closest different-person pairs and the
+    /// farthest same-person pairs, judged at the chosen threshold.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    hardest: usize,
+    /// Use a labeled folder with identity subfolders plus loose photos at the top level (each
+    /// loose photo labeled by its file name without digits); refused otherwise.
+    #[arg(long)]
+    allow_mixed: bool,
     #[command(flatten)]
     cache: super::LibraryArgs,
     #[command(flatten)]
@@ -85,173 +95,6 @@ pub struct SweepArgs {
     embedding: super::EmbeddingArgs,
     #[command(flatten)]
     common: CommonArgs,
-}
-
-/// The pairs to score, as indices into the image list.
-struct Protocol {
-    kind: &'static str,
-    images: Vec<PathBuf>,
-    pairs: Vec<(usize, usize, bool)>,
-    folds: Option<Vec<usize>>,
-    k: usize,
-    sampled_from: Option<(u64, u64)>,
-    /// Entries of a labeled folder that could not be used (each named on stderr, counted as
-    /// failed images).
-    unusable: Vec<facekit::Error>,
-}
-
-/// Distinct images, pairs as indices into them, and each pair's fold.
-type IndexedPairs = (Vec<PathBuf>, Vec<(usize, usize, bool)>, Vec<Option<usize>>);
-
-fn index_pairs(list: Vec<Pair>) -> IndexedPairs {
-    let mut index: HashMap<PathBuf, usize> = HashMap::new();
-    let mut images = Vec::new();
-    let mut id = |p: PathBuf| {
-        *index.entry(p.clone()).or_insert_with(|| {
-            images.push(p);
-            images.len() - 1
-        })
-    };
-    let mut pairs = Vec::new();
-    let mut folds = Vec::new();
-    for p in list {
-        pairs.push((id(p.a), id(p.b), p.same));
-        folds.push(p.fold);
-    }
-    (images, pairs, folds)
-}
-
-fn build_protocol(args: &SweepArgs) -> anyhow::Result<Protocol> {
-    if let Some(file) = &args.pairs {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("{}: cannot read pairs file", file.display()))?;
-        if pairs::looks_like_lfw(&text) {
-            let lfw = pairs::parse_lfw_pairs(&text, &args.data, file)?;
-            let (images, list, folds) = index_pairs(lfw.pairs);
-            let k = args.folds.unwrap_or(lfw.folds);
-            let folds = if k == lfw.folds {
-                Some(folds.into_iter().map(|f| f.unwrap_or(0)).collect())
-            } else {
-                seeded_folds(list.len(), k, args.seed)
-            };
-            return Ok(Protocol {
-                kind: "lfw-pairs",
-                images,
-                pairs: list,
-                folds,
-                k,
-                sampled_from: None,
-                unusable: Vec::new(),
-            });
-        }
-        let list = pairs::parse_tsv_pairs(&text, &args.data, file)?;
-        let (images, list, _) = index_pairs(list);
-        let k = args.folds.unwrap_or(1);
-        return Ok(Protocol {
-            kind: "tsv-pairs",
-            images,
-            folds: seeded_folds(list.len(), k, args.seed),
-            pairs: list,
-            k,
-            sampled_from: None,
-            unusable: Vec::new(),
-        });
-    }
-    if !args.data.is_dir() {
-        bail!(
-            "{}: not a folder (give a labeled folder, or --pairs FILE)",
-            args.data.display()
-        );
-    }
-    let mut images = Vec::new();
-    let mut unusable = Vec::new();
-    for item in facekit::io::collect_inputs(std::slice::from_ref(&args.data)) {
-        match item {
-            Ok(p) => images.push(p),
-            Err(e) => unusable.push(e),
-        }
-    }
-    images.sort();
-    let labels: Vec<String> = images
-        .iter()
-        .map(|p| pairs::label_of(&args.data, p))
-        .collect();
-    let drawn = pairs::labeled_pairs(&labels, args.max_pairs, args.seed);
-    let k = args.folds.unwrap_or(1);
-    Ok(Protocol {
-        kind: "labeled-folder",
-        images,
-        folds: seeded_folds(drawn.pairs.len(), k, args.seed),
-        pairs: drawn.pairs,
-        k,
-        sampled_from: drawn
-            .sampled
-            .then_some((drawn.same_total, drawn.different_total)),
-        unusable,
-    })
-}
-
-/// Pairs spread over `k` folds in a seeded random order (none for k <= 1).
-fn seeded_folds(n: usize, k: usize, seed: u64) -> Option<Vec<usize>> {
-    if k <= 1 {
-        return None;
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    facekit::rng::Rng::new(seed ^ 0x5eed_f01d).shuffle(&mut order);
-    let mut fold = vec![0; n];
-    for (rank, &i) in order.iter().enumerate() {
-        fold[i] = rank % k;
-    }
-    Some(fold)
-}
-
-/// The embedding that stands for one image, and whether it is the central-crop fallback.
-type Chosen = Result<(Vec<f32>, bool, bool), facekit::Error>;
-
-#[derive(Serialize)]
-struct ImageCounts {
-    total: usize,
-    no_face: usize,
-    failed: usize,
-    cached: usize,
-}
-
-#[derive(Serialize)]
-struct PairCounts {
-    same: usize,
-    different: usize,
-    skipped: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sampled_from: Option<SampledFrom>,
-}
-
-#[derive(Serialize)]
-struct SampledFrom {
-    same: u64,
-    different: u64,
-}
-
-#[derive(Serialize)]
-struct Best {
-    threshold: f32,
-    accuracy: f64,
-}
-
-/// The `--json` report.
-#[derive(Serialize)]
-struct Report {
-    model: String,
-    metric: String,
-    protocol: &'static str,
-    face_select: &'static str,
-    images: ImageCounts,
-    pairs: PairCounts,
-    best: Best,
-    roc_auc: f64,
-    eer: Option<metrics::Eer>,
-    tar_at_far: Vec<metrics::TarAtFar>,
-    k_fold: Option<KFold>,
-    thresholds: Vec<ThresholdRow>,
 }
 
 /// Runs `facekit threshold-sweep`.
@@ -270,135 +113,157 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let protocol = build_protocol(&args)?;
+    let config = SweepConfig {
+        metric: args.metric,
+        policy: FacePolicy::from(args.face_select),
+        load: LoadOptions {
+            max_pixels: args.common.max_pixels,
+            ..Default::default()
+        },
+        thresholds: match &args.range {
+            Some(r) => Some(metrics::parse_range(r).map_err(anyhow::Error::msg)?),
+            None => None,
+        },
+        hardest: args.hardest,
+    };
+    let protocol = load_protocol(&args)?;
+    let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
+    let library = args.cache.open()?;
+    let pool = thread_pool(args.common.threads)?;
+    let pb = progress(protocol.images.len(), "images");
+    let embedded =
+        pool.install(|| sweep::embed(&protocol, &library, &pipeline, &config, &|| pb.inc(1)));
+    pb.finish_and_clear();
+    for (path, outcome) in protocol.images.iter().zip(&embedded.outcomes) {
+        match outcome {
+            ImageOutcome::CentralCrop => eprintln!(
+                "facekit: {}: no face found; using the central crop",
+                display_path(path)
+            ),
+            ImageOutcome::Failed(e) => eprintln!("facekit: {e}"),
+            _ => {}
+        }
+    }
+    let report = sweep::measure(&protocol, &embedded, &config)?;
+    if let Some((path, format)) = plot {
+        write_plot(path, format, &report, args.force)?;
+        eprintln!("facekit: wrote {}", display_path(path));
+    }
+    if args.json {
+        outln!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_text(
+            &report,
+            &args,
+            library.file(),
+            start.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(exit_status(report.images.failed))
+}
+
+/// Reads the protocol, names on stderr the identities a labeled folder implies and the
+/// entries it cannot use, and refuses a mixed layout unless `--allow-mixed`.
+fn load_protocol(args: &SweepArgs) -> anyhow::Result<Protocol> {
+    let data = match &args.pairs {
+        Some(file) => Data::PairsFile {
+            file: file.clone(),
+            root: args.data.clone(),
+        },
+        None if !args.data.is_dir() => bail!(
+            "{}: not a folder (give a labeled folder, or --pairs FILE)",
+            args.data.display()
+        ),
+        None => Data::Folder(args.data.clone()),
+    };
+    let config = ProtocolConfig {
+        max_pairs: args.max_pairs,
+        seed: args.seed,
+        folds: args.folds,
+    };
+    let protocol = Protocol::load(&data, &config)?;
+    if let Some(ids) = &protocol.identities {
+        eprintln!("facekit: {}", identities_note(ids));
+        if ids.layout == Layout::Mixed {
+            let what = format!(
+                "{}: mixed layout: identity subfolders plus {} loose photo(s) at the top level, \
+                 each labeled by its file name without digits",
+                display_path(&args.data),
+                ids.loose_photos()
+            );
+            if !args.allow_mixed {
+                bail!("{what}; move the loose photos into identity subfolders (or out), or pass --allow-mixed to use them as labeled");
+            }
+            eprintln!("facekit: warning: {what} (--allow-mixed)");
+        }
+    }
+    for e in &protocol.unusable {
+        eprintln!("facekit: {e}");
+    }
     if protocol.pairs.is_empty() {
         bail!(
             "{}: no pairs to compare (need at least two images)",
             args.data.display()
         );
     }
-    let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
-    let cache = args.cache.open()?;
-    let opts = LoadOptions {
-        max_pixels: args.common.max_pixels,
-        ..Default::default()
-    };
-    let policy = FacePolicy::from(args.face_select);
-    let pool = thread_pool(args.common.threads)?;
-    let pb = progress(protocol.images.len(), "images");
-    let mut chosen: Vec<Option<Vec<f32>>> = vec![None; protocol.images.len()];
-    let mut counts = ImageCounts {
-        total: protocol.images.len() + protocol.unusable.len(),
-        no_face: 0,
-        failed: protocol.unusable.len(),
-        cached: 0,
-    };
-    for e in &protocol.unusable {
-        eprintln!("facekit: {e}");
-    }
-    let items: Vec<super::runner::Input> = protocol.images.iter().cloned().map(Ok).collect();
-    let job = |path: &std::path::Path| -> Chosen {
-        let (faces, hit) =
-            facekit::nn::serial(|| cache.faces_of_file(&pipeline, path, &opts, true))?;
-        let boxes = faces.faces.iter().map(|f| &f.bbox);
-        Ok(
-            match select_face(boxes, policy, faces.width, faces.height) {
-                Some(i) => (faces.faces[i].embedding.clone(), false, hit),
-                None => (faces.central.clone().unwrap_or_default(), true, hit),
-            },
-        )
-    };
-    run_ordered(&pool, &items, &pb, job, |i, result| match result {
-        Ok((emb, fallback, hit)) => {
-            counts.no_face += usize::from(fallback);
-            counts.cached += usize::from(hit);
-            if fallback {
-                eprintln!(
-                    "facekit: {}: no face found; using the central crop",
-                    display_path(&protocol.images[i])
-                );
-            }
-            chosen[i] = Some(emb);
-        }
-        Err(e) => {
-            counts.failed += 1;
-            eprintln!("facekit: {e}");
-        }
-    });
-
-    // Score the pairs whose images both have an embedding.
-    let mut scored = Vec::with_capacity(protocol.pairs.len());
-    let mut folds = Vec::with_capacity(protocol.pairs.len());
-    let mut skipped = 0;
-    for (n, &(a, b, same)) in protocol.pairs.iter().enumerate() {
-        match (&chosen[a], &chosen[b]) {
-            (Some(ea), Some(eb)) => {
-                scored.push(Scored {
-                    distance: args.metric.distance(ea, eb),
-                    same,
-                });
-                if let Some(f) = &protocol.folds {
-                    folds.push(f[n]);
-                }
-            }
-            _ => skipped += 1,
-        }
-    }
-    if scored.is_empty() {
-        bail!("no pair could be scored: every pair has an unreadable image");
-    }
-    let sweep = Sweep::new(&scored);
-    let thresholds = match &args.range {
-        Some(r) => metrics::parse_range(r).map_err(anyhow::Error::msg)?,
-        None => {
-            let (lo, hi) = sweep.range().unwrap_or((0.0, 1.0));
-            metrics::default_range(lo, hi, 40)
-        }
-    };
-    let roc = sweep.roc();
-    let (best_t, best_acc) = sweep.best_threshold();
-    let k_fold = (protocol.folds.is_some() && protocol.k > 1)
-        .then(|| metrics::k_fold(&scored, &folds, protocol.k));
-    let report = Report {
-        model: pipeline.model_id(),
-        metric: args.metric.to_string(),
-        protocol: protocol.kind,
-        face_select: match args.face_select {
-            FaceSelect::Center => "center",
-            FaceSelect::Largest => "largest",
-        },
-        images: counts,
-        pairs: PairCounts {
-            same: sweep.same_count(),
-            different: sweep.different_count(),
-            skipped,
-            sampled_from: protocol
-                .sampled_from
-                .map(|(same, different)| SampledFrom { same, different }),
-        },
-        best: Best {
-            threshold: best_t,
-            accuracy: best_acc,
-        },
-        roc_auc: metrics::auc(&roc),
-        eer: metrics::eer(&roc),
-        tar_at_far: [1e-3, 1e-2]
-            .iter()
-            .map(|&far| metrics::tar_at_far(&roc, far))
-            .collect(),
-        k_fold,
-        thresholds: thresholds.iter().map(|&t| sweep.at(t)).collect(),
-    };
-    if let Some((path, format)) = plot {
-        write_plot(path, format, &report, &sweep, &scored, &roc, args.force)?;
-    }
-    if args.json {
-        outln!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_text(&report, &args, cache.file(), start.elapsed().as_secs_f64());
-    }
-    Ok(exit_status(report.images.failed))
+    Ok(protocol)
 }
+
+/// "inferred 3 identities from file names (...): obama (2 photos), obama_partial_face (1)".
+fn identities_note(ids: &Identities) -> String {
+    const SHOWN: usize = 12;
+    let of = |from: LabelSource| -> Vec<&Identity> {
+        ids.list.iter().filter(|i| i.from == from).collect()
+    };
+    let names = |of: &[&Identity]| -> String {
+        let mut parts: Vec<String> = of
+            .iter()
+            .take(SHOWN)
+            .enumerate()
+            .map(|(k, i)| match (k, i.photos) {
+                (0, 1) => format!("{} (1 photo)", i.name),
+                (0, n) => format!("{} ({n} photos)", i.name),
+                (_, n) => format!("{} ({n})", i.name),
+            })
+            .collect();
+        if of.len() > SHOWN {
+            parts.push(format!("... and {} more", of.len() - SHOWN));
+        }
+        parts.join(", ")
+    };
+    let count = |n: usize| format!("{n} {}", if n == 1 { "identity" } else { "identities" });
+    let (sub, file) = (of(LabelSource::Subfolder), of(LabelSource::FileName));
+    let mut note = match ids.layout {
+        Layout::Mixed => format!(
+            "inferred {}: {} from subfolders: {}; {} from {}: {}",
+            count(ids.list.len()),
+            sub.len(),
+            names(&sub),
+            file.len(),
+            FROM_FILE_NAMES,
+            names(&file)
+        ),
+        Layout::FileNames => format!(
+            "inferred {} from {FROM_FILE_NAMES}: {}",
+            count(file.len()),
+            names(&file)
+        ),
+        _ => format!(
+            "inferred {} from subfolders: {}",
+            count(sub.len()),
+            names(&sub)
+        ),
+    };
+    let single = ids.list.iter().filter(|i| i.photos == 1).count();
+    if single > 0 {
+        note.push_str(&format!(
+            " ({single} with a single photo, so in no same-person pair)"
+        ));
+    }
+    note
+}
+
+const FROM_FILE_NAMES: &str = "file names (stem with digits stripped)";
 
 /// The file formats `--plot` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,34 +286,14 @@ impl PlotFormat {
     }
 }
 
-fn write_plot(
-    path: &Path,
-    format: PlotFormat,
-    report: &Report,
-    sweep: &Sweep,
-    scored: &[Scored],
-    roc: &[metrics::RocPoint],
-    force: bool,
-) -> anyhow::Result<()> {
-    let threshold = report
-        .k_fold
-        .as_ref()
-        .map_or(report.best.threshold, |k| k.threshold_mean);
-    let same: Vec<f32> = scored
-        .iter()
-        .filter(|p| p.same)
-        .map(|p| p.distance)
-        .collect();
-    let different: Vec<f32> = scored
-        .iter()
-        .filter(|p| !p.same)
-        .map(|p| p.distance)
-        .collect();
-    let curve: Vec<(f64, f64)> = roc.iter().map(|p| (p.fpr, p.tpr)).collect();
-    let at = sweep.at(threshold);
+/// Draws the ROC curve and the distance histograms with the operating threshold.
+fn write_plot(path: &Path, format: PlotFormat, report: &Report, force: bool) -> anyhow::Result<()> {
+    let threshold = report.threshold();
+    let (same, different) = report.distances();
+    let curve: Vec<(f64, f64)> = report.roc.iter().map(|p| (p.fpr, p.tpr)).collect();
     let title = format!(
         "{} - {} pairs - {}",
-        report.protocol,
+        report.protocol.name(),
         report.pairs.same + report.pairs.different,
         report.model
     );
@@ -461,7 +306,7 @@ fn write_plot(
         same: &same,
         different: &different,
         threshold,
-        operating_point: (at.fpr, at.tpr),
+        operating_point: report.operating_point(),
     };
     let bytes = match format {
         PlotFormat::Svg => super::plot::render_svg(&chart).into_bytes(),
@@ -484,7 +329,47 @@ fn pct(x: f64) -> String {
     format!("{:.2} %", 100.0 * x)
 }
 
+/// The text report: the threshold table, the summary, the hardest pairs.
 fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) {
+    print_table(r);
+    print_summary(r, args, cache, seconds);
+    print_hardest(r);
+}
+
+/// The hardest pairs at the operating threshold, different then same.
+fn print_hardest(r: &Report) {
+    let h = &r.hardest;
+    if h.different.is_empty() && h.same.is_empty() {
+        return;
+    }
+    outln!();
+    outln!(
+        "hardest pairs at threshold {:.4} ({} false accept{}, {} false reject{}):",
+        h.threshold,
+        h.false_accepts,
+        if h.false_accepts == 1 { "" } else { "s" },
+        h.false_rejects,
+        if h.false_rejects == 1 { "" } else { "s" }
+    );
+    let row = |kind: &str, p: &HardPair, error: &str| {
+        outln!(
+            "  {kind:<9}  {:.4}  {:<13}  {}  {}",
+            p.distance,
+            if p.error { error } else { "" },
+            display_path(&p.a),
+            display_path(&p.b)
+        );
+    };
+    for p in &h.different {
+        row("different", p, "FALSE ACCEPT");
+    }
+    for p in &h.same {
+        row("same", p, "FALSE REJECT");
+    }
+}
+
+/// The threshold table.
+fn print_table(r: &Report) {
     outln!(
         "{:>9}  {:>8}  {:>6}  {:>6}  {:>20}  {:>20}",
         "threshold",
@@ -509,6 +394,10 @@ fn print_text(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) 
             row.different.f1
         );
     }
+}
+
+/// The summary: model, counts, best threshold, ROC AUC, EER, TAR at FAR, k-fold, library.
+fn print_summary(r: &Report, args: &SweepArgs, cache: Option<&Path>, seconds: f64) {
     outln!();
     outln!("model          {} ({})", r.model, r.metric);
     outln!(

@@ -1,14 +1,15 @@
 //! `facekit verify A B`: same person or not, for shell scripts (exit 0 same, 1 different, 2 error).
+//! The workflow is [`facekit::verify`]'s; this parses the arguments and prints the verdict.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use facekit::io::{self, LoadOptions};
-use facekit::pipeline::{select_face, FacePolicy};
+use facekit::io::{JsonPath, LoadOptions};
+use facekit::verify::{self, Compared, Verdict};
 use serde::Serialize;
 
-use super::output::outln;
+use super::output::{display_path, outln};
 use super::{CommonArgs, EXIT_FAILURE};
 
 /// Which face of each photo is compared.
@@ -22,6 +23,16 @@ pub enum Policy {
     BestPair,
 }
 
+impl From<Policy> for verify::Policy {
+    fn from(p: Policy) -> Self {
+        match p {
+            Policy::Largest => verify::Policy::Largest,
+            Policy::Center => verify::Policy::Center,
+            Policy::BestPair => verify::Policy::BestPair,
+        }
+    }
+}
+
 /// Arguments of `facekit verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -33,7 +44,7 @@ pub struct VerifyArgs {
     /// (default: 0.60, calibrated on LFW; a trained --model's own calibrated threshold)
     #[arg(long, value_parser = super::parse::non_negative_f32)]
     threshold: Option<f32>,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text (schema in the README).
     #[arg(long)]
     json: bool,
     /// Which face of each photo to compare.
@@ -47,94 +58,147 @@ pub struct VerifyArgs {
     common: CommonArgs,
 }
 
+/// The compared face of one photo in `--json`.
 #[derive(Serialize)]
-struct Verdict<'a> {
-    a: facekit::io::JsonPath<'a>,
-    b: facekit::io::JsonPath<'a>,
+struct ComparedRecord {
+    face: usize,
+    #[serde(rename = "box")]
+    bbox: [f32; 4],
+    score: f32,
+}
+
+impl From<Compared> for ComparedRecord {
+    fn from(c: Compared) -> Self {
+        ComparedRecord {
+            face: c.index,
+            bbox: c.face.bbox.to_array(),
+            score: c.face.score,
+        }
+    }
+}
+
+/// A value per photo.
+#[derive(Serialize)]
+struct PerPhoto<T> {
+    a: T,
+    b: T,
+}
+
+/// The `--json` object (schema in the README).
+#[derive(Serialize)]
+struct VerdictRecord<'a> {
+    a: JsonPath<'a>,
+    b: JsonPath<'a>,
     distance: f32,
     threshold: f32,
     same: bool,
     model: &'a str,
+    policy: &'static str,
+    faces: PerPhoto<usize>,
+    compared: PerPhoto<ComparedRecord>,
 }
 
+/// Runs `facekit verify`.
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
-    let threshold = match args.threshold.or(pipeline.default_threshold()) {
-        Some(t) => t,
-        None => anyhow::bail!("this model records no threshold: pass --threshold"),
+    let Some(threshold) = args.threshold.or(pipeline.default_threshold()) else {
+        anyhow::bail!("this model records no threshold: pass --threshold");
     };
     let load = LoadOptions {
         max_pixels: args.common.max_pixels,
         ..LoadOptions::default()
     };
     let pool = super::runner::thread_pool(args.common.threads)?;
-    // Faces (and their embeddings) of each photo; the policy decides which to embed.
-    let faces_in = |path: &PathBuf| -> facekit::Result<Vec<Vec<f32>>> {
-        let img = io::load_image(path, &load)?;
-        let dets = pipeline.detector().detect(&img)?;
-        let chosen = match args.policy {
-            Policy::BestPair => dets,
-            Policy::Largest | Policy::Center => {
-                let policy = if matches!(args.policy, Policy::Largest) {
-                    FacePolicy::Largest
-                } else {
-                    FacePolicy::Center
-                };
-                select_face(
-                    dets.iter().map(|d| &d.bbox),
-                    policy,
-                    img.width(),
-                    img.height(),
-                )
-                .map(|i| vec![dets[i].clone()])
-                .unwrap_or_default()
-            }
-        };
-        if chosen.is_empty() {
-            return Err(facekit::Error::image(path, "no face found"));
-        }
-        pipeline.embed_detections(&img, &chosen)
-    };
-    let faces_of =
-        |path: &PathBuf| -> facekit::Result<Vec<Vec<f32>>> { io::guard(path, || faces_in(path)) };
-    let (ea, eb) = pool.install(|| rayon::join(|| faces_of(&args.a), || faces_of(&args.b)));
-    let (ea, eb) = match (ea, eb) {
-        (Ok(a), Ok(b)) => (a, b),
-        (a, b) => {
-            for e in [a.err(), b.err()].into_iter().flatten() {
-                eprintln!("facekit: error: {e:#}");
+    let policy = verify::Policy::from(args.policy);
+    let verdict = match pool
+        .install(|| verify::verify_files(&pipeline, &args.a, &args.b, policy, threshold, &load))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            for e in &e.errors {
+                eprintln!("facekit: error: {e}");
             }
             return Ok(ExitCode::from(EXIT_FAILURE));
         }
     };
-    let distance = ea
-        .iter()
-        .flat_map(|x| eb.iter().map(move |y| facekit::distance::euclidean(x, y)))
-        .fold(f32::INFINITY, f32::min);
-    let same = distance < threshold;
+    note_several_faces(&verdict, &args.a, &args.b);
     if args.json {
-        super::output::json_line(&Verdict {
-            a: facekit::io::JsonPath(&args.a),
-            b: facekit::io::JsonPath(&args.b),
-            distance,
+        super::output::json_line(&VerdictRecord {
+            a: JsonPath(&args.a),
+            b: JsonPath(&args.b),
+            distance: verdict.distance,
             threshold,
-            same,
+            same: verdict.same,
             model: &pipeline.model_id(),
+            policy: policy.name(),
+            faces: PerPhoto {
+                a: verdict.faces_a.len(),
+                b: verdict.faces_b.len(),
+            },
+            compared: PerPhoto {
+                a: verdict.compared_a().into(),
+                b: verdict.compared_b().into(),
+            },
         });
     } else {
-        outln!(
-            "{}: distance {distance:.4} (threshold {:.4})",
-            if same {
-                "same person"
-            } else {
-                "different people"
-            },
-            threshold
-        );
+        print_text(&verdict, &args.a, &args.b);
     }
-    Ok(if same {
+    Ok(if verdict.same {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The verdict line, then one line per photo: its face count and the compared face.
+fn print_text(v: &Verdict, a: &Path, b: &Path) {
+    outln!(
+        "{}: distance {:.4} (threshold {:.4})",
+        if v.same {
+            "same person"
+        } else {
+            "different people"
+        },
+        v.distance,
+        v.threshold
+    );
+    for (tag, path, faces, c) in [
+        ("A", a, v.faces_a.len(), v.compared_a()),
+        ("B", b, v.faces_b.len(), v.compared_b()),
+    ] {
+        let bb = c.face.bbox;
+        outln!(
+            "  {tag} {}: {faces} face{}, compared face {} (box {:.0},{:.0}-{:.0},{:.0}, score {:.3})",
+            display_path(path),
+            if faces == 1 { "" } else { "s" },
+            c.index,
+            bb.x1,
+            bb.y1,
+            bb.x2,
+            bb.y2,
+            c.face.score
+        );
+    }
+}
+
+/// Under a single-face policy, a note on stderr for each photo with several faces: which one
+/// was compared, and that `--policy best-pair` compares them all.
+fn note_several_faces(v: &Verdict, a: &Path, b: &Path) {
+    let which = match v.policy {
+        verify::Policy::Largest => "the largest",
+        verify::Policy::Center => "the one nearest the centre",
+        _ => return,
+    };
+    for (path, n, index) in [
+        (a, v.faces_a.len(), v.pair.0),
+        (b, v.faces_b.len(), v.pair.1),
+    ] {
+        if n > 1 {
+            eprintln!(
+                "facekit: note: {} has {n} faces; compared {which} (face {index}). \
+                 --policy best-pair compares every face of A with every face of B",
+                display_path(path)
+            );
+        }
+    }
 }
