@@ -74,10 +74,22 @@ impl PhotoFaces {
         policy: Policy,
         path: &Path,
     ) -> Result<Self> {
-        let faces = pipeline.detector().detect(img)?;
+        Self::of_photo(pipeline, &io::Photo::from_image(img.clone()), policy, path)
+    }
+
+    /// [`PhotoFaces::of_image`] on a decoded photo: detection on its decoded (possibly
+    /// reduced) pixels, chips from the full-resolution image.
+    pub fn of_photo(
+        pipeline: &Pipeline,
+        photo: &io::Photo,
+        policy: Policy,
+        path: &Path,
+    ) -> Result<Self> {
+        let faces = pipeline.detector().detect_photo(photo)?;
+        let (width, height) = photo.dimensions();
         let chosen: Vec<usize> = match policy.single() {
             None => (0..faces.len()).collect(),
-            Some(p) => select_face(faces.iter().map(|d| &d.bbox), p, img.width(), img.height())
+            Some(p) => select_face(faces.iter().map(|d| &d.bbox), p, width, height)
                 .into_iter()
                 .collect(),
         };
@@ -85,15 +97,16 @@ impl PhotoFaces {
             return Err(Error::image(path, "no face found"));
         }
         let dets: Vec<Detection> = chosen.iter().map(|&i| faces[i].clone()).collect();
-        let embs = pipeline.embed_detections(img, &dets)?;
+        let full = photo.full().map_err(|reason| Error::image(path, reason))?;
+        let embs = pipeline.embed_detections(&full, &dets)?;
         Ok(PhotoFaces {
             faces,
             embedded: chosen.into_iter().zip(embs).collect(),
         })
     }
 
-    /// Loads the photo at `path` and runs [`PhotoFaces::of_image`] on it, inside the per-file
-    /// fault boundary.
+    /// Loads the photo at `path` (see [`io::load_photo`]) and runs [`PhotoFaces::of_photo`] on
+    /// it, inside the per-file fault boundary.
     pub fn of_file(
         pipeline: &Pipeline,
         path: &Path,
@@ -101,8 +114,8 @@ impl PhotoFaces {
         load: &LoadOptions,
     ) -> Result<Self> {
         io::guard(path, || {
-            let img = io::load_image(path, load)?;
-            Self::of_image(pipeline, &img, policy, path)
+            let photo = io::load_photo(path, load, |w, h| pipeline.detector().working_scale(w, h))?;
+            Self::of_photo(pipeline, &photo, policy, path)
         })
     }
 }

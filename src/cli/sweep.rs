@@ -17,7 +17,7 @@ use facekit::sweep::{
     Report, SweepConfig,
 };
 
-use super::output::{display_path, outln};
+use super::output::{display_path, note, outln};
 use super::runner::{exit_status, progress, thread_pool};
 use super::CommonArgs;
 
@@ -136,7 +136,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     for (path, outcome) in protocol.images.iter().zip(&embedded.outcomes) {
         match outcome {
-            ImageOutcome::CentralCrop => eprintln!(
+            ImageOutcome::CentralCrop => note!(
                 "facekit: {}: no face found; using the central crop",
                 display_path(path)
             ),
@@ -147,7 +147,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let report = sweep::measure(&protocol, &embedded, &config)?;
     if let Some((path, format)) = plot {
         write_plot(path, format, &report, args.force)?;
-        eprintln!("facekit: wrote {}", display_path(path));
+        note!("facekit: wrote {}", display_path(path));
     }
     if args.json {
         outln!("{}", serde_json::to_string(&report)?);
@@ -183,7 +183,7 @@ fn load_protocol(args: &SweepArgs) -> anyhow::Result<Protocol> {
     };
     let protocol = Protocol::load(&data, &config)?;
     if let Some(ids) = &protocol.identities {
-        eprintln!("facekit: {}", identities_note(ids));
+        note!("facekit: {}", identities_note(ids));
         if ids.layout == Layout::Mixed {
             let what = format!(
                 "{}: mixed layout: identity subfolders plus {} loose photo(s) at the top level, \

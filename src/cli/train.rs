@@ -16,7 +16,7 @@ use facekit::train::{
 use facekit::FacePolicy;
 use serde::Serialize;
 
-use super::output::{display_path, outln};
+use super::output::{display_path, note, outln};
 use super::runner::Bars;
 use super::CommonArgs;
 

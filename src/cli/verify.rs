@@ -9,7 +9,7 @@ use facekit::io::{JsonPath, LoadOptions};
 use facekit::verify::{self, Compared, Verdict};
 use serde::Serialize;
 
-use super::output::{display_path, outln};
+use super::output::{display_path, note, outln};
 use super::{CommonArgs, EXIT_FAILURE};
 
 /// Which face of each photo is compared.
@@ -194,7 +194,7 @@ fn note_several_faces(v: &Verdict, a: &Path, b: &Path) {
         (b, v.faces_b.len(), v.pair.1),
     ] {
         if n > 1 {
-            eprintln!(
+            note!(
                 "facekit: note: {} has {n} faces; compared {which} (face {index}). \
                  --policy best-pair compares every face of A with every face of B",
                 display_path(path)
