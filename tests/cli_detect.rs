@@ -488,3 +488,105 @@ fn large_jpegs_are_detected_on_a_reduced_decode() {
         assert_eq!(chip, pipeline.chip(&full, &det), "chip {k}");
     }
 }
+
+/// One face numbering everywhere: `detect`'s table, its JSON order, `embed`'s `face` field and
+/// `align`'s chip names all count a photo's faces from 0 in the same (score) order.
+#[test]
+fn faces_are_numbered_from_zero_everywhere() {
+    let photo = fixture("2008_001322.jpg");
+    let p = photo.to_str().unwrap();
+    let table = facekit(&["detect", p]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let numbers: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(numbers, ["0", "1", "2"], "{text}");
+    let detected = json_lines(&facekit(&["detect", "--json", p]).stdout);
+    let embedded = json_lines(&facekit(&["embed", p]).stdout);
+    for (k, rec) in embedded.iter().enumerate() {
+        assert_eq!(rec["face"], k);
+        // The same face: the k-th of detect's JSON and the k-th row of its table.
+        assert_eq!(rec["box"], detected[0]["faces"][k]["box"]);
+        let cols: Vec<&str> = text
+            .lines()
+            .nth(1 + k)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let x1: f64 = cols[2].parse().unwrap();
+        assert!(
+            (x1 - rec["box"][0].as_f64().unwrap()).abs() < 0.06,
+            "{text}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = facekit(&["align", p, "--out", dir.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    let mut chips: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    chips.sort();
+    assert_eq!(
+        chips,
+        [
+            "2008_001322_0.png",
+            "2008_001322_1.png",
+            "2008_001322_2.png"
+        ]
+    );
+}
+
+/// `--min-score` drops faces below the score before anything else sees them, on every
+/// subcommand that detects; out-of-range values are refused.
+#[test]
+fn min_score_drops_doubtful_faces() {
+    let photo = fixture("2008_001322.jpg");
+    let p = photo.to_str().unwrap();
+    let all = json_lines(&facekit(&["detect", "--json", p]).stdout);
+    let scores: Vec<f64> = all[0]["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 3);
+    // Between the lowest score and the next: the lowest-scoring face goes.
+    let cut = (scores[1] + scores[2]) / 2.0;
+    assert!(scores[2] < cut && cut < scores[1], "{scores:?}");
+    let cut = format!("{cut:.6}");
+    for detector in ["mtcnn", "yunet"] {
+        let base = json_lines(&facekit(&["detect", "--json", "--detector", detector, p]).stdout);
+        let n = base[0]["faces"].as_array().unwrap().len();
+        let lowest = base[0]["faces"][n - 1]["score"].as_f64().unwrap();
+        let keep = base[0]["faces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["score"].as_f64().unwrap() >= lowest + 1e-4)
+            .count();
+        let s = format!("{:.6}", lowest + 1e-4);
+        let out = facekit(&[
+            "detect",
+            "--json",
+            "--detector",
+            detector,
+            "--min-score",
+            &s,
+            p,
+        ]);
+        let got = json_lines(&out.stdout);
+        assert_eq!(
+            got[0]["faces"].as_array().unwrap().len(),
+            keep,
+            "{detector}"
+        );
+    }
+    let embedded = json_lines(&facekit(&["embed", "--min-score", &cut, p]).stdout);
+    assert_eq!(embedded.len(), 2);
+    let out = facekit(&["verify", "--min-score", "1.5", p, p]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"));
+}

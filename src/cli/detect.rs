@@ -61,6 +61,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     let mut config = args.common.detector_config(args.faces.min_face);
     config.mtcnn.thresholds = [args.thresholds[0], args.thresholds[1], args.thresholds[2]];
     config.mtcnn.factor = args.factor;
+    let config = config.with_min_score(args.common.min_score);
     let source = ModelSource::resolve(args.common.models.as_deref());
     let detector = Detector::new(&source, config).context("cannot load the detector")?;
     super::about::verbose_detector(&source, &detector);

@@ -93,6 +93,10 @@ pub struct CommonArgs {
     /// The face detector.
     #[arg(long, value_enum, default_value_t = DetectorArg::Mtcnn)]
     pub detector: DetectorArg,
+    /// Keep only faces whose detection score is at least S (the detector's final threshold;
+    /// default 0.70 for both detectors; e.g. 0.95 drops doubtful faces before they are embedded).
+    #[arg(long = "min-score", value_name = "S", value_parser = parse::unit_f32)]
+    pub min_score: Option<f32>,
 }
 
 /// Face detectors.
@@ -116,6 +120,7 @@ impl CommonArgs {
             min_face,
             ..Default::default()
         }
+        .with_min_score(self.min_score)
     }
 }
 

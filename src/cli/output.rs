@@ -233,7 +233,7 @@ impl DetectTable {
             let b = f.bbox;
             outln!(
                 "{:>4}  {:>6.4}  {:>7.1} {:>7.1} {:>7.1} {:>7.1}  {path}",
-                k + 1,
+                k,
                 f.score,
                 b.x1,
                 b.y1,

@@ -201,6 +201,16 @@ impl DetectorConfig {
         }
     }
 
+    /// These settings with the final score threshold (MTCNN's O-Net threshold, YuNet's score
+    /// threshold) set to `min_score`, when given.
+    pub fn with_min_score(mut self, min_score: Option<f32>) -> Self {
+        if let Some(s) = min_score {
+            self.mtcnn.thresholds[2] = s;
+            self.yunet.score_threshold = s;
+        }
+        self
+    }
+
     /// Lowers the final score threshold to `floor` when it is higher (evaluations that
     /// tabulate several thresholds from one pass).
     pub fn lower_score_threshold(&mut self, floor: f32) {
