@@ -39,7 +39,7 @@ pub mod verify;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
 pub use error::{Error, Result};
-pub use pipeline::{Face, FacePolicy, Pipeline, PipelineConfig};
+pub use pipeline::{Face, FacePolicy, Pipeline, PipelineBuilder, PipelineConfig};
 
 /// The compute device facekit runs its networks on: CUDA when built with `cuda` and a GPU is
 /// present, otherwise the CPU.

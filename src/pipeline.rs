@@ -124,6 +124,9 @@ pub struct Pipeline {
     detector: Detector,
     aligner: Aligner,
     embedder: Box<dyn Embedder>,
+    /// Whether the embedder is dlib's ResNet read from `source` (its weights then enter
+    /// [`Pipeline::cache_key`]; another embedder is identified by its model id).
+    dlib_weights: bool,
     config: PipelineConfig,
     source: ModelSource,
     /// [`Pipeline::cache_key`], once computed (it hashes ~30 MB of weights; the library asks
@@ -131,34 +134,128 @@ pub struct Pipeline {
     key: std::sync::OnceLock<String>,
 }
 
-impl Pipeline {
-    /// The default pipeline (MTCNN, dlib alignment, dlib ResNet with flip) on the embedded
-    /// weights, or `$FACEKIT_MODELS` when set.
-    pub fn new() -> Result<Self> {
-        Self::with_models(&ModelSource::resolve(None), PipelineConfig::default())
+/// Builds a [`Pipeline`] from parts: any [`Detector`] and any [`Embedder`], or the default ones
+/// (MTCNN, dlib's ResNet with flip averaging) loaded from a model source.
+///
+/// ```no_run
+/// use facekit::{detect::DetectorKind, Detector, DetectorConfig, Pipeline};
+/// let source = facekit::models::ModelSource::resolve(None);
+/// let yunet = DetectorConfig { kind: DetectorKind::YuNet, ..Default::default() };
+/// let pipeline = Pipeline::builder()
+///     .models(&source)
+///     .detector(Detector::new(&source, yunet)?)
+///     .flip(false)
+///     .build()?;
+/// # Ok::<(), facekit::Error>(())
+/// ```
+pub struct PipelineBuilder {
+    source: ModelSource,
+    config: PipelineConfig,
+    detector: Option<Detector>,
+    embedder: Option<Box<dyn Embedder>>,
+}
+
+impl PipelineBuilder {
+    /// Where the default parts and the aligner read their weights (default: the embedded
+    /// copies, or `$FACEKIT_MODELS`).
+    pub fn models(mut self, source: &ModelSource) -> Self {
+        self.source = source.clone();
+        self
     }
 
-    /// A pipeline with weights from `source`.
-    pub fn with_models(source: &ModelSource, config: PipelineConfig) -> Result<Self> {
-        let detector = Detector::new(source, config.detector.clone())?;
-        let output = match config.head.as_deref().map(|h| h.input) {
-            Some(HeadInput::Pooled) => Output::Pooled,
-            Some(HeadInput::Embedding) => Output::Embedding,
-            None => config.output,
+    /// Every setting at once (detector settings, template, flip, output, head).
+    pub fn config(mut self, config: PipelineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Use this detector (its settings replace the configured detector settings).
+    pub fn detector(mut self, detector: Detector) -> Self {
+        self.detector = Some(detector);
+        self
+    }
+
+    /// Use this embedder instead of dlib's ResNet. Its [`Embedder::model_id`] must change
+    /// whenever its weights do: it is what the face library tells embeddings apart by.
+    pub fn embedder(mut self, embedder: impl Embedder + 'static) -> Self {
+        self.embedder = Some(Box::new(embedder));
+        self
+    }
+
+    /// Alignment template for the embedder's chips.
+    pub fn template(mut self, template: Template) -> Self {
+        self.config.template = template;
+        self
+    }
+
+    /// Average each embedding with the mirrored chip's (default: on).
+    pub fn flip(mut self, flip: bool) -> Self {
+        self.config.flip = flip;
+        self
+    }
+
+    /// Loads what was not given and assembles the pipeline.
+    pub fn build(self) -> Result<Pipeline> {
+        let PipelineBuilder {
+            source,
+            mut config,
+            detector,
+            embedder,
+        } = self;
+        let detector = match detector {
+            Some(d) => {
+                config.detector = d.config().clone();
+                d
+            }
+            None => Detector::new(&source, config.detector.clone())?,
         };
-        let overrides = config.head.as_deref().map_or(&[][..], |h| &h.backbone[..]);
-        let embedder: Box<dyn Embedder> =
-            Box::new(DlibEmbedder::with_overrides(source, output, overrides)?);
-        let aligner = Aligner::new(source, config.template, embedder.chip_size() as u32)?
+        let dlib_weights = embedder.is_none();
+        let embedder: Box<dyn Embedder> = match embedder {
+            Some(e) => e,
+            None => {
+                let output = match config.head.as_deref().map(|h| h.input) {
+                    Some(HeadInput::Pooled) => Output::Pooled,
+                    Some(HeadInput::Embedding) => Output::Embedding,
+                    None => config.output,
+                };
+                let overrides = config.head.as_deref().map_or(&[][..], |h| &h.backbone[..]);
+                Box::new(DlibEmbedder::with_overrides(&source, output, overrides)?)
+            }
+        };
+        let aligner = Aligner::new(&source, config.template, embedder.chip_size() as u32)?
             .for_detector(config.detector.kind);
         Ok(Pipeline {
             detector,
             aligner,
             embedder,
+            dlib_weights,
             config,
-            source: source.clone(),
+            source,
             key: std::sync::OnceLock::new(),
         })
+    }
+}
+
+impl Pipeline {
+    /// The default pipeline (MTCNN, dlib alignment, dlib ResNet with flip) on the embedded
+    /// weights, or `$FACEKIT_MODELS` when set.
+    pub fn new() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// A pipeline assembled from parts ([`PipelineBuilder`]).
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder {
+            source: ModelSource::resolve(None),
+            config: PipelineConfig::default(),
+            detector: None,
+            embedder: None,
+        }
+    }
+
+    /// A pipeline with weights from `source`.
+    pub fn with_models(source: &ModelSource, config: PipelineConfig) -> Result<Self> {
+        Self::builder().models(source).config(config).build()
     }
 
     /// The detector.
@@ -215,11 +312,20 @@ impl Pipeline {
         if let Some(key) = self.key.get() {
             return Ok(key.clone());
         }
-        let mut files = vec![crate::models::MTCNN, crate::models::DLIB_RESNET];
+        let mut key = format!(
+            "{}|{}|{}:{}",
+            self.model_id(),
+            self.detector.id(),
+            self.detector.weights_file(),
+            self.detector.weights_sha256()?
+        );
+        let mut files = Vec::new();
+        if self.dlib_weights {
+            files.push(crate::models::DLIB_RESNET);
+        }
         if self.config.template == Template::Dlib {
             files.push(crate::models::SHAPE_PREDICTOR_5);
         }
-        let mut key = format!("{}|{}", self.model_id(), self.detector.id());
         for name in files {
             key.push_str(&format!("|{name}:{}", self.source.sha256(name)?));
         }
@@ -317,5 +423,82 @@ impl Pipeline {
                 embedding,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::DetectorKind;
+
+    /// A tiny real embedder: the mean colour of the chip (3-d).
+    struct MeanColour;
+
+    impl Embedder for MeanColour {
+        fn model_id(&self) -> &str {
+            "mean-colour"
+        }
+        fn dim(&self) -> usize {
+            3
+        }
+        fn chip_size(&self) -> usize {
+            64
+        }
+        fn embed(&self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+            Ok(chips
+                .iter()
+                .map(|c| {
+                    let n = (c.width() * c.height()) as f32;
+                    (0..3)
+                        .map(|k| c.pixels().map(|p| p.0[k] as f32).sum::<f32>() / n)
+                        .collect()
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn builder_takes_any_detector_and_embedder() {
+        let source = ModelSource::Embedded;
+        let img = crate::io::load_image(
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/2008_001322.jpg"
+            )),
+            &Default::default(),
+        )
+        .unwrap();
+        let yunet = DetectorConfig {
+            kind: DetectorKind::YuNet,
+            ..Default::default()
+        };
+        let p = Pipeline::builder()
+            .models(&source)
+            .detector(Detector::new(&source, yunet.clone()).unwrap())
+            .embedder(MeanColour)
+            .build()
+            .unwrap();
+        assert_eq!(p.config().detector.kind, DetectorKind::YuNet);
+        assert_eq!(p.dim(), 3);
+        let faces = p.faces(&img).unwrap();
+        let dets = Detector::new(&source, yunet).unwrap().detect(&img).unwrap();
+        assert_eq!(faces.len(), dets.len());
+        assert!(!faces.is_empty());
+        for (f, d) in faces.iter().zip(&dets) {
+            assert_eq!(f.bbox, d.bbox);
+            // The 64 px chip's mean colour (the mirrored chip has the same mean).
+            let chip = p.chip(&img, d);
+            assert_eq!(chip.dimensions(), (64, 64));
+            let want = MeanColour.embed(&[chip]).unwrap().remove(0);
+            for (a, b) in f.embedding.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-3, "{:?} vs {want:?}", f.embedding);
+            }
+        }
+        // The library keeps these apart from the default pipeline's embeddings.
+        let key = p.cache_key().unwrap();
+        assert!(key.starts_with("mean-colour+dlib+flip|yunet("), "{key}");
+        assert!(key.contains("yunet.safetensors:") && !key.contains("dlib_resnet"));
+        let default = Pipeline::new().unwrap().cache_key().unwrap();
+        assert!(default.contains("mtcnn.safetensors:") && default.contains("dlib_resnet"));
     }
 }

@@ -234,6 +234,8 @@ enum Backend {
 pub struct Detector {
     backend: Backend,
     config: DetectorConfig,
+    /// Where the weights came from (for [`Detector::weights_sha256`]).
+    source: ModelSource,
 }
 
 impl Detector {
@@ -254,7 +256,25 @@ impl Detector {
                 Backend::YuNet(Box::new(YuNet::new(source, config.yunet.clone())?))
             }
         };
-        Ok(Detector { backend, config })
+        Ok(Detector {
+            backend,
+            config,
+            source: source.clone(),
+        })
+    }
+
+    /// The weights file the network reads ([`crate::models::MTCNN`] or
+    /// [`crate::models::YUNET`]).
+    pub fn weights_file(&self) -> &'static str {
+        match self.config.kind {
+            DetectorKind::Mtcnn => crate::models::MTCNN,
+            DetectorKind::YuNet => crate::models::YUNET,
+        }
+    }
+
+    /// SHA-256 of the weights the network was loaded from.
+    pub fn weights_sha256(&self) -> Result<String> {
+        self.source.sha256(self.weights_file())
     }
 
     /// The settings in use.
