@@ -122,9 +122,9 @@ pub fn cluster(
             split_same_photo(embeddings, dim, photo, labels, config.metric)
         }
         Algorithm::KMeans => {
-            let k = config.k.ok_or_else(|| {
-                Error::Config("k-means needs the number of clusters (--k)".into())
-            })?;
+            let k = config
+                .k
+                .ok_or_else(|| Error::Config("k-means needs the number of clusters k".into()))?;
             if k == 0 {
                 return Err(Error::Config("k-means: k must be at least 1".into()));
             }

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 /// Result alias used throughout facekit.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Everything that can go wrong in facekit.
+/// Everything that can go wrong in facekit. Messages say what is wrong in the library's terms
+/// (never a command-line flag); front ends add their own hints by matching the kind.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A file could not be read or written.
     // The I/O error is part of the message, not a `source()`, so `{:#}` does not repeat it.
@@ -25,6 +27,28 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// An image declares more pixels than the configured limit
+    /// ([`LoadOptions::max_pixels`](crate::io::LoadOptions)); refused before decoding.
+    #[error("{}: image is {width}x{height} ({:.1} MP), over the {:.1} MP limit", path.display(), *width as f64 * *height as f64 / 1e6, *limit as f64 / 1e6)]
+    TooLarge {
+        /// The file concerned.
+        path: PathBuf,
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The limit, in pixels.
+        limit: u64,
+    },
+    /// An output file exists and replacing it was not asked for.
+    #[error("{}: already exists", path.display())]
+    Exists {
+        /// The file that would have been replaced.
+        path: PathBuf,
+    },
+    /// The input cannot give what was asked for (no scorable pair, too few identities).
+    #[error("{0}")]
+    Data(String),
     /// Model weights are missing or malformed.
     #[error("model {name}: {reason}")]
     Model {
@@ -75,6 +99,19 @@ impl Clone for Error {
                 reason: reason.clone(),
             },
             Error::NotFound(s) => Error::NotFound(s.clone()),
+            Error::TooLarge {
+                path,
+                width,
+                height,
+                limit,
+            } => Error::TooLarge {
+                path: path.clone(),
+                width: *width,
+                height: *height,
+                limit: *limit,
+            },
+            Error::Exists { path } => Error::Exists { path: path.clone() },
+            Error::Data(s) => Error::Data(s.clone()),
             Error::Candle(e) => Error::Config(format!("tensor error: {e}")),
         }
     }
@@ -92,7 +129,10 @@ impl Error {
     /// The file the error concerns, if it concerns one.
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
-            Error::Io { path, .. } | Error::Image { path, .. } => Some(path),
+            Error::Io { path, .. }
+            | Error::Image { path, .. }
+            | Error::TooLarge { path, .. }
+            | Error::Exists { path } => Some(path),
             _ => None,
         }
     }
@@ -102,6 +142,11 @@ impl Error {
         match self {
             Error::Io { error, .. } => error.to_string(),
             Error::Image { reason, .. } => reason.clone(),
+            Error::TooLarge { path, .. } | Error::Exists { path } => {
+                let full = self.to_string();
+                let prefix = format!("{}: ", path.display());
+                full.strip_prefix(&prefix).unwrap_or(&full).to_string()
+            }
             other => other.to_string(),
         }
     }

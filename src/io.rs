@@ -164,6 +164,14 @@ pub fn read_image_bytes(path: &Path, opts: &LoadOptions) -> Result<Vec<u8>> {
         .map_err(|e| Error::io(path, e))?;
     let cap = match header_dimensions(&bytes) {
         Some((w, h)) => {
+            if w as u64 * h as u64 > opts.max_pixels {
+                return Err(Error::TooLarge {
+                    path: path.to_path_buf(),
+                    width: w,
+                    height: h,
+                    limit: opts.max_pixels,
+                });
+            }
             check_pixels(w, h, opts).map_err(|reason| Error::image(path, reason))?;
             (w as u64 * h as u64).saturating_mul(8) + BYTE_MARGIN
         }
@@ -198,7 +206,7 @@ fn check_pixels(w: u32, h: u32, opts: &LoadOptions) -> std::result::Result<(), S
     let pixels = w as u64 * h as u64;
     if pixels > opts.max_pixels {
         return Err(format!(
-            "image is {w}x{h} ({:.1} MP), over the {:.1} MP limit (raise it with --max-pixels)",
+            "image is {w}x{h} ({:.1} MP), over the {:.1} MP limit",
             pixels as f64 / 1e6,
             opts.max_pixels as f64 / 1e6
         ));
@@ -904,13 +912,9 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
 /// An existing file is an error unless `overwrite`.
 pub fn write_file_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     if !overwrite && path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "already exists (use --force to replace it)",
-            ),
-        ));
+        return Err(Error::Exists {
+            path: path.to_path_buf(),
+        });
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -616,7 +616,7 @@ pub fn measure(protocol: &Protocol, embedded: &Embedded, config: &SweepConfig) -
         }
     }
     if scored.is_empty() {
-        return Err(Error::Config(
+        return Err(Error::Data(
             "no pair could be scored: every pair has an unusable image".into(),
         ));
     }

@@ -246,6 +246,11 @@ fn bad_inputs_are_reported_and_the_run_goes_on() {
     let out = facekit(&args);
     assert_eq!(out.status.code(), Some(2), "some inputs failed");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The library's typed error gets the CLI's hint on stderr (the JSON reason names no flag).
+    assert!(
+        stderr.contains("over the 100.0 MP limit (raise the limit with --max-pixels)"),
+        "{stderr}"
+    );
     let recs = json_lines(&out.stdout);
     assert_eq!(recs.len(), cases.len(), "one record per input: {recs:?}");
     for (path, want_err) in &cases {

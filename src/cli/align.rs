@@ -128,14 +128,14 @@ pub fn run(args: AlignArgs) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => {
                         failures += 1;
-                        eprintln!("facekit: error: {e}");
+                        super::output::report(&e);
                     }
                 }
             }
         }
         Err(e) => {
             failures += 1;
-            eprintln!("facekit: error: {e}");
+            super::output::report(&e);
         }
     });
     flush_stdout();

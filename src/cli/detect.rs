@@ -147,7 +147,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
 
 /// An error line on stderr, and with `--json` an error record on stdout.
 fn report_failure(json: bool, e: &facekit::Error) {
-    eprintln!("facekit: error: {e}");
+    super::output::report(e);
     if json {
         json_line(&ErrorRecord {
             path: JsonPath(e.path().unwrap_or(Path::new(""))),

@@ -184,7 +184,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             failures += 1;
-            eprintln!("facekit: error: {e}");
+            super::output::report(&e);
         }
     });
     flush_stdout();

@@ -132,7 +132,7 @@ pub fn run(args: IdentifyArgs) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 failed += 1;
                 {
-                    eprintln!("facekit: {e}");
+                    super::output::report(&e);
                     if args.json {
                         let rec = PhotoRecord {
                             path: JsonPath(&path),

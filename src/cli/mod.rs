@@ -284,7 +284,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("facekit: error: {e:#}");
+            let hint = e.downcast_ref::<facekit::Error>().map_or("", output::hint);
+            eprintln!("facekit: error: {e:#}{hint}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -243,3 +243,17 @@ impl DetectTable {
         }
     }
 }
+
+/// What a user can do about an error, in this CLI's flags (the library's messages name none).
+pub fn hint(e: &facekit::Error) -> &'static str {
+    match e {
+        facekit::Error::TooLarge { .. } => " (raise the limit with --max-pixels)",
+        facekit::Error::Exists { .. } => " (use --force to replace it)",
+        _ => "",
+    }
+}
+
+/// Prints a per-file error on stderr with its hint; the run goes on.
+pub fn report(e: &facekit::Error) {
+    eprintln!("facekit: error: {e}{}", hint(e));
+}

@@ -338,7 +338,7 @@ fn enroll(items: Vec<people::KnownPhoto>, with: &Analysis, json: bool) -> anyhow
                 }
                 Err(e) => {
                     failed += 1;
-                    eprintln!("facekit: {e}");
+                    super::output::report(&e);
                     rec.error = Some(e.reason());
                 }
             }

@@ -140,7 +140,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
                 "facekit: {}: no face found; using the central crop",
                 display_path(path)
             ),
-            ImageOutcome::Failed(e) => eprintln!("facekit: {e}"),
+            ImageOutcome::Failed(e) => super::output::report(e),
             _ => {}
         }
     }

@@ -312,7 +312,7 @@ impl Progress for Log {
 impl TrainProgress for Log {
     fn loaded(&self, failed: &[facekit::Error], no_face: &[PathBuf]) {
         for e in failed {
-            eprintln!("facekit: {e}");
+            super::output::report(e);
         }
         for p in no_face {
             note!("facekit: {}: no face found; left out", display_path(p));

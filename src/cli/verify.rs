@@ -116,7 +116,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Ok(v) => v,
         Err(e) => {
             for e in &e.errors {
-                eprintln!("facekit: error: {e}");
+                super::output::report(e);
             }
             return Ok(ExitCode::from(EXIT_FAILURE));
         }

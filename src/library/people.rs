@@ -581,7 +581,7 @@ impl Library {
             None => {
                 return Err(Error::image(
                     path,
-                    format!("has {n} faces; say which with --face (0 to {})", n - 1),
+                    format!("has {n} faces; say which one (0 to {})", n - 1),
                 ))
             }
         };

@@ -482,9 +482,10 @@ pub fn train(
     mut on_epoch: impl FnMut(&EpochLog),
 ) -> Result<Trained> {
     if config.identities < 2 || config.per_identity < 2 {
-        return Err(Error::Config(
-            "batches need at least 2 identities x 2 images (--identities, --per-identity)".into(),
-        ));
+        return Err(Error::Config(format!(
+            "batches need at least 2 identities x 2 images each, got {} x {}",
+            config.identities, config.per_identity
+        )));
     }
     // Identities with at least two training faces.
     let mut by_id: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
