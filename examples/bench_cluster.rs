@@ -34,7 +34,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use facekit::cluster::{self, cluster, Algorithm, ClusterConfig};
 use facekit::distance::{self, Metric};
-use facekit::rng::Rng;
+use facekit::Rng;
 
 const DIM: usize = 128;
 const NOISE_SHARE: f64 = 0.07;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use facekit::detect::{BBox, Point};
 use facekit::library::{ImageFaces, Library};
-use facekit::rng::Rng;
+use facekit::Rng;
 use facekit::{Face, Pipeline};
 
 fn main() -> Result<()> {

@@ -58,7 +58,7 @@ use facekit::album::AlbumConfig;
 use facekit::cluster::{cluster_faces, Algorithm, ClusterConfig, Clustering};
 use facekit::io::LoadOptions;
 use facekit::library::{ImageFaces, Library};
-use facekit::rng::Rng;
+use facekit::Rng;
 use facekit::Pipeline;
 use rayon::prelude::*;
 
@@ -358,7 +358,7 @@ fn main() -> Result<()> {
     let faces: Vec<(std::sync::Arc<ImageFaces>, bool)> = album
         .par_iter()
         .map(|it| {
-            facekit::nn::serial(|| {
+            facekit::serial(|| {
                 cache.faces_of_file(&pipeline, &root.join(&it.rel), &opts, false)
             })
         })

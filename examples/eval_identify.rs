@@ -121,7 +121,7 @@ fn facekit_embeddings(
             .map(|p| -> Result<_> {
                 let path = root.join(&p.rel);
                 let (faces, hit) =
-                    facekit::nn::serial(|| cache.faces_of_file(&pipeline, &path, &opts, true))?;
+                    facekit::serial(|| cache.faces_of_file(&pipeline, &path, &opts, true))?;
                 let boxes = faces.faces.iter().map(|f| &f.bbox);
                 Ok(
                     match select_face(boxes, FacePolicy::Center, faces.width, faces.height) {
@@ -326,7 +326,7 @@ fn figures(s: &Scores) -> Figures {
 /// parallel pass reading the matrix: the machine's floor for a search).
 fn bench_search(rows: usize, reps: usize) -> Result<(f64, f64, f64, f64, f64)> {
     let dim = 128;
-    let mut rng = facekit::rng::Rng::new(12);
+    let mut rng = facekit::Rng::new(12);
     let start = Instant::now();
     let mut vectors = Vec::with_capacity(rows * dim);
     let mut owner = Vec::with_capacity(rows);

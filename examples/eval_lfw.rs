@@ -103,7 +103,7 @@ fn main() -> Result<()> {
             .par_iter()
             .map(|n| -> Result<_> {
                 let img = load_image(n, &LoadOptions::default())?;
-                let faces = facekit::nn::serial(|| pipeline.detector().detect(&img))?;
+                let faces = facekit::serial(|| pipeline.detector().detect(&img))?;
                 let pick = select_face(
                     faces.iter().map(|d| &d.bbox),
                     policy,
@@ -134,7 +134,7 @@ fn main() -> Result<()> {
             detections
                 .par_chunks(8)
                 .map(|chunk| -> Result<Vec<Vec<f32>>> {
-                    facekit::nn::serial(|| {
+                    facekit::serial(|| {
                         let chips: Vec<_> = chunk
                             .iter()
                             .map(|(img, det)| {

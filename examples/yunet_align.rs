@@ -455,7 +455,7 @@ fn main() -> Result<()> {
             .par_iter()
             .map(|n| -> Result<_> {
                 let img = load_image(n, &LoadOptions::default())?;
-                let dets = facekit::nn::serial(|| pipeline.detector().detect(&img))?;
+                let dets = facekit::serial(|| pipeline.detector().detect(&img))?;
                 let pick = select_face(
                     dets.iter().map(|d| &d.bbox),
                     FacePolicy::Center,
@@ -481,7 +481,7 @@ fn main() -> Result<()> {
                 detections
                     .par_chunks(8)
                     .map(|chunk| -> Result<Vec<Vec<f32>>> {
-                        facekit::nn::serial(|| {
+                        facekit::serial(|| {
                             let chips: Vec<_> =
                                 chunk.iter().map(|(img, d)| al.chip(v, img, d)).collect();
                             Ok(pipeline.embed_chips(&chips)?)

@@ -26,18 +26,25 @@ pub mod io;
 pub mod library;
 pub mod metrics;
 pub mod models;
-pub mod nn;
+pub(crate) mod nn;
 pub mod organize;
 pub mod pairs;
 pub mod pipeline;
-pub mod preprocess;
+pub(crate) mod preprocess;
 pub mod progress;
-pub mod rng;
+pub(crate) mod rng;
 pub mod sweep;
 pub mod train;
 pub mod verify;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
+/// Runs a closure with facekit's CPU kernels single-threaded on this thread: for callers that
+/// already spread photos over threads themselves (two single-threaded networks at once beat one
+/// split over two threads).
+pub use nn::serial;
+/// The seeded generator (SplitMix64) behind every `seed` setting: evaluations use it to draw the
+/// same samples the library would.
+pub use rng::Rng;
 pub use error::{Error, Result};
 pub use pipeline::{Face, FacePolicy, Pipeline, PipelineBuilder, PipelineConfig};
 

@@ -351,7 +351,7 @@ fn move_killed_at_random_moments_then_undo_restores_everything() {
         s(&cache),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut rng = facekit::rng::Rng::new(0x5afe);
+    let mut rng = facekit::Rng::new(0x5afe);
     let started = Instant::now();
     let (mut kills_mid_move, mut completed) = (0, 0);
     for round in 0..24 {

@@ -510,7 +510,7 @@ const CLUSTER_KILLS: [usize; 2] = [4, 6];
 
 /// A kill moment: uniform over 90 % of the measured duration of an uninterrupted run (runs on a
 /// loaded machine vary; the last moments are the likeliest to find the run ended).
-fn kill_delay(rng: &mut facekit::rng::Rng, run: Duration) -> Duration {
+fn kill_delay(rng: &mut facekit::Rng, run: Duration) -> Duration {
     run.mul_f64(0.9 * rng.f64())
 }
 
@@ -576,7 +576,7 @@ fn people_import_killed_at_random_moments() {
         .sum();
     assert_eq!(enrolled as usize, photos, "{reference:?}");
 
-    let mut rng = facekit::rng::Rng::new(0x1b_0a7);
+    let mut rng = facekit::Rng::new(0x1b_0a7);
     let (mut mid_run, mut partial, mut rounds) = (0, 0, 0);
     while mid_run < MID_RUN_KILLS && rounds < MAX_ROUNDS {
         let round = rounds;
@@ -693,7 +693,7 @@ fn cluster_killed_at_random_moments() {
         reference
     );
 
-    let mut rng = facekit::rng::Rng::new(0xc1_0575);
+    let mut rng = facekit::Rng::new(0xc1_0575);
     let (mut mid_run, mut rounds) = (0, 0);
     // Where the kills landed: nothing committed, some photos committed, every photo analysed
     // but nobody clustered, clustering committed (placing photos or writing reports).

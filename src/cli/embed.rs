@@ -139,7 +139,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     // Photos seen before by the same pipeline come from the face library.
     let job = |path: &Path| -> facekit::Result<Vec<Face>> {
         let (faces, _) =
-            facekit::nn::serial(|| library.faces_of_file(&pipeline, path, &load, false))?;
+            facekit::serial(|| library.faces_of_file(&pipeline, path, &load, false))?;
         Ok(faces.faces.clone())
     };
     let (mut images, mut faces_total, mut failures) = (0usize, 0usize, 0usize);

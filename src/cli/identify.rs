@@ -117,7 +117,7 @@ pub fn run(args: IdentifyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let job = |p: &Path| -> facekit::Result<_> {
-        let (faces, _) = facekit::nn::serial(|| lib.faces_of_file(&pipeline, p, &opts, false))?;
+        let (faces, _) = facekit::serial(|| lib.faces_of_file(&pipeline, p, &opts, false))?;
         let embeddings: Vec<&[f32]> = faces.faces.iter().map(|f| f.embedding.as_slice()).collect();
         let ids = known.identify(&embeddings, args.top_k, threshold)?;
         Ok((faces.clone(), ids))

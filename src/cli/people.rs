@@ -297,7 +297,7 @@ fn enroll(items: Vec<people::KnownPhoto>, with: &Analysis, json: bool) -> anyhow
         &pb,
         |p| {
             let name = &names[by_path[p]];
-            facekit::nn::serial(|| lib.enroll(&pipeline, name, p, &opts))
+            facekit::serial(|| lib.enroll(&pipeline, name, p, &opts))
         },
         |i, r| {
             let path = match &inputs[i] {
