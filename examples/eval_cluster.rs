@@ -58,8 +58,8 @@ use facekit::album::AlbumConfig;
 use facekit::cluster::{cluster_faces, Algorithm, ClusterConfig, Clustering};
 use facekit::io::LoadOptions;
 use facekit::library::{ImageFaces, Library};
-use facekit::Rng;
 use facekit::Pipeline;
+use facekit::Rng;
 use rayon::prelude::*;
 
 /// Share of the album drawn from identities with >= `MIN_IMAGES` images.
@@ -358,9 +358,7 @@ fn main() -> Result<()> {
     let faces: Vec<(std::sync::Arc<ImageFaces>, bool)> = album
         .par_iter()
         .map(|it| {
-            facekit::serial(|| {
-                cache.faces_of_file(&pipeline, &root.join(&it.rel), &opts, false)
-            })
+            facekit::serial(|| cache.faces_of_file(&pipeline, &root.join(&it.rel), &opts, false))
         })
         .collect::<std::result::Result<_, _>>()?;
     let hits = faces.iter().filter(|f| f.1).count();

@@ -134,6 +134,19 @@ pub fn cluster(
     Ok(finish(embeddings, dim, raw, config.min_size, config.metric))
 }
 
+/// [`cluster`] on a matrix of embeddings (one face per row).
+pub fn cluster_matrix(
+    embeddings: ndarray::ArrayView2<f32>,
+    photo: &[u32],
+    config: &ClusterConfig,
+) -> Result<Clustering> {
+    let rows: std::borrow::Cow<[f32]> = match embeddings.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(embeddings.iter().copied().collect()),
+    };
+    cluster(&rows, embeddings.ncols(), photo, config)
+}
+
 /// Clusters faces of width `face_width[i]`: faces narrower than `config.min_face` are left out of
 /// the graph and come back unknown; the rest go through [`cluster`]. Indices refer to all faces.
 pub fn cluster_faces(
@@ -496,6 +509,35 @@ fn finish(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cluster_matrix_is_cluster_on_the_rows() {
+        let mut rng = crate::rng::Rng::new(3);
+        // Three tight groups of 6 points in 4-d, one face per photo.
+        let centres: Vec<Vec<f32>> = (0..3)
+            .map(|_| (0..4).map(|_| 3.0 * rng.normal() as f32).collect())
+            .collect();
+        let rows: Vec<f32> = (0..18)
+            .flat_map(|i| {
+                let c = centres[i % 3].clone();
+                c.into_iter()
+                    .map(|v| v + 0.05 * rng.normal() as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let photo: Vec<u32> = (0..18).collect();
+        let config = ClusterConfig {
+            threshold: 1.0,
+            ..Default::default()
+        };
+        let view = ndarray::ArrayView2::from_shape((18, 4), &rows).unwrap();
+        let got = cluster_matrix(view, &photo, &config).unwrap();
+        assert_eq!(
+            got.labels,
+            cluster(&rows, 4, &photo, &config).unwrap().labels
+        );
+        assert_eq!(got.clusters.len(), 3);
+    }
+
     use super::*;
 
     /// `groups` tight blobs of `per` points in 16-d, far apart, plus `noise` scattered points.

@@ -1431,9 +1431,94 @@ fn finish(
     out
 }
 
+// ---------------------------------------------------------------------------------------------
+// ndarray views: the same kernels for callers holding matrices
+// ---------------------------------------------------------------------------------------------
+
+/// A matrix's rows as one contiguous row-major slice (borrowed when already laid out so).
+fn rows_of<'a>(m: &'a ndarray::ArrayView2<'a, f32>) -> Cow<'a, [f32]> {
+    match m.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(m.iter().copied().collect()),
+    }
+}
+
+/// [`pairwise`] on matrices: the n x m distances between the rows of `a` (n x d) and `b`
+/// (m x d). Errors when the widths differ or are 0.
+pub fn pairwise_matrix(
+    a: ndarray::ArrayView2<f32>,
+    b: ndarray::ArrayView2<f32>,
+    metric: Metric,
+) -> crate::Result<ndarray::Array2<f32>> {
+    let dim = same_width(&a, &b)?;
+    let out = pairwise(&rows_of(&a), &rows_of(&b), dim, metric);
+    ndarray::Array2::from_shape_vec((a.nrows(), b.nrows()), out)
+        .map_err(|e| crate::Error::Config(format!("distance: {e}")))
+}
+
+/// [`top_k`] on matrices: for each row of `queries`, its `k` nearest rows of `base`.
+pub fn top_k_matrix(
+    queries: ndarray::ArrayView2<f32>,
+    base: ndarray::ArrayView2<f32>,
+    k: usize,
+    metric: Metric,
+    skip_self: bool,
+) -> crate::Result<Vec<Vec<Neighbor>>> {
+    let dim = same_width(&queries, &base)?;
+    Ok(top_k(
+        &rows_of(&queries),
+        &rows_of(&base),
+        dim,
+        k,
+        metric,
+        skip_self,
+    ))
+}
+
+fn same_width(a: &ndarray::ArrayView2<f32>, b: &ndarray::ArrayView2<f32>) -> crate::Result<usize> {
+    if a.ncols() != b.ncols() || a.ncols() == 0 {
+        return Err(crate::Error::Config(format!(
+            "distance: rows of width {} and {} (need one non-zero width)",
+            a.ncols(),
+            b.ncols()
+        )));
+    }
+    Ok(a.ncols())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matrix_views_give_the_slice_results() {
+        let mut rng = Rng::new(7);
+        let (n, m, d) = (9, 13, 5);
+        let a: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..m * d).map(|_| rng.normal() as f32).collect();
+        let av = ndarray::ArrayView2::from_shape((n, d), &a).unwrap();
+        let bv = ndarray::ArrayView2::from_shape((m, d), &b).unwrap();
+        for metric in [Metric::Euclidean, Metric::Cosine] {
+            let got = pairwise_matrix(av, bv, metric).unwrap();
+            assert_eq!(got.dim(), (n, m));
+            assert_eq!(got.as_slice().unwrap(), &pairwise(&a, &b, d, metric)[..]);
+            assert_eq!(
+                top_k_matrix(av, bv, 3, metric, false).unwrap(),
+                top_k(&a, &b, d, 3, metric, false)
+            );
+        }
+        // A transposed (column-major) view is read by rows all the same.
+        let bt = ndarray::Array2::from_shape_vec((d, m), b.clone()).unwrap();
+        let t = pairwise_matrix(av, bt.t(), Metric::Euclidean).unwrap();
+        let want = pairwise(
+            &a,
+            &bt.t().iter().copied().collect::<Vec<_>>(),
+            d,
+            Metric::Euclidean,
+        );
+        assert_eq!(t.as_slice().unwrap(), &want[..]);
+        assert!(pairwise_matrix(av, av.slice(ndarray::s![.., ..2]), Metric::Euclidean).is_err());
+    }
 
     use crate::rng::Rng;
 

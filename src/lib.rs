@@ -38,15 +38,15 @@ pub mod train;
 pub mod verify;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
+pub use error::{Error, Result};
 /// Runs a closure with facekit's CPU kernels single-threaded on this thread: for callers that
 /// already spread photos over threads themselves (two single-threaded networks at once beat one
 /// split over two threads).
 pub use nn::serial;
+pub use pipeline::{Face, FacePolicy, Pipeline, PipelineBuilder, PipelineConfig};
 /// The seeded generator (SplitMix64) behind every `seed` setting: evaluations use it to draw the
 /// same samples the library would.
 pub use rng::Rng;
-pub use error::{Error, Result};
-pub use pipeline::{Face, FacePolicy, Pipeline, PipelineBuilder, PipelineConfig};
 
 /// The compute device facekit runs its networks on: CUDA when built with `cuda` and a GPU is
 /// present, otherwise the CPU.

@@ -138,8 +138,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let library = args.library.open()?;
     // Photos seen before by the same pipeline come from the face library.
     let job = |path: &Path| -> facekit::Result<Vec<Face>> {
-        let (faces, _) =
-            facekit::serial(|| library.faces_of_file(&pipeline, path, &load, false))?;
+        let (faces, _) = facekit::serial(|| library.faces_of_file(&pipeline, path, &load, false))?;
         Ok(faces.faces.clone())
     };
     let (mut images, mut faces_total, mut failures) = (0usize, 0usize, 0usize);
