@@ -123,11 +123,12 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let inputs = inputs(&args.paths);
     // Records go to stdout as they are produced, or into a buffer written atomically at the end.
     let mut sink = Sink {
+        format: args.format,
         to_stdout: args.out.is_none(),
         buf: Vec::new(),
+        rows: Vec::new(),
+        index: SIDECAR_HEADER.as_bytes().to_vec(),
     };
-    let mut rows: Vec<Vec<f32>> = Vec::new();
-    let mut index = SIDECAR_HEADER.as_bytes().to_vec();
     if args.format == Format::Csv {
         let mut line = String::from("path,face,x1,y1,x2,y2,score");
         (0..dim).for_each(|i| line.push_str(&format!(",e{i}")));
@@ -148,37 +149,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             images += 1;
             faces_total += faces.len();
             for (k, f) in faces.iter().enumerate() {
-                match args.format {
-                    Format::Jsonl => {
-                        let rec = FaceRecord {
-                            path: JsonPath(path),
-                            face: k,
-                            bbox: f.bbox.to_array(),
-                            score: f.score,
-                            embedding: &f.embedding,
-                        };
-                        if let Ok(mut line) = serde_json::to_vec(&rec) {
-                            line.push(b'\n');
-                            sink.emit(&line);
-                        }
-                    }
-                    Format::Csv => {
-                        let b = f.bbox;
-                        let mut line = csv_path(path);
-                        let mut rest =
-                            format!(",{k},{},{},{},{},{}", b.x1, b.y1, b.x2, b.y2, f.score);
-                        f.embedding
-                            .iter()
-                            .for_each(|v| rest.push_str(&format!(",{v}")));
-                        rest.push('\n');
-                        line.extend(rest.as_bytes());
-                        sink.emit(&line);
-                    }
-                    Format::Npy => {
-                        index.extend(sidecar_line(rows.len(), path, k, f));
-                        rows.push(f.embedding.clone());
-                    }
-                }
+                sink.face(path, k, f);
             }
         }
         Err(e) => {
@@ -189,20 +160,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     flush_stdout();
     library.flush()?;
     if let Some(out) = &args.out {
-        let bytes = match args.format {
-            Format::Npy => npy(&rows, dim)?,
-            _ => sink.buf,
-        };
-        io::write_file_atomic(out, &bytes, args.force)?;
-        if let Some(sidecar) = &sidecar {
-            io::write_file_atomic(sidecar, &index, args.force)?;
-            eprintln!(
-                "wrote {} ({} x {dim} float32) and {} (row -> path, face, box, score)",
-                out.display(),
-                rows.len(),
-                sidecar.display()
-            );
-        }
+        sink.write(out, sidecar.as_deref(), dim, args.force)?;
     }
     note!(
         "{images} image(s), {faces_total} face(s) embedded{}",
@@ -215,10 +173,14 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_status(failures))
 }
 
-/// Where records go: standard output as they come, or a buffer for `--out`.
+/// Where records go: standard output as they come, or a buffer for `--out` (for `npy`, the
+/// matrix rows and the sidecar's lines).
 struct Sink {
+    format: Format,
     to_stdout: bool,
     buf: Vec<u8>,
+    rows: Vec<Vec<f32>>,
+    index: Vec<u8>,
 }
 
 impl Sink {
@@ -228,5 +190,65 @@ impl Sink {
         } else {
             self.buf.extend_from_slice(bytes);
         }
+    }
+
+    /// Face `k` of the photo at `path`, in the output format.
+    fn face(&mut self, path: &Path, k: usize, f: &Face) {
+        match self.format {
+            Format::Jsonl => {
+                let rec = FaceRecord {
+                    path: JsonPath(path),
+                    face: k,
+                    bbox: f.bbox.to_array(),
+                    score: f.score,
+                    embedding: &f.embedding,
+                };
+                if let Ok(mut line) = serde_json::to_vec(&rec) {
+                    line.push(b'\n');
+                    self.emit(&line);
+                }
+            }
+            Format::Csv => {
+                let b = f.bbox;
+                let mut line = csv_path(path);
+                let mut rest = format!(",{k},{},{},{},{},{}", b.x1, b.y1, b.x2, b.y2, f.score);
+                f.embedding
+                    .iter()
+                    .for_each(|v| rest.push_str(&format!(",{v}")));
+                rest.push('\n');
+                line.extend(rest.as_bytes());
+                self.emit(&line);
+            }
+            Format::Npy => {
+                let line = sidecar_line(self.rows.len(), path, k, f);
+                self.index.extend(line);
+                self.rows.push(f.embedding.clone());
+            }
+        }
+    }
+
+    /// Writes the buffered output to `out` (and the `.npy` sidecar), atomically.
+    fn write(
+        self,
+        out: &Path,
+        sidecar: Option<&Path>,
+        dim: usize,
+        force: bool,
+    ) -> anyhow::Result<()> {
+        let bytes = match self.format {
+            Format::Npy => npy(&self.rows, dim)?,
+            _ => self.buf,
+        };
+        io::write_file_atomic(out, &bytes, force)?;
+        if let Some(sidecar) = sidecar {
+            io::write_file_atomic(sidecar, &self.index, force)?;
+            note!(
+                "facekit: wrote {} ({} x {dim} float32) and {} (row -> path, face, box, score)",
+                out.display(),
+                self.rows.len(),
+                sidecar.display()
+            );
+        }
+        Ok(())
     }
 }

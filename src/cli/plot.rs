@@ -137,6 +137,105 @@ fn err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+/// The two classes' histograms: translucent bars (with legend entries), then the step outlines
+/// on top of both.
+fn draw_classes<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<Axis, Axis>>,
+    p: &SweepPlot,
+    hists: [(&Vec<f64>, &Vec<f64>); 2],
+    (lo, hi): (f64, f64),
+) -> DrawResult<DB> {
+    let bin_w = (hi - lo) / BINS as f64;
+    let edge = |i: usize| lo + bin_w * i as f64;
+    let [(diff_h, diff), (same_h, same)] = hists;
+    let classes = [
+        (diff_h, diff, DIFFERENT, "different", p.different.len()),
+        (same_h, same, SAME, "same", p.same.len()),
+    ];
+    // Translucent bars first, then the step outlines on top of both classes.
+    for (h, vals, color, name, n) in classes {
+        if vals.is_empty() {
+            continue;
+        }
+        let bars = h
+            .iter()
+            .enumerate()
+            .filter(|(_, &frac)| frac > 0.0)
+            .map(|(i, &frac)| {
+                Rectangle::new(
+                    [(edge(i), 0.0), (edge(i + 1), frac)],
+                    color.mix(0.35).filled(),
+                )
+            });
+        chart
+            .draw_series(bars)?
+            .label(format!("{name} (n={n})"))
+            .legend(move |(x, y)| {
+                EmptyElement::at((x, y))
+                    + Rectangle::new([(0, -6), (16, 6)], color.mix(0.4).filled())
+                    + Rectangle::new([(0, -6), (16, 6)], color.stroke_width(1))
+            });
+    }
+    for (h, vals, color, _, _) in classes {
+        if vals.is_empty() {
+            continue;
+        }
+        let mut outline = Vec::with_capacity(2 * BINS + 2);
+        outline.push((lo, 0.0));
+        for (i, &frac) in h.iter().enumerate() {
+            outline.push((edge(i), frac));
+            outline.push((edge(i + 1), frac));
+        }
+        outline.push((hi, 0.0));
+        chart.draw_series(LineSeries::new(outline, color.stroke_width(2)))?;
+    }
+    Ok(())
+}
+
+/// The histogram panel's threshold: a dashed line with its label (or the label alone, marked
+/// off scale, when the threshold lies outside the axis).
+fn draw_threshold<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    chart: &mut ChartContext<'_, DB, Cartesian2d<Axis, Axis>>,
+    t: f64,
+    (x0, x1): (f64, f64),
+    y1: f64,
+) -> DrawResult<DB> {
+    let label_style = text(LEGEND_SIZE, INK);
+    let label = format!("threshold {}", fmt_value(t));
+    if (x0..=x1).contains(&t) {
+        chart.draw_series(DashedLineSeries::new(
+            [(t, 0.0), (t, y1)],
+            7,
+            5,
+            THRESH.stroke_width(2),
+        ))?;
+        let (w, h) = area.estimate_text_size(&label, &label_style)?;
+        let (w, h) = (i32::try_from(w).unwrap_or(0), i32::try_from(h).unwrap_or(0));
+        // Right of the line, or left of it when the label would leave the plot.
+        let room = chart.plotting_area().get_pixel_range().0.end - chart.backend_coord(&(t, y1)).0;
+        let dx = if room > w + 20 { 8 } else { -w - 8 };
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((t, y1))
+                + Rectangle::new(
+                    [(dx - 3, 6), (dx + w + 3, 10 + h)],
+                    WHITE.mix(0.85).filled(),
+                )
+                + Text::new(label, (dx, 8), label_style),
+        ))?;
+    } else {
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((x1, y1))
+                + Text::new(
+                    format!("{label} (off scale)"),
+                    (-8, 8),
+                    label_style.pos(Pos::new(HPos::Right, VPos::Top)),
+                ),
+        ))?;
+    }
+    Ok(())
+}
+
 /// The ROC panel: TPR over log10(FAR), FAR = 0 (and anything below the axis) at the left edge.
 fn draw_roc<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &SweepPlot) -> DrawResult<DB> {
     let lo = far_floor(p.roc);
@@ -280,49 +379,12 @@ fn draw_histograms<DB: DrawingBackend>(
         .y_label_formatter(&|v| fmt_tick(*v, y_step))
         .draw()?;
 
-    let bin_w = (hi - lo) / BINS as f64;
-    let edge = |i: usize| lo + bin_w * i as f64;
-    let classes = [
-        (&diff_h, &diff, DIFFERENT, "different", p.different.len()),
-        (&same_h, &same, SAME, "same", p.same.len()),
-    ];
-    // Translucent bars first, then the step outlines on top of both classes.
-    for (h, vals, color, name, n) in classes {
-        if vals.is_empty() {
-            continue;
-        }
-        let bars = h
-            .iter()
-            .enumerate()
-            .filter(|(_, &frac)| frac > 0.0)
-            .map(|(i, &frac)| {
-                Rectangle::new(
-                    [(edge(i), 0.0), (edge(i + 1), frac)],
-                    color.mix(0.35).filled(),
-                )
-            });
-        chart
-            .draw_series(bars)?
-            .label(format!("{name} (n={n})"))
-            .legend(move |(x, y)| {
-                EmptyElement::at((x, y))
-                    + Rectangle::new([(0, -6), (16, 6)], color.mix(0.4).filled())
-                    + Rectangle::new([(0, -6), (16, 6)], color.stroke_width(1))
-            });
-    }
-    for (h, vals, color, _, _) in classes {
-        if vals.is_empty() {
-            continue;
-        }
-        let mut outline = Vec::with_capacity(2 * BINS + 2);
-        outline.push((lo, 0.0));
-        for (i, &frac) in h.iter().enumerate() {
-            outline.push((edge(i), frac));
-            outline.push((edge(i + 1), frac));
-        }
-        outline.push((hi, 0.0));
-        chart.draw_series(LineSeries::new(outline, color.stroke_width(2)))?;
-    }
+    draw_classes(
+        &mut chart,
+        p,
+        [(&diff_h, &diff), (&same_h, &same)],
+        (lo, hi),
+    )?;
 
     if !has_data {
         chart.draw_series(std::iter::once(Text::new(
@@ -333,39 +395,7 @@ fn draw_histograms<DB: DrawingBackend>(
     }
 
     if t.is_finite() {
-        let label_style = text(LEGEND_SIZE, INK);
-        let label = format!("threshold {}", fmt_value(t));
-        if (x0..=x1).contains(&t) {
-            chart.draw_series(DashedLineSeries::new(
-                [(t, 0.0), (t, y1)],
-                7,
-                5,
-                THRESH.stroke_width(2),
-            ))?;
-            let (w, h) = area.estimate_text_size(&label, &label_style)?;
-            let (w, h) = (i32::try_from(w).unwrap_or(0), i32::try_from(h).unwrap_or(0));
-            // Right of the line, or left of it when the label would leave the plot.
-            let room =
-                chart.plotting_area().get_pixel_range().0.end - chart.backend_coord(&(t, y1)).0;
-            let dx = if room > w + 20 { 8 } else { -w - 8 };
-            chart.draw_series(std::iter::once(
-                EmptyElement::at((t, y1))
-                    + Rectangle::new(
-                        [(dx - 3, 6), (dx + w + 3, 10 + h)],
-                        WHITE.mix(0.85).filled(),
-                    )
-                    + Text::new(label, (dx, 8), label_style),
-            ))?;
-        } else {
-            chart.draw_series(std::iter::once(
-                EmptyElement::at((x1, y1))
-                    + Text::new(
-                        format!("{label} (off scale)"),
-                        (-8, 8),
-                        label_style.pos(Pos::new(HPos::Right, VPos::Top)),
-                    ),
-            ))?;
-        }
+        draw_threshold(area, &mut chart, t, (x0, x1), y1)?;
     }
 
     chart
