@@ -403,6 +403,9 @@ pub struct AlbumRun {
     pub failed: Vec<Failure>,
     /// Photos this run detected and embedded (the rest came from the library).
     pub analysed: usize,
+    /// Output folders of earlier runs found inside the album (a folder holding facekit's
+    /// `clusters.json`): their copies of the album's photos are left out, not counted twice.
+    pub skipped_outputs: Vec<PathBuf>,
 }
 
 /// The folder of the faces without a person.
@@ -445,6 +448,7 @@ pub fn run(
     inputs.retain(|p| {
         std::path::absolute(p).map_or(true, |a| !exclude.iter().any(|x| a.starts_with(x)))
     });
+    let skipped_outputs = drop_earlier_outputs(&mut inputs, paths);
 
     // 1. Every face of every photo (cached by content).
     progress.start("photos", inputs.len());
@@ -487,7 +491,57 @@ pub fn run(
         no_faces,
         failed,
         analysed: library.analysed_count(),
+        skipped_outputs,
     })
+}
+
+/// Whether `dir` is the output folder of a `facekit cluster` run: it holds a `clusters.json`
+/// that begins as facekit writes it (`{"faces": [...`).
+fn is_cluster_output(dir: &Path) -> bool {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(dir.join("clusters.json")) else {
+        return false;
+    };
+    let mut head = Vec::new();
+    if file.take(64).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let compact: Vec<u8> = head
+        .into_iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    compact.starts_with(b"{\"faces\":[")
+}
+
+/// Removes the photos that lie inside an earlier run's output folder (see
+/// [`is_cluster_output`]) below one of the album `roots` and returns those folders. A root
+/// itself is never skipped: clustering an output folder on purpose works.
+fn drop_earlier_outputs(inputs: &mut Vec<PathBuf>, roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut verdicts: std::collections::HashMap<PathBuf, bool> = Default::default();
+    let mut found = std::collections::BTreeSet::new();
+    inputs.retain(|p| {
+        let Some(root) = roots.iter().find(|r| p.starts_with(r)) else {
+            return true;
+        };
+        let outputs: Vec<&Path> = p
+            .ancestors()
+            .skip(1)
+            .take_while(|d| *d != root.as_path() && d.starts_with(root))
+            .filter(|d| {
+                *verdicts
+                    .entry(d.to_path_buf())
+                    .or_insert_with(|| is_cluster_output(d))
+            })
+            .collect();
+        match outputs.last() {
+            Some(d) => {
+                found.insert(d.to_path_buf());
+                false
+            }
+            None => true,
+        }
+    });
+    found.into_iter().collect()
 }
 
 impl AlbumRun {

@@ -441,3 +441,26 @@ fn the_library_workflow_is_what_the_cli_runs() {
         assert_eq!(placed, dests.len(), "{name}: {dests:?}");
     }
 }
+
+/// An earlier run's OUT inside the album (here `people/`, then a second run into `people2/`) is
+/// recognised by its clusters.json and left out, so no photo counts twice; clustering an output
+/// folder itself, named as the album, still works.
+#[test]
+fn earlier_outputs_inside_the_album_are_not_counted_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = album(tmp.path());
+    let first = a.join("people");
+    let (_, v1) = run_cluster(&[s(&a), "--out", s(&first), "--json"]);
+    let images = v1.unwrap()["images"].as_u64().unwrap();
+    let second = a.join("people2");
+    let (o, v2) = run_cluster(&[s(&a), "--out", s(&second), "--json"]);
+    assert_eq!(v2.unwrap()["images"].as_u64().unwrap(), images);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{}: an earlier cluster output", s(&first))),
+        "{err}"
+    );
+    // The earlier output as the album itself: its photos are clustered.
+    let (_, v3) = run_cluster(&[s(&first), "--out", s(&tmp.path().join("again")), "--json"]);
+    assert!(v3.unwrap()["images"].as_u64().unwrap() > 0);
+}

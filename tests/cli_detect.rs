@@ -595,3 +595,24 @@ fn min_score_drops_doubtful_faces() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"));
 }
+
+/// `--min-face` is on every subcommand that detects, `embed` and `verify` included: the search
+/// starts at that face size, so the group photo's 62-87 px faces go as it grows past them.
+#[test]
+fn min_face_on_embed_and_verify() {
+    let photo = fixture("2008_001322.jpg");
+    let p = photo.to_str().unwrap();
+    let faces = |min: &str| json_lines(&facekit(&["embed", "--min-face", min, p]).stdout).len();
+    assert_eq!(json_lines(&facekit(&["embed", p]).stdout).len(), 3);
+    assert_eq!(faces("40"), 3);
+    let (some, none) = (faces("150"), faces("300"));
+    assert!((1..3).contains(&some), "{some} faces at 150 px");
+    assert_eq!(none, 0);
+    let out = facekit(&["verify", "--min-face", "300", p, p]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no face found"));
+    assert_eq!(
+        facekit(&["verify", "--min-face", "40", p, p]).status.code(),
+        Some(0)
+    );
+}

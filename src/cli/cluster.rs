@@ -13,7 +13,7 @@ use facekit::io::{self, LoadOptions};
 use facekit::organize::{self, Mode, Organizer};
 use serde::Serialize;
 
-use super::output::{display_path, outln};
+use super::output::{display_path, note, outln};
 use super::runner::{exit_status, thread_pool, Bars};
 use super::{CommonArgs, EXIT_FAILURE};
 
@@ -197,6 +197,12 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         ModeArg::Move => Mode::Move,
     };
     let mut organizer = Organizer::new(&out, mode)?;
+    for dir in &report.skipped_outputs {
+        note!(
+            "facekit: {}: an earlier cluster output inside the album; its photos are left out",
+            display_path(dir)
+        );
+    }
     report.place(&mut organizer, &bars);
 
     let file = clusters_file(&report);

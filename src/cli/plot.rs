@@ -192,6 +192,22 @@ fn draw_classes<'a, DB: DrawingBackend + 'a>(
     Ok(())
 }
 
+/// A panel's legend box at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<Axis, Axis>>,
+    position: SeriesLabelPosition,
+) -> DrawResult<DB> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .margin(12)
+        .legend_area_size(30)
+        .label_font(text(LEGEND_SIZE, INK))
+        .background_style(WHITE.mix(0.92))
+        .border_style(GRID)
+        .draw()
+}
+
 /// The histogram panel's threshold: a dashed line with its label (or the label alone, marked
 /// off scale, when the threshold lies outside the axis).
 fn draw_threshold<DB: DrawingBackend>(
@@ -318,16 +334,7 @@ fn draw_roc<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &SweepPlot) ->
             .legend(|(x, y)| Circle::new((x + 11, y), 5, POINT.filled()));
     }
 
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .margin(12)
-        .legend_area_size(30)
-        .label_font(text(LEGEND_SIZE, INK))
-        .background_style(WHITE.mix(0.92))
-        .border_style(GRID)
-        .draw()?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 /// The histogram panel: fraction of pairs per distance bin, per class, and the threshold line.
@@ -398,16 +405,7 @@ fn draw_histograms<DB: DrawingBackend>(
         draw_threshold(area, &mut chart, t, (x0, x1), y1)?;
     }
 
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .margin(12)
-        .legend_area_size(30)
-        .label_font(text(LEGEND_SIZE, INK))
-        .background_style(WHITE.mix(0.92))
-        .border_style(GRID)
-        .draw()?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// The tick step for about `max_ticks` ticks over `span`: 1, 2 or 5 times a power of ten.
