@@ -903,9 +903,37 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         Ok(()) => Ok(tmp),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
+            // A missing folder is named as such, not as the temporary file's path.
+            if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+                return Err(Error::io(dir, e));
+            }
             Err(Error::io(&tmp, e))
         }
     }
+}
+
+/// Checks, before any work, that an output file can be written: its folder exists and it does
+/// not exist itself (unless `overwrite`).
+pub fn check_output_file(path: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        return Err(Error::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the output's folder does not exist",
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename).

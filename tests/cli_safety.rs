@@ -225,3 +225,61 @@ fn arithmetic_coded_jpeg_decodes_to_the_same_pixels() {
         1
     );
 }
+
+/// An output in a folder that does not exist is refused before any work, naming the folder
+/// (never a temporary file); an existing output is refused with the way to replace it.
+#[test]
+fn outputs_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = common::fixture("2008_001322.jpg");
+    let missing = dir.path().join("no/such");
+    for args in [vec!["embed", "--out"], vec!["threshold-sweep", "--plot"]] {
+        let out_file = missing.join(if args[0] == "embed" {
+            "x.jsonl"
+        } else {
+            "x.png"
+        });
+        let mut argv = args.clone();
+        argv.push(out_file.to_str().unwrap());
+        argv.push(photo.to_str().unwrap());
+        let out = common::facekit(&argv);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "{}: the output's folder does not exist",
+                missing.display()
+            )),
+            "{args:?}: {err}"
+        );
+        // Not the temporary file (`.x.jsonl.<pid>.<thread>.tmp`).
+        assert!(!err.contains("/.x."), "{err}");
+    }
+    let model = missing.join("m.safetensors");
+    let data = common::fixture("lfw");
+    let out = common::facekit(&[
+        "train",
+        data.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the output's folder does not exist"), "{err}");
+    assert!(!err.contains("epoch"), "refused before training: {err}");
+    let existing = dir.path().join("e.jsonl");
+    std::fs::write(&existing, "keep").unwrap();
+    let out = common::facekit(&[
+        "embed",
+        "--out",
+        existing.to_str().unwrap(),
+        photo.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already exists (use --force to replace it)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep");
+}

@@ -106,12 +106,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     for file in args.out.iter().chain(&sidecar) {
-        if file.exists() && !args.force {
-            anyhow::bail!(
-                "{} already exists (use --force to replace it)",
-                file.display()
-            );
-        }
+        io::check_output_file(file, args.force)?;
     }
     let pipeline = args.embedding.pipeline(&args.common, args.faces.min_face)?;
     let dim = pipeline.dim();

@@ -106,12 +106,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     if let Some((p, _)) = plot {
-        if p.exists() && !args.force {
-            bail!(
-                "{}: already exists (use --force to replace it)",
-                p.display()
-            );
-        }
+        facekit::io::check_output_file(p, args.force)?;
     }
     let config = SweepConfig {
         metric: args.metric,

@@ -173,12 +173,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let settings = settings(&args)?;
     let ckpt_path = train::checkpoint_path(&args.out);
     for p in [&args.out, &ckpt_path] {
-        if p.exists() && !args.force && args.resume.as_deref() != Some(p.as_path()) {
-            bail!(
-                "{}: already exists (use --force to replace it)",
-                p.display()
-            );
-        }
+        let replace = args.force || args.resume.as_deref() == Some(p.as_path());
+        facekit::io::check_output_file(p, replace)?;
     }
     let cache = args.cache.open()?;
     if !args.data.is_dir() {
