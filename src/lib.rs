@@ -1,8 +1,11 @@
 //! facekit: end-to-end face recognition in Rust.
 //!
-//! The pipeline flows one way: [`io`] decodes an image, [`detect`] finds faces with MTCNN
-//! (boxes, scores, 5 landmarks). Weights are found by [`models`]; image resampling shared by the
-//! stages lives in [`preprocess`].
+//! The pipeline flows one way: [`io`] decodes an image, [`detect`] finds faces (MTCNN or YuNet:
+//! boxes, scores, 5 landmarks), [`align`] cuts chips, [`embed`] turns them into vectors, and
+//! [`pipeline`] chains the three ([`Pipeline::faces`]). Weights are found by [`models`]. The
+//! workflows above it share the face [`library`]: [`verify`], [`sweep`], [`album`] (clustering
+//! an album into people), [`identify`] and [`train`]; [`distance`], [`metrics`] and
+//! [`cluster`] are the pure pieces they use.
 //!
 //! ```no_run
 //! use facekit::{detect::Detector, io};
