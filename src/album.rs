@@ -113,27 +113,7 @@ pub fn cluster(
     let pid = library.pipeline_id(pipeline)?;
     let ccfg = &config.cluster;
     // 1. The album's faces with their library ids.
-    let mut faces = Vec::new();
-    let mut vectors: Vec<&[f32]> = Vec::new();
-    for (i, p) in photos.iter().enumerate() {
-        let Some(p) = p else { continue };
-        if p.faces.is_empty() {
-            continue;
-        }
-        let ids = library.face_ids(pid, &p.sha256)?;
-        for (k, (f, id)) in p.faces.iter().zip(ids).enumerate() {
-            faces.push(AlbumFace {
-                photo: i,
-                index: k,
-                id,
-                bbox: f.bbox,
-                person: None,
-                source: None,
-                assigned_now: false,
-            });
-            vectors.push(&f.embedding);
-        }
-    }
+    let (mut faces, vectors) = album_faces(library, pid, photos)?;
     let ids: Vec<FaceId> = faces.iter().map(|f| f.id).collect();
     let cleared = if config.recluster {
         library.clear_clustered(&ids)?
@@ -266,6 +246,53 @@ pub fn cluster(
     }
 
     // 4. The people of this album, with folder names.
+    let people = album_people(library, &faces, &vectors, dim, ccfg)?;
+    Ok(Album {
+        faces,
+        people,
+        cleared,
+    })
+}
+
+/// The faces of the album's photos in order, with their library ids and embeddings.
+fn album_faces<'a>(
+    library: &Library,
+    pid: crate::library::PipelineId,
+    photos: &'a [Option<Arc<ImageFaces>>],
+) -> Result<(Vec<AlbumFace>, Vec<&'a [f32]>)> {
+    let mut faces = Vec::new();
+    let mut vectors: Vec<&[f32]> = Vec::new();
+    for (i, p) in photos.iter().enumerate() {
+        let Some(p) = p else { continue };
+        if p.faces.is_empty() {
+            continue;
+        }
+        let ids = library.face_ids(pid, &p.sha256)?;
+        for (k, (f, id)) in p.faces.iter().zip(ids).enumerate() {
+            faces.push(AlbumFace {
+                photo: i,
+                index: k,
+                id,
+                bbox: f.bbox,
+                person: None,
+                source: None,
+                assigned_now: false,
+            });
+            vectors.push(&f.embedding);
+        }
+    }
+    Ok((faces, vectors))
+}
+
+/// The people of the album (each assigned person of `faces`), named people first, with their
+/// folder names made unique.
+fn album_people(
+    library: &Library,
+    faces: &[AlbumFace],
+    vectors: &[&[f32]],
+    dim: usize,
+    ccfg: &ClusterConfig,
+) -> Result<Vec<AlbumPerson>> {
     let mut by_person: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
     for (i, f) in faces.iter().enumerate() {
         if let Some(p) = f.person {
@@ -279,7 +306,7 @@ pub fn cluster(
             let name = names.get(&id).cloned().flatten();
             let label = label(id, name.as_deref());
             let photos: HashSet<usize> = members.iter().map(|&i| faces[i].photo).collect();
-            let representative = medoid(&members, &vectors, dim, ccfg.metric);
+            let representative = medoid(&members, vectors, dim, ccfg.metric);
             AlbumPerson {
                 id,
                 folder: folder_name(&label),
@@ -304,11 +331,7 @@ pub fn cluster(
             p.folder = format!("{}_{}", p.folder, p.id);
         }
     }
-    Ok(Album {
-        faces,
-        people,
-        cleared,
-    })
+    Ok(people)
 }
 
 /// One pass of joining: each of `queries` (unassigned faces) joins the person of its nearest
