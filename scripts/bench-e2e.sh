@@ -9,8 +9,10 @@
 # Python process with a pool of THREADS worker processes (scripts/bench_e2e_peer.py: HOG
 # upsample 1, 5-point landmarks, dlib ResNet, every face). Both are timed as whole processes
 # (start, model load, decode, detect, align, embed) with GNU time, alternating, ROUNDS rounds;
-# the table shows the median wall time, images/s, faces found and the peak RSS (for the peer:
-# the largest single process, as GNU time reports the maximum over the process tree's members).
+# the table shows the median wall time, images/s, the median CPU time (user + sys, all
+# processes; less sensitive than wall time to other jobs on the machine), faces found and the
+# peak RSS (for the peer: the largest single process, as GNU time reports the maximum over the
+# process tree's members).
 # The face_recognition column needs the dlib venv (scripts/peer_dlib_env.sh, ~9 min the first
 # time); it is skipped with a message when that cannot be set up.
 set -euo pipefail
@@ -64,34 +66,35 @@ mapfile -t photos < "$WORK/list"
 cat "${photos[@]}" > /dev/null
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-: > "$WORK/ft"; : > "$WORK/fm"; : > "$WORK/pt"; : > "$WORK/pm"
+: > "$WORK/ft"; : > "$WORK/fm"; : > "$WORK/fc"; : > "$WORK/pt"; : > "$WORK/pm"; : > "$WORK/pc"
 ffaces=-; pfaces=-
 for round in $(seq "$rounds"); do
-    /usr/bin/time -f '%e %M' -o "$WORK/time" \
+    /usr/bin/time -f '%e %M %U %S' -o "$WORK/time" \
         "$BIN" embed --quiet --no-cache --threads "$threads" --out "$WORK/out.jsonl" --force "${photos[@]}"
-    read -r secs kb < "$WORK/time"
-    echo "$secs" >> "$WORK/ft"; echo "$kb" >> "$WORK/fm"
+    read -r secs kb us ss < "$WORK/time"
+    echo "$secs" >> "$WORK/ft"; echo "$kb" >> "$WORK/fm"; awk -v u="$us" -v s="$ss" 'BEGIN {printf "%.2f\n", u + s}' >> "$WORK/fc"
     ffaces=$(wc -l < "$WORK/out.jsonl")
     if [ -n "$peer" ]; then
-        /usr/bin/time -f '%e %M' -o "$WORK/time" \
+        /usr/bin/time -f '%e %M %U %S' -o "$WORK/time" \
             "$peer" scripts/bench_e2e_peer.py --processes "$threads" "$WORK/list" > "$WORK/peer.json" \
             2> "$WORK/peer.err" || { cat "$WORK/peer.err" >&2; exit 1; }
-        read -r secs kb < "$WORK/time"
-        echo "$secs" >> "$WORK/pt"; echo "$kb" >> "$WORK/pm"
+        read -r secs kb us ss < "$WORK/time"
+        echo "$secs" >> "$WORK/pt"; echo "$kb" >> "$WORK/pm"; awk -v u="$us" -v s="$ss" 'BEGIN {printf "%.2f\n", u + s}' >> "$WORK/pc"
         pfaces=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['faces'])" "$WORK/peer.json")
     fi
     echo "round $round: facekit $(tail -1 "$WORK/ft") s, face_recognition $(tail -1 "$WORK/pt" 2>/dev/null || echo skipped) s" >&2
 done
 
-ft=$(median < "$WORK/ft"); fm=$(sort -g "$WORK/fm" | tail -1)
-printf '%-18s %8s %10s %8s %12s\n' tool "median s" "images/s" faces "max RSS MB"
-printf '%-18s %8s %10s %8s %12s\n' facekit "$ft" "$(awk -v n="$n" -v t="$ft" 'BEGIN {printf "%.1f", n / t}')" \
-    "$ffaces" "$((fm / 1024))"
+ft=$(median < "$WORK/ft"); fm=$(sort -g "$WORK/fm" | tail -1); fc=$(median < "$WORK/fc")
+printf '%-18s %8s %10s %10s %8s %12s\n' tool "median s" "images/s" "CPU s" faces "max RSS MB"
+printf '%-18s %8s %10s %10s %8s %12s\n' facekit "$ft" "$(awk -v n="$n" -v t="$ft" 'BEGIN {printf "%.1f", n / t}')" \
+    "$fc" "$ffaces" "$((fm / 1024))"
 if [ -n "$peer" ]; then
-    pt=$(median < "$WORK/pt"); pm=$(sort -g "$WORK/pm" | tail -1)
-    printf '%-18s %8s %10s %8s %12s\n' face_recognition "$pt" \
-        "$(awk -v n="$n" -v t="$pt" 'BEGIN {printf "%.1f", n / t}')" "$pfaces" "$((pm / 1024))"
-    awk -v a="$pt" -v b="$ft" 'BEGIN {printf "ratio face_recognition / facekit (median wall): %.2fx\n", a / b}'
+    pt=$(median < "$WORK/pt"); pm=$(sort -g "$WORK/pm" | tail -1); pc=$(median < "$WORK/pc")
+    printf '%-18s %8s %10s %10s %8s %12s\n' face_recognition "$pt" \
+        "$(awk -v n="$n" -v t="$pt" 'BEGIN {printf "%.1f", n / t}')" "$pc" "$pfaces" "$((pm / 1024))"
+    awk -v a="$pt" -v b="$ft" -v c="$pc" -v d="$fc" \
+        'BEGIN {printf "ratio face_recognition / facekit: %.2fx (median wall), %.2fx (median CPU)\n", a / b, c / d}'
 else
     echo "face_recognition   skipped"
 fi
