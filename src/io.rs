@@ -980,76 +980,48 @@ mod tests {
         assert_eq!(jpeg_reduction(500, 375, 1.0), 8);
     }
 
-    /// A large JPEG (a fixture upscaled 6 times) with an optional EXIF orientation segment.
-    fn large_jpeg(orientation: Option<u16>) -> (Vec<u8>, RgbImage) {
+    /// A large JPEG: a fixture upscaled 6 times. (Rotated files, through an EXIF orientation,
+    /// are covered end to end by `tests/cli_detect.rs`.)
+    fn large_jpeg() -> Vec<u8> {
         let small = load_image(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/2008_001322.jpg"),
             &LoadOptions::default(),
         )
         .unwrap();
         let big = image::imageops::resize(&small, 3000, 2250, image::imageops::Triangle);
-        let stored = match orientation {
-            Some(6) => image::imageops::rotate270(&big),
-            _ => big.clone(),
-        };
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
-            .encode_image(&stored)
+            .encode_image(&big)
             .unwrap();
-        if let Some(v) = orientation {
-            let mut tiff = b"II*\0".to_vec();
-            tiff.extend(8u32.to_le_bytes());
-            tiff.extend(1u16.to_le_bytes());
-            tiff.extend(0x0112u16.to_le_bytes());
-            tiff.extend(3u16.to_le_bytes());
-            tiff.extend(1u32.to_le_bytes());
-            tiff.extend(v.to_le_bytes());
-            tiff.extend([0, 0]);
-            tiff.extend(0u32.to_le_bytes());
-            let mut payload = b"Exif\0\0".to_vec();
-            payload.extend(tiff);
-            let mut out = jpeg[..2].to_vec();
-            out.extend([0xFF, 0xE1]);
-            out.extend(((payload.len() + 2) as u16).to_be_bytes());
-            out.extend(payload);
-            out.extend(&jpeg[2..]);
-            jpeg = out;
-        }
-        (jpeg, big)
+        jpeg
     }
 
     #[test]
     fn a_large_jpeg_is_decoded_reduced_and_its_full_image_on_demand() {
         let opts = LoadOptions::default();
-        for orientation in [None, Some(6)] {
-            let (jpeg, _) = large_jpeg(orientation);
-            let full = decode_image(jpeg.clone(), &opts).unwrap();
-            assert_eq!(full.dimensions(), (3000, 2250));
-            let photo = decode_photo(jpeg.clone(), &opts, |w, h| 1280.0 / w.max(h) as f64).unwrap();
-            assert!(photo.is_reduced());
-            assert_eq!(photo.dimensions(), (3000, 2250), "{orientation:?}");
-            // 1/2 of 3000 x 2250, upright like the full image.
-            assert_eq!(
-                photo.decoded().dimensions(),
-                (1500, 1125),
-                "{orientation:?}"
-            );
-            assert_eq!(*photo.full().unwrap(), full, "{orientation:?}");
-            // The reduced copy shows the same scene: close to the full image averaged 2 x 2.
-            let halved = crate::preprocess::area_downscale(&full, 1500, 1125);
-            let diff: f64 = halved
-                .as_raw()
-                .iter()
-                .zip(photo.decoded().as_raw())
-                .map(|(&a, &b)| (a as f64 - b as f64).abs())
-                .sum::<f64>()
-                / halved.as_raw().len() as f64;
-            assert!(diff < 2.0, "{orientation:?}: mean difference {diff}");
-            // No reduction asked for: decoded once at full size.
-            let same = decode_photo(jpeg, &opts, |_, _| 1.0).unwrap();
-            assert!(!same.is_reduced());
-            assert_eq!(*same.decoded(), full);
-        }
+        let jpeg = large_jpeg();
+        let full = decode_image(jpeg.clone(), &opts).unwrap();
+        assert_eq!(full.dimensions(), (3000, 2250));
+        let photo = decode_photo(jpeg.clone(), &opts, |w, h| 1280.0 / w.max(h) as f64).unwrap();
+        assert!(photo.is_reduced());
+        assert_eq!(photo.dimensions(), (3000, 2250));
+        // 4/8 of 3000 x 2250.
+        assert_eq!(photo.decoded().dimensions(), (1500, 1125));
+        assert_eq!(*photo.full().unwrap(), full);
+        // The reduced copy shows the same scene: close to the full image averaged 2 x 2.
+        let halved = crate::preprocess::area_downscale(&full, 1500, 1125);
+        let diff: f64 = halved
+            .as_raw()
+            .iter()
+            .zip(photo.decoded().as_raw())
+            .map(|(&a, &b)| (a as f64 - b as f64).abs())
+            .sum::<f64>()
+            / halved.as_raw().len() as f64;
+        assert!(diff < 2.0, "mean difference {diff}");
+        // No reduction asked for: decoded once at full size.
+        let same = decode_photo(jpeg, &opts, |_, _| 1.0).unwrap();
+        assert!(!same.is_reduced());
+        assert_eq!(*same.decoded(), full);
     }
 
     #[test]

@@ -105,20 +105,7 @@ fn png_declaring(w: u32, h: u32) -> Vec<u8> {
 }
 
 fn faces_of(record: &Value) -> Vec<[f64; 4]> {
-    record["faces"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no faces in {record}"))
-        .iter()
-        .map(|f| {
-            let b: Vec<f64> = f["box"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            [b[0], b[1], b[2], b[3]]
-        })
-        .collect()
+    common::face_boxes(record)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {

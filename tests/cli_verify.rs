@@ -23,34 +23,11 @@ fn detected_boxes(photo: &Path) -> Vec<[f64; 4]> {
     let out = facekit(&["detect", "--json", s(photo)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["faces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            let b: Vec<f64> = f["box"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
-            [b[0], b[1], b[2], b[3]]
-        })
-        .collect()
+    common::face_boxes(&v)
 }
 
 fn area(b: &[f64; 4]) -> f64 {
     (b[2] - b[0]) * (b[3] - b[1])
-}
-
-fn json_box(v: &Value) -> [f64; 4] {
-    let b: Vec<f64> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
-    [b[0], b[1], b[2], b[3]]
 }
 
 fn close(a: &[f64; 4], b: &[f64; 4]) -> bool {
@@ -91,12 +68,12 @@ fn json_names_face_counts_and_the_compared_faces() {
         .unwrap();
     let a = &v["compared"]["a"];
     assert_eq!(a["face"], largest, "{v}");
-    assert!(close(&json_box(&a["box"]), &boxes[largest]), "{v}");
+    assert!(close(&common::json_box(&a["box"]), &boxes[largest]), "{v}");
     assert!(a["score"].as_f64().unwrap() > 0.9);
     let b = &v["compared"]["b"];
     assert_eq!(b["face"], 0);
     assert!(
-        close(&json_box(&b["box"]), &detected_boxes(&portrait)[0]),
+        close(&common::json_box(&b["box"]), &detected_boxes(&portrait)[0]),
         "{v}"
     );
     // The old keys are unchanged.
@@ -131,7 +108,7 @@ fn best_pair_names_the_pair_and_largest_notes_the_other_faces() {
     assert_eq!(v["compared"]["a"]["face"], k, "{v}");
     assert_eq!(v["compared"]["b"]["face"], 0, "{v}");
     assert!(
-        close(&json_box(&v["compared"]["a"]["box"]), &boxes[k]),
+        close(&common::json_box(&v["compared"]["a"]["box"]), &boxes[k]),
         "{v}"
     );
     assert!(v["distance"].as_f64().unwrap() < 0.4, "{v}");

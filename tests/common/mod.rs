@@ -73,3 +73,24 @@ pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
+
+/// A `[x1, y1, x2, y2]` JSON array as numbers.
+pub fn json_box(v: &serde_json::Value) -> [f64; 4] {
+    let b: Vec<f64> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a box: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    [b[0], b[1], b[2], b[3]]
+}
+
+/// The boxes of a `detect --json` record's faces, in its order.
+pub fn face_boxes(record: &serde_json::Value) -> Vec<[f64; 4]> {
+    record["faces"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no faces in {record}"))
+        .iter()
+        .map(|f| json_box(&f["box"]))
+        .collect()
+}
