@@ -303,18 +303,19 @@ pub fn decode_photo(
     opts: &LoadOptions,
     working_scale: impl Fn(u32, u32) -> f64,
 ) -> std::result::Result<Photo, String> {
-    let numerator = match (sniff_format(&bytes), header_dimensions(&bytes)) {
-        (Some(ImageFormat::Jpeg), Some((w, h))) => jpeg_reduction(w, h, working_scale(w, h)),
-        _ => 8,
+    let reduced = match (sniff_format(&bytes), header_dimensions(&bytes)) {
+        (Some(ImageFormat::Jpeg), Some((w, h))) => {
+            Some((jpeg_reduction(w, h, working_scale(w, h)), (w, h))).filter(|(n, _)| *n != 8)
+        }
+        _ => None,
     };
-    if numerator == 8 {
+    let Some((numerator, (sw, sh))) = reduced else {
         return Ok(Photo {
             opts: opts.clone(),
             ..Photo::from_image(decode_image(bytes, opts)?)
         });
-    }
+    };
     let image = catch_decoder_panic(|| decode_jpeg_scaled(&bytes, opts, numerator))?;
-    let (sw, sh) = header_dimensions(&bytes).unwrap_or((0, 0));
     let rotated = opts.apply_exif_orientation
         && jpeg_exif(&bytes)
             .and_then(image::metadata::Orientation::from_exif_chunk)

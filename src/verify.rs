@@ -74,7 +74,10 @@ impl PhotoFaces {
         policy: Policy,
         path: &Path,
     ) -> Result<Self> {
-        Self::of_photo(pipeline, &io::Photo::from_image(img.clone()), policy, path)
+        let faces = pipeline.detector().detect(img)?;
+        Self::embed_chosen(pipeline, faces, img.dimensions(), policy, path, || {
+            Ok(std::borrow::Cow::Borrowed(img))
+        })
     }
 
     /// [`PhotoFaces::of_image`] on a decoded photo: detection on its decoded (possibly
@@ -86,7 +89,21 @@ impl PhotoFaces {
         path: &Path,
     ) -> Result<Self> {
         let faces = pipeline.detector().detect_photo(photo)?;
-        let (width, height) = photo.dimensions();
+        Self::embed_chosen(pipeline, faces, photo.dimensions(), policy, path, || {
+            photo.full().map_err(|reason| Error::image(path, reason))
+        })
+    }
+
+    /// Embeds the faces `policy` compares among `faces` of a `width` x `height` photo, cutting
+    /// the chips from `full()` (asked for only when there is a face to embed).
+    fn embed_chosen<'a>(
+        pipeline: &Pipeline,
+        faces: Vec<Detection>,
+        (width, height): (u32, u32),
+        policy: Policy,
+        path: &Path,
+        full: impl FnOnce() -> Result<std::borrow::Cow<'a, RgbImage>>,
+    ) -> Result<Self> {
         let chosen: Vec<usize> = match policy.single() {
             None => (0..faces.len()).collect(),
             Some(p) => select_face(faces.iter().map(|d| &d.bbox), p, width, height)
@@ -97,7 +114,7 @@ impl PhotoFaces {
             return Err(Error::image(path, "no face found"));
         }
         let dets: Vec<Detection> = chosen.iter().map(|&i| faces[i].clone()).collect();
-        let full = photo.full().map_err(|reason| Error::image(path, reason))?;
+        let full = full()?;
         let embs = pipeline.embed_detections(&full, &dets)?;
         Ok(PhotoFaces {
             faces,
