@@ -1,8 +1,8 @@
-//! Writes camera-photo stand-ins for benchmarks: the first N images of the WIDER FACE val subset
-//! (sorted by path) resized (bicubic) to about MP megapixels each, as JPEG (quality 92).
+//! Writes camera-photo stand-ins for benchmarks: N images of the WIDER FACE val subset (sorted
+//! by path, after the first S) resized (bicubic) to about MP megapixels each, as JPEG (quality 92).
 //!
-//! cargo run --release --example camera_photos -- OUT_DIR [--count N] [--megapixels MP]
-//!     [--shared DIR]
+//! cargo run --release --example camera_photos -- OUT_DIR [--count N] [--skip S]
+//!     [--megapixels MP] [--shared DIR]
 
 use std::path::PathBuf;
 
@@ -13,18 +13,21 @@ fn main() -> Result<()> {
     let mut shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
     let mut out: Option<PathBuf> = None;
     let mut count = 5usize;
+    let mut skip = 0usize;
     let mut megapixels = 24.0f64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--count" => count = args.next().context("--count N")?.parse()?,
+            "--skip" => skip = args.next().context("--skip S")?.parse()?,
             "--megapixels" => megapixels = args.next().context("--megapixels MP")?.parse()?,
             "--shared" => shared = PathBuf::from(args.next().context("--shared DIR")?),
             other if out.is_none() && !other.starts_with('-') => out = Some(other.into()),
             other => bail!("unknown argument {other}"),
         }
     }
-    let out = out.context("usage: camera_photos OUT_DIR [--count N] [--megapixels MP]")?;
+    let out =
+        out.context("usage: camera_photos OUT_DIR [--count N] [--skip S] [--megapixels MP]")?;
     let root = shared.join("data/widerface-val-subset/images");
     let mut images: Vec<PathBuf> = facekit::io::collect_inputs(std::slice::from_ref(&root))
         .into_iter()
@@ -35,7 +38,7 @@ fn main() -> Result<()> {
     }
     images.sort();
     std::fs::create_dir_all(&out)?;
-    for path in images.iter().take(count) {
+    for path in images.iter().skip(skip).take(count) {
         let img = load_image(path, &LoadOptions::default())?;
         let k = (megapixels * 1e6 / (img.width() as f64 * img.height() as f64)).sqrt();
         let (w, h) = (

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# End to end: `facekit embed` vs face_recognition on the same 400 LFW photos, same run.
+# End to end: `facekit embed` vs face_recognition on the same photos, same run.
 #
 #   bash scripts/bench-e2e.sh [THREADS] [ROUNDS] [COUNT]    (defaults: 2 threads, 3 rounds, 400)
+#   bash scripts/bench-e2e.sh --camera [THREADS] [ROUNDS] [COUNT]   (default COUNT 20)
 #
-# The photos are the first COUNT distinct images named by ../shared/data/lfw/pairs.txt, from
-# lfw-deepfunneled. facekit: one `facekit embed --no-cache --threads THREADS` process over all of
+# LFW (default): the first COUNT distinct images named by ../shared/data/lfw/pairs.txt, from
+# lfw-deepfunneled. --camera: camera-photo stand-ins, COUNT/2 WIDER val images upscaled to
+# ~12 MP and the next COUNT/2 to ~24 MP (examples/camera_photos.rs, JPEG q92); the peer then
+# runs CLI-style: like face_recognition's own `face_recognition` command, it shrinks photos
+# over 1600 px to fit 1600x1600 before detecting (facekit detects on a reduced copy too, see
+# README "Camera photos", but cuts the chips from the full-resolution image). facekit: one `facekit embed --no-cache --threads THREADS` process over all of
 # them (default settings otherwise: MTCNN, flip on, JSON Lines to a file). face_recognition: one
 # Python process with a pool of THREADS worker processes (scripts/bench_e2e_peer.py: HOG
 # upsample 1, 5-point landmarks, dlib ResNet, every face). Both are timed as whole processes
@@ -17,15 +22,17 @@
 # time); it is skipped with a message when that cannot be set up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+camera=""
+if [ "${1:-}" = --camera ]; then camera=1; shift; fi
 threads="${1:-2}"
 rounds="${2:-3}"
-count="${3:-400}"
+count="${3:-$([ -n "$camera" ] && echo 20 || echo 400)}"
 shared="${SHARED:-../shared}"
 lfw="$shared/data/lfw"
 [ -f "$lfw/pairs.txt" ] || { echo "SKIPPED: $lfw/pairs.txt not found (the benchmark uses ../shared)" >&2; exit 0; }
 [ -x /usr/bin/time ] || { echo "needs GNU time: apt-get install time" >&2; exit 2; }
 
-cargo build --release --quiet --bin facekit
+cargo build --release --quiet --bin facekit --example camera_photos
 BIN="$PWD/target/release/facekit"
 peer=""
 if py=$(bash scripts/peer_dlib_env.sh 2>/tmp/facekit-peer-dlib-env.log | tail -n 1) && [ -x "$py" ]; then
@@ -36,6 +43,14 @@ fi
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+peer_flags=()
+if [ -n "$camera" ]; then
+    half=$((count / 2))
+    target/release/examples/camera_photos "$WORK/photos" --count "$half" --megapixels 12 | cut -f1 > "$WORK/list"
+    target/release/examples/camera_photos "$WORK/photos" --count $((count - half)) --skip "$half" \
+        --megapixels 24 | cut -f1 >> "$WORK/list"
+    peer_flags=(--cli-style)
+else
 # The first COUNT distinct images of pairs.txt, in order of first appearance.
 python3 - "$lfw" "$count" > "$WORK/list" <<'PY'
 import sys
@@ -60,6 +75,7 @@ with open(f"{lfw}/pairs.txt") as f:
             break
 print("\n".join(out[:count]))
 PY
+fi
 n=$(wc -l < "$WORK/list")
 mapfile -t photos < "$WORK/list"
 # Warm the page cache so neither side pays for the first read of the photos.
@@ -76,7 +92,7 @@ for round in $(seq "$rounds"); do
     ffaces=$(wc -l < "$WORK/out.jsonl")
     if [ -n "$peer" ]; then
         /usr/bin/time -f '%e %M %U %S' -o "$WORK/time" \
-            "$peer" scripts/bench_e2e_peer.py --processes "$threads" "$WORK/list" > "$WORK/peer.json" \
+            "$peer" scripts/bench_e2e_peer.py --processes "$threads" "${peer_flags[@]}" "$WORK/list" > "$WORK/peer.json" \
             2> "$WORK/peer.err" || { cat "$WORK/peer.err" >&2; exit 1; }
         read -r secs kb us ss < "$WORK/time"
         echo "$secs" >> "$WORK/pt"; echo "$kb" >> "$WORK/pm"; awk -v u="$us" -v s="$ss" 'BEGIN {printf "%.2f\n", u + s}' >> "$WORK/pc"
@@ -98,5 +114,7 @@ if [ -n "$peer" ]; then
 else
     echo "face_recognition   skipped"
 fi
-echo "($n LFW photos, $threads threads / processes, $rounds alternating rounds, whole processes;"
+what="LFW photos"
+[ -n "$camera" ] && what="camera photos (12 and 24 MP; peer CLI-style, shrunk to 1600 px)"
+echo "($n $what, $threads threads / processes, $rounds alternating rounds, whole processes;"
 echo " facekit embed --no-cache with default settings; face_recognition: HOG + 5-point + ResNet)"
