@@ -2,7 +2,6 @@
 //! `dlib::shape_predictor::operator()` evaluates it. It gives the 5 parts dlib's ResNet was
 //! trained to be aligned on: the outer and inner corner of each eye and the base of the nose.
 
-use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use crate::detect::{BBox, DetectorKind, Point};
@@ -20,87 +19,111 @@ const HOG_FROM_MTCNN: [f32; 3] = [0.040, 1.120, 0.823];
 /// widths, is left out as for MTCNN, so a mirrored face gets the mirrored box).
 const HOG_FROM_YUNET: [f32; 3] = [0.037, 1.102, 0.814];
 
-/// The predictor's trees and feature-pixel layout.
+/// The predictor's trees and feature-pixel layout, stored flat: a few large buffers read
+/// straight from the weights file (one allocation per leaf made loading cost ~15 ms).
 pub struct ShapePredictor {
     initial: Vec<[f32; 2]>,
-    cascades: Vec<Cascade>,
-}
-
-struct Cascade {
-    /// Per tree: (idx1, idx2, threshold) of each split, in heap order.
-    splits: Vec<Vec<(usize, usize, f32)>>,
-    /// Per tree: leaf vectors (2 * parts floats each).
-    leaves: Vec<Vec<Vec<f32>>>,
+    /// Trees per cascade level.
+    trees: usize,
+    /// Splits per tree (each tree is a complete binary tree: `splits + 1` leaves).
+    splits_per_tree: usize,
+    /// (idx1, idx2, threshold) of each split: level after level, tree after tree, heap order.
+    splits: Vec<(u32, u32, f32)>,
+    /// Leaf vectors (2 * parts floats each), in the same order as the trees.
+    leaves: Vec<f32>,
+    /// Feature pixels per level.
+    pixels: usize,
+    /// Anchor part of each feature pixel, level after level.
     anchors: Vec<usize>,
+    /// Offset of each feature pixel from its anchor, level after level.
     deltas: Vec<[f32; 2]>,
 }
 
-fn get(map: &std::collections::HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
-    map.get(name).cloned().ok_or_else(|| Error::Model {
+/// A tensor of the weights file with its dims, checked for dtype and rank.
+fn tensor<'a>(
+    st: &'a safetensors::SafeTensors<'a>,
+    name: &str,
+    dtype: safetensors::Dtype,
+    rank: usize,
+) -> Result<(Vec<usize>, &'a [u8])> {
+    let bad = |reason: String| Error::Model {
         name: SHAPE_PREDICTOR_5.to_string(),
-        reason: format!("missing tensor {name}"),
-    })
+        reason,
+    };
+    let view = st
+        .tensor(name)
+        .map_err(|_| bad(format!("missing tensor {name}")))?;
+    if view.dtype() != dtype || view.shape().len() != rank {
+        return Err(bad(format!(
+            "{name}: {:?} {:?}, expected {dtype:?} of rank {rank}",
+            view.dtype(),
+            view.shape()
+        )));
+    }
+    Ok((view.shape().to_vec(), view.data()))
+}
+
+/// Little-endian 4-byte values.
+fn words<T>(data: &[u8], f: impl Fn([u8; 4]) -> T) -> Vec<T> {
+    data.chunks_exact(4)
+        .map(|c| f([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 impl ShapePredictor {
     /// Loads `shape_predictor_5.safetensors` from `source`.
     pub fn new(source: &ModelSource) -> Result<Self> {
-        let bytes = source.read(SHAPE_PREDICTOR_5)?;
-        let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
-        let initial: Vec<f32> = get(&map, "initial_shape")?.to_vec1()?;
-        let split_idx = get(&map, "split_idx")?;
-        let (nc, nt, ns, _) = split_idx.dims4()?;
-        let split_idx: Vec<u32> = split_idx.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
-        let thresh: Vec<f32> = get(&map, "split_thresh")?.flatten_all()?.to_vec1()?;
-        let leaves_t = get(&map, "leaf_values")?;
-        let (_, _, nl, dim) = leaves_t.dims4()?;
-        let leaves: Vec<f32> = leaves_t.flatten_all()?.to_vec1()?;
-        let anchors_t = get(&map, "anchor_idx")?;
-        let (_, np) = anchors_t.dims2()?;
-        let anchors: Vec<u32> = anchors_t.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
-        let deltas: Vec<f32> = get(&map, "deltas")?.flatten_all()?.to_vec1()?;
+        use safetensors::Dtype::{F32, U32};
+        let bytes = source.bytes(SHAPE_PREDICTOR_5)?;
+        let bad = |reason: &str| Error::Model {
+            name: SHAPE_PREDICTOR_5.to_string(),
+            reason: reason.to_string(),
+        };
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(&format!("not a valid safetensors file: {e}")))?;
+        let (_, initial) = tensor(&st, "initial_shape", F32, 1)?;
+        let initial = words(initial, f32::from_le_bytes);
+        let (dims, split_idx) = tensor(&st, "split_idx", U32, 4)?;
+        let (nc, nt, ns) = (dims[0], dims[1], dims[2]);
+        let (_, thresh) = tensor(&st, "split_thresh", F32, 3)?;
+        let (leaf_dims, leaves) = tensor(&st, "leaf_values", F32, 4)?;
+        let (nl, dim) = (leaf_dims[2], leaf_dims[3]);
+        let (anchor_dims, anchors) = tensor(&st, "anchor_idx", U32, 2)?;
+        let np = anchor_dims[1];
+        let (_, deltas) = tensor(&st, "deltas", F32, 3)?;
         let parts = initial.len() / 2;
-        if dim != initial.len() || nl != ns + 1 {
-            return Err(Error::Model {
-                name: SHAPE_PREDICTOR_5.to_string(),
-                reason: "inconsistent tree shapes".to_string(),
-            });
+        let consistent = dim == initial.len()
+            && parts > 0
+            && ns > 0
+            && nl == ns + 1
+            && dims[3] == 2
+            && leaf_dims[..2] == [nc, nt]
+            && anchor_dims[0] == nc
+            && split_idx.len() == nc * nt * ns * 8
+            && thresh.len() == nc * nt * ns * 4
+            && deltas.len() == nc * np * 8;
+        if !consistent {
+            return Err(bad("inconsistent tree shapes"));
         }
-        let cascades = (0..nc)
-            .map(|c| Cascade {
-                splits: (0..nt)
-                    .map(|t| {
-                        (0..ns)
-                            .map(|s| {
-                                let i = (c * nt + t) * ns + s;
-                                (
-                                    split_idx[2 * i] as usize,
-                                    split_idx[2 * i + 1] as usize,
-                                    thresh[i],
-                                )
-                            })
-                            .collect()
-                    })
-                    .collect(),
-                leaves: (0..nt)
-                    .map(|t| {
-                        (0..nl)
-                            .map(|l| leaves[((c * nt + t) * nl + l) * dim..][..dim].to_vec())
-                            .collect()
-                    })
-                    .collect(),
-                anchors: anchors[c * np..(c + 1) * np]
-                    .iter()
-                    .map(|&a| (a as usize).min(parts - 1))
-                    .collect(),
-                deltas: (0..np)
-                    .map(|i| [deltas[(c * np + i) * 2], deltas[(c * np + i) * 2 + 1]])
-                    .collect(),
-            })
+        let idx = words(split_idx, u32::from_le_bytes);
+        if idx.iter().any(|&i| i as usize >= np) {
+            return Err(bad("a split names a feature pixel that does not exist"));
+        }
+        let splits = idx
+            .chunks_exact(2)
+            .zip(words(thresh, f32::from_le_bytes))
+            .map(|(ab, th)| (ab[0], ab[1], th))
             .collect();
+        let deltas = words(deltas, f32::from_le_bytes);
         Ok(ShapePredictor {
             initial: initial.chunks(2).map(|p| [p[0], p[1]]).collect(),
-            cascades,
+            trees: nt,
+            splits_per_tree: ns,
+            splits,
+            leaves: words(leaves, f32::from_le_bytes),
+            pixels: np,
+            anchors: words(anchors, |b| (u32::from_le_bytes(b) as usize).min(parts - 1)),
+            deltas: deltas.chunks_exact(2).map(|d| [d[0], d[1]]).collect(),
         })
     }
 
@@ -135,7 +158,9 @@ impl ShapePredictor {
             y: rect.y1 + p[1] * rh,
         };
         let mut shape = self.initial.clone();
-        for cascade in &self.cascades {
+        let (ns, dim) = (self.splits_per_tree, 2 * shape.len());
+        let levels = self.splits.len() / (self.trees * ns);
+        for level in 0..levels {
             // The 2x2 part of the similarity from the initial shape to the current one.
             let from: Vec<Point> = self
                 .initial
@@ -149,10 +174,10 @@ impl ShapePredictor {
                 tx: 0.0,
                 ty: 0.0,
             });
-            let feats: Vec<f32> = cascade
-                .anchors
+            let pixels = level * self.pixels..(level + 1) * self.pixels;
+            let feats: Vec<f32> = self.anchors[pixels.clone()]
                 .iter()
-                .zip(&cascade.deltas)
+                .zip(&self.deltas[pixels])
                 .map(|(&a, d)| {
                     let p = [
                         t.a * d[0] - t.b * d[1] + shape[a][0],
@@ -168,17 +193,21 @@ impl ShapePredictor {
                     }
                 })
                 .collect();
-            for (splits, leaves) in cascade.splits.iter().zip(&cascade.leaves) {
+            let per_level = self.trees * ns;
+            let trees = self.splits[level * per_level..(level + 1) * per_level]
+                .chunks(ns)
+                .zip(self.leaves[level * self.trees * (ns + 1) * dim..].chunks(dim * (ns + 1)));
+            for (splits, leaves) in trees {
                 let mut i = 0;
                 while i < splits.len() {
                     let (a, b, th) = splits[i];
-                    i = if feats[a] - feats[b] > th {
+                    i = if feats[a as usize] - feats[b as usize] > th {
                         2 * i + 1
                     } else {
                         2 * i + 2
                     };
                 }
-                let leaf = &leaves[i - splits.len()];
+                let leaf = &leaves[(i - splits.len()) * dim..][..dim];
                 for (k, p) in shape.iter_mut().enumerate() {
                     p[0] += leaf[2 * k];
                     p[1] += leaf[2 * k + 1];
