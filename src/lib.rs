@@ -21,6 +21,7 @@ pub mod album;
 pub mod align;
 pub mod cluster;
 pub mod detect;
+pub mod device;
 pub mod distance;
 pub mod embed;
 pub mod error;
@@ -51,14 +52,8 @@ pub use pipeline::{Face, FacePolicy, Pipeline, PipelineBuilder, PipelineConfig};
 /// same samples the library would.
 pub use rng::Rng;
 
-/// The compute device facekit runs its networks on: CUDA when built with `cuda` and a GPU is
-/// present, otherwise the CPU.
+/// The compute device facekit builds its networks on: the one chosen with
+/// [`device::select`], else CUDA when built with `cuda` and a GPU is present, else the CPU.
 pub fn default_device() -> candle_core::Device {
-    #[cfg(feature = "cuda")]
-    {
-        if let Ok(dev) = candle_core::Device::new_cuda(0) {
-            return dev;
-        }
-    }
-    candle_core::Device::Cpu
+    device::current()
 }

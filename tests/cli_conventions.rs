@@ -529,3 +529,45 @@ fn version_lists_models_build_and_cpu() {
         .unwrap();
     assert!(row.contains("unavailable"), "{row}");
 }
+
+/// `--device` picks where the networks run; a GPU this build lacks is an error, exit 2, before
+/// any photo is read (never a silent CPU fallback); `-v` names the device in use.
+#[test]
+fn device_flag_is_honoured_or_refused() {
+    let photo = fixture("2008_001322.jpg");
+    let photo = photo.to_str().unwrap();
+    let out = facekit(&["detect", "-v", "--device", "cpu", photo]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("device: cpu (chosen)"), "{err}");
+    if cfg!(feature = "cuda") {
+        return; // a CUDA build on a machine with a GPU would accept cuda
+    }
+    for (args, device) in [
+        (&["detect", "--device", "cuda", photo][..], "cuda:0"),
+        (
+            &[
+                "train",
+                "--device",
+                "cuda:1",
+                "--out",
+                "m.safetensors",
+                "nowhere",
+            ][..],
+            "cuda:1",
+        ),
+        (&["--device", "cuda", "verify", photo, photo][..], "cuda:0"),
+    ] {
+        let out = facekit(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("--device {device}")) && err.contains("without CUDA support"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = facekit(&["detect", "--device", "gpu", photo]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use cpu, cuda or cuda:N"));
+}

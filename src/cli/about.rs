@@ -101,17 +101,9 @@ pub fn kernels() -> String {
     format!("convolutions/matmul gemm {gemm}, distances {distance}, yunet {yunet}{no_avx512}")
 }
 
-/// The device the networks run on: `cpu (cuda feature off)`, or with `cuda`, the GPU found.
+/// The device the networks run on and how it was chosen (`--device` or the default).
 pub fn device() -> String {
-    if cfg!(feature = "cuda") {
-        if facekit::default_device().is_cuda() {
-            "cuda:0 (cuda feature on; training runs on the cpu)".to_string()
-        } else {
-            "cpu (cuda feature on, no GPU found)".to_string()
-        }
-    } else {
-        "cpu (cuda feature off)".to_string()
-    }
+    facekit::device::describe()
 }
 
 /// The text after `facekit ` that `--version` prints: the version, then the models (each with

@@ -44,6 +44,11 @@ struct Cli {
     /// Say on stderr what the run uses: device, CPU kernels, threads, models, face library.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Where the networks run: cpu, cuda or cuda:N (default: the CPU, or in a CUDA build the
+    /// first GPU when there is one). Asking for a GPU that this build or machine lacks is an
+    /// error, never a silent fallback to the CPU.
+    #[arg(long, global = true, value_name = "DEVICE", value_parser = parse::device)]
+    device: Option<facekit::device::DeviceSpec>,
     #[command(subcommand)]
     command: Command,
 }
@@ -280,6 +285,12 @@ pub fn main() -> ExitCode {
     } else {
         output::Verbosity::Normal
     });
+    if let Some(spec) = cli.device {
+        if let Err(e) = facekit::device::select(spec) {
+            eprintln!("facekit: error: --device {spec}: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
     about::verbose_start();
     let result = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|payload| {
         Err(anyhow::anyhow!(

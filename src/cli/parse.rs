@@ -91,6 +91,11 @@ pub fn at_least_one_u64(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A device name: `cpu`, `cuda` or `cuda:N`.
+pub fn device(s: &str) -> Result<facekit::device::DeviceSpec, String> {
+    s.parse()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
