@@ -5,7 +5,8 @@
 #
 # Rows: median ms per face for the ResNet alone (dlib's own 79 aligned chips from
 # ../shared/golden/dlib_chips, batch 1 and batch 16), and the median wall time of one whole
-# `facekit verify A B` process (startup, model load, detection, alignment, both embeddings)
+# `facekit verify A B` process on ~0.5 MP photos (startup, model load, detection, alignment,
+# both embeddings)
 # against face_recognition's in-process verify plus its interpreter startup. The dlib column
 # needs a throwaway venv that builds dlib from source (scripts/peer_dlib_env.sh, ~9 min the
 # first time); it is skipped with a message when that cannot be set up.
@@ -19,12 +20,17 @@ if [ ! -d "$shared/golden/dlib_chips" ]; then
     exit 0
 fi
 chips=("$shared"/golden/dlib_chips/*.png)
-a="$shared/data/facenet-pytorch/test_images/kate_siegel/1.jpg"
-b="$shared/data/facenet-pytorch/test_images/angelina_jolie/1.jpg"
-c="$shared/data/dlib/faces/Tom_Cruise_avp_2014_4.jpg"
-d="$shared/data/dlib/faces/2008_001322.jpg"
-
-cargo build --release --quiet --example bench_embed --bin facekit
+cargo build --release --quiet --example bench_embed --example camera_photos --bin facekit
+# verify's photos: facenet-pytorch's four test photos resized to ~0.5 MP (JPEG q92), compared as
+# two pairs (kate_siegel vs paul_rudd, angelina_jolie vs shea_whigham).
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+target/release/examples/camera_photos "$work" --from "$shared/data/facenet-pytorch/test_images" \
+    --count 4 --megapixels 0.5 >/dev/null
+a="$work/kate_siegel_1.jpg"
+b="$work/paul_rudd_1.jpg"
+c="$work/angelina_jolie_1.jpg"
+d="$work/shea_whigham_1.jpg"
 peer=""
 if py=$(bash scripts/peer_dlib_env.sh 2>/tmp/facekit-peer-dlib-env.log | tail -n 1) && [ -x "$py" ]; then
     peer="$py"
@@ -64,5 +70,5 @@ ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print('%.2f' % (float(a)/flo
 printf '%-44s %12s %18s %8s\n' "measure" "facekit ms" "face_recognition ms" "ratio"
 printf '%-44s %12s %18s %8s\n' "ResNet per face, batch 1 (79 dlib chips)" "$o1" "$t1" "$(ratio "$o1" "$t1")"
 printf '%-44s %12s %18s %8s\n' "ResNet per face, batch 16" "$o16" "$t16" "$(ratio "$o16" "$t16")"
-printf '%-44s %12s %18s %8s\n' "verify A B, whole process (2 photo pairs)" "$verify_ms" "$tvp" "$(ratio "$verify_ms" "$tvp")"
+printf '%-44s %12s %18s %8s\n' "verify A B, whole process (0.5 MP photos)" "$verify_ms" "$tvp" "$(ratio "$verify_ms" "$tvp")"
 echo "(medians, $threads threads, $repeat repeats; face_recognition's verify = in-process verify + interpreter startup)"
