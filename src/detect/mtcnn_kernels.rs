@@ -38,38 +38,63 @@ const POOL_MAX_FLOATS: usize = 4 << 20;
 /// Most buffers the pool keeps per thread.
 const POOL_MAX_BUFFERS: usize = 12;
 
+/// A float buffer from this thread's pool: the first `len` values of a vector that keeps its
+/// whole (initialised) length while pooled, so reusing it needs no zero-fill.
+pub(super) struct Buf {
+    v: Vec<f32>,
+    len: usize,
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.v[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.v[..self.len]
+    }
+}
+
 /// A buffer of `len` floats from this thread's pool; its contents are unspecified.
-pub(super) fn take(len: usize) -> Vec<f32> {
-    let reused = POOL.with(|p| {
+pub(super) fn take(len: usize) -> Buf {
+    let pooled = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        // Best fit: the smallest pooled buffer that holds `len` without growing.
+        // Best fit: the smallest pooled buffer that holds `len`.
         let best = p
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
+            .filter(|(_, v)| v.len() >= len)
+            .min_by_key(|(_, v)| v.len())
             .map(|(i, _)| i);
-        best.or(if p.is_empty() { None } else { Some(0) })
-            .map(|i| p.swap_remove(i))
+        best.map(|i| p.swap_remove(i))
     });
-    let mut v = reused.unwrap_or_default();
-    if v.len() < len {
-        v.resize(len, 0.0);
+    Buf {
+        v: pooled.unwrap_or_else(|| vec![0.0; len]),
+        len,
     }
-    v.truncate(len);
-    v
 }
 
-/// Returns a buffer to this thread's pool.
-pub(super) fn give(v: Vec<f32>) {
-    if v.capacity() == 0 || v.capacity() > POOL_MAX_FLOATS {
+/// Returns a buffer to this thread's pool (a full pool drops its smallest buffer).
+pub(super) fn give(b: Buf) {
+    let v = b.v;
+    if v.is_empty() || v.len() > POOL_MAX_FLOATS {
         return;
     }
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        if p.len() < POOL_MAX_BUFFERS {
-            p.push(v);
+        if p.len() >= POOL_MAX_BUFFERS {
+            let smallest = (0..p.len()).min_by_key(|&i| p[i].len());
+            match smallest {
+                Some(i) if p[i].len() < v.len() => {
+                    p.swap_remove(i);
+                }
+                _ => return,
+            }
         }
+        p.push(v);
     });
 }
 
@@ -157,21 +182,36 @@ impl<'a> Source<'a> {
         // reference sums u8 values in f32, which is exact (integers below 2^24), so integer
         // sums divided the same way give the same floats.
         let mut tmp = take((src1 - src0) * row_len);
-        for (r, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
-            let y = region.y0 + src0 + r;
-            match &self.prefix {
-                Some(p) if widest <= EXACT_CELL => {
-                    let prow = &p[y * (w + 1) * 3..(y + 1) * (w + 1) * 3];
-                    for (&(c0, c1), out) in cols.iter().zip(tmp_row.chunks_exact_mut(3)) {
-                        let (a, b) = ((region.x0 + c0) * 3, (region.x0 + c1) * 3);
-                        let n = (c1 - c0) as f32;
-                        for c in 0..3 {
-                            out[c] = (prow[b + c] - prow[a + c]) as f32 / n;
-                        }
+        match &self.prefix {
+            Some(p) if widest <= EXACT_CELL => {
+                // Per output value: the prefix entries that bound its cell, and its width.
+                let mut lo = Vec::with_capacity(row_len);
+                let mut hi = Vec::with_capacity(row_len);
+                let mut div = take(row_len);
+                for (j, &(c0, c1)) in cols.iter().enumerate() {
+                    for c in 0..3 {
+                        lo.push((region.x0 + c0) * 3 + c);
+                        hi.push((region.x0 + c1) * 3 + c);
+                        div[j * 3 + c] = (c1 - c0) as f32;
                     }
                 }
-                _ => {
-                    let raw = self.img.as_raw();
+                for (r, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
+                    let y = region.y0 + src0 + r;
+                    let prow = &p[y * (w + 1) * 3..(y + 1) * (w + 1) * 3];
+                    for ((t, &a), &b) in tmp_row.iter_mut().zip(&lo).zip(&hi) {
+                        *t = (prow[b] - prow[a]) as f32;
+                    }
+                    // Separate pass, so the divisions vectorise.
+                    for (t, &n) in tmp_row.iter_mut().zip(div.iter()) {
+                        *t /= n;
+                    }
+                }
+                give(div);
+            }
+            _ => {
+                let raw = self.img.as_raw();
+                for (r, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
+                    let y = region.y0 + src0 + r;
                     let row = &raw[y * w * 3..][region.x0 * 3..region.x1 * 3];
                     for (&(c0, c1), out) in cols.iter().zip(tmp_row.chunks_exact_mut(3)) {
                         let mut acc = [0f32; 3];
@@ -196,10 +236,11 @@ impl<'a> Source<'a> {
                 acc.iter_mut().zip(tmp_row).for_each(|(a, v)| *a += v);
             }
             let n = (r1 - r0) as f32;
+            acc.iter_mut().for_each(|a| *a /= n);
             for c in 0..3 {
                 let out = &mut dst[c * plane_stride + i * out_w..][..out_w];
-                for (o, a) in out.iter_mut().zip(acc[c..].iter().step_by(3)) {
-                    *o = norm(a / n);
+                for (o, &a) in out.iter_mut().zip(acc[c..].iter().step_by(3)) {
+                    *o = norm(a);
                 }
             }
         }
@@ -275,7 +316,7 @@ unsafe fn gemm_acc(
 /// Activations of `b` images as `[channels, b, h, w]`.
 pub(super) struct Planes {
     /// The values.
-    pub data: Vec<f32>,
+    pub data: Buf,
     /// Channels.
     pub c: usize,
     /// Images.
@@ -444,7 +485,7 @@ fn im2col(x: &Planes, k: usize, images: Range<usize>, rows: Range<usize>, cols: 
                     for oy in rows.clone() {
                         let src = &plane[(oy + ky) * w + kx..][..ow];
                         if let Some(d) = dst.next() {
-                            d.copy_from_slice(src);
+                            copy_short(d, src);
                         }
                     }
                 }
@@ -453,8 +494,46 @@ fn im2col(x: &Planes, k: usize, images: Range<usize>, rows: Range<usize>, cols: 
     }
 }
 
+/// `nn::max_pool`'s comparison: `v` replaces the running maximum `m` when `v > m`.
+#[inline(always)]
+fn keep_max(m: f32, v: f32) -> f32 {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short rows of MTCNN's small planes (3 to 46 floats),
+/// with fixed-size moves instead of a `memcpy` call per row.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    assert_eq!(n, src.len());
+    if n >= 8 {
+        for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+            let s: &[f32; 8] = s.try_into().unwrap_or(&[0.0; 8]);
+            d.copy_from_slice(s);
+        }
+        // The last 8 (overlapping what was copied already).
+        let (d, s) = (&mut dst[n - 8..], &src[n - 8..]);
+        let s: &[f32; 8] = s.try_into().unwrap_or(&[0.0; 8]);
+        d.copy_from_slice(s);
+    } else if n >= 4 {
+        let (a, b): (&[f32; 4], &[f32; 4]) = (
+            src[..4].try_into().unwrap_or(&[0.0; 4]),
+            src[n - 4..].try_into().unwrap_or(&[0.0; 4]),
+        );
+        dst[..4].copy_from_slice(a);
+        dst[n - 4..].copy_from_slice(b);
+    } else {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s);
+    }
+}
+
 /// Max-pool with PyTorch's `ceil_mode=True` (no padding) over every plane: `nn::max_pool`'s
-/// comparisons in `nn::max_pool`'s order (rows first, then a left-to-right fold from -inf).
+/// comparisons in `nn::max_pool`'s order (each window's rows first, from its top row down,
+/// then its columns left to right from -inf), so ties and signed zeros resolve the same way.
 fn max_pool_ceil(x: Planes, k: usize, s: usize) -> Planes {
     let (h, w) = (x.h, x.w);
     assert!(h >= k && w >= k, "max-pool window larger than the input");
@@ -462,24 +541,63 @@ fn max_pool_ceil(x: Planes, k: usize, s: usize) -> Planes {
     let planes = x.c * x.b;
     let mut dst = take(planes * oh * ow);
     let mut row = take(w);
-    for (plane, out) in x
-        .data
-        .chunks_exact(h * w)
-        .zip(dst.chunks_exact_mut(oh * ow))
-    {
+    // Output columns whose window lies inside the row.
+    let full = ((w - k) / s + 1).min(ow);
+    for (plane, out) in x.data.chunks_exact(h * w).zip(dst.chunks_exact_mut(oh * ow)) {
         for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
             let y0 = oy * s;
-            row.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
-            for src_row in plane[(y0 + 1) * w..(y0 + k).min(h) * w].chunks_exact(w) {
-                row.iter_mut()
-                    .zip(src_row)
-                    .for_each(|(m, &v)| *m = if v > *m { v } else { *m });
+            let y1 = (y0 + k).min(h);
+            let r0 = &plane[y0 * w..(y0 + 1) * w];
+            match y1 - y0 {
+                2 => {
+                    let r1 = &plane[(y0 + 1) * w..(y0 + 2) * w];
+                    for ((m, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
+                        *m = keep_max(a, b);
+                    }
+                }
+                3 => {
+                    let r1 = &plane[(y0 + 1) * w..(y0 + 2) * w];
+                    let r2 = &plane[(y0 + 2) * w..(y0 + 3) * w];
+                    for (((m, &a), &b), &c) in row.iter_mut().zip(r0).zip(r1).zip(r2) {
+                        *m = keep_max(keep_max(a, b), c);
+                    }
+                }
+                _ => {
+                    row.copy_from_slice(r0);
+                    for src_row in plane[(y0 + 1) * w..y1 * w].chunks_exact(w) {
+                        row.iter_mut()
+                            .zip(src_row)
+                            .for_each(|(m, &v)| *m = keep_max(*m, v));
+                    }
+                }
             }
-            for (ox, m) in out_row.iter_mut().enumerate() {
-                let x0 = ox * s;
+            let (inside, edge) = out_row.split_at_mut(full);
+            match (k, s) {
+                (3, 2) => {
+                    for (ox, m) in inside.iter_mut().enumerate() {
+                        let win = &row[2 * ox..2 * ox + 3];
+                        let a = keep_max(f32::NEG_INFINITY, win[0]);
+                        *m = keep_max(keep_max(a, win[1]), win[2]);
+                    }
+                }
+                (2, 2) => {
+                    for (m, win) in inside.iter_mut().zip(row.chunks_exact(2)) {
+                        *m = keep_max(keep_max(f32::NEG_INFINITY, win[0]), win[1]);
+                    }
+                }
+                _ => {
+                    for (ox, m) in inside.iter_mut().enumerate() {
+                        *m = row[ox * s..ox * s + k]
+                            .iter()
+                            .fold(f32::NEG_INFINITY, |a, &v| keep_max(a, v));
+                    }
+                }
+            }
+            for (i, m) in edge.iter_mut().enumerate() {
+                let x0 = (full + i) * s;
                 *m = row[x0..(x0 + k).min(w)]
                     .iter()
-                    .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
+                    .fold(f32::NEG_INFINITY, |a, &v| keep_max(a, v));
             }
         }
     }
@@ -497,7 +615,7 @@ fn max_pool_ceil(x: Planes, k: usize, s: usize) -> Planes {
 
 /// `[c, b, h, w]` flattened per image in (W, H, C) order, as facenet-pytorch's
 /// `permute(0, 3, 2, 1)`: `[b, w * h * c]`.
-fn flatten_whc(x: &Planes) -> Vec<f32> {
+fn flatten_whc(x: &Planes) -> Buf {
     let (c, b, h, w) = (x.c, x.b, x.h, x.w);
     let per = c * h * w;
     let mut out = take(b * per);
@@ -549,7 +667,7 @@ impl Dense {
 
     /// `[b, c_in]` -> `[b, c_out]`: candle's matmul call for `x.matmul(&w.t())` (the weight
     /// read transposed in place, nothing accumulated), then `+ bias`, then PReLU.
-    fn forward(&self, x: &[f32], b: usize) -> Vec<f32> {
+    fn forward(&self, x: &[f32], b: usize) -> Buf {
         assert_eq!(x.len(), b * self.c_in, "dense input size");
         let mut y = take(b * self.c_out);
         y.fill(0.0);
@@ -617,9 +735,9 @@ pub(super) struct PNetOut {
     /// Output width (cells).
     pub w: usize,
     /// `[h * w]` face probabilities.
-    pub prob: Vec<f32>,
+    pub prob: Buf,
     /// `[4, h, w]` box regression.
-    pub reg: Vec<f32>,
+    pub reg: Buf,
 }
 
 impl FastPNet {
