@@ -337,6 +337,8 @@ impl Planes {
 /// A stride-1 unpadded convolution with bias and optional PReLU (`nn::Conv2d` + `Act`).
 pub(super) struct Conv {
     weight: Vec<f32>,
+    /// The weights regrouped for [`direct`]: `[c_out / 4 (rounded up)][tap][4]`, zero-padded.
+    grouped: Vec<f32>,
     bias: Vec<f32>,
     slopes: Option<Vec<f32>>,
     c_in: usize,
@@ -355,8 +357,19 @@ impl Conv {
         k: usize,
     ) -> Result<Self> {
         let vc = vb.pp(name);
+        let weight = values(&vc.get((c_out, c_in, k, k), "weight")?)?;
+        let kk = c_in * k * k;
+        let blocks = c_out.div_ceil(direct::CO);
+        let mut grouped = vec![0f32; blocks * kk * direct::CO];
+        for (co, filter) in weight.chunks_exact(kk).enumerate() {
+            let (blk, j) = (co / direct::CO, co % direct::CO);
+            for (t, &v) in filter.iter().enumerate() {
+                grouped[(blk * kk + t) * direct::CO + j] = v;
+            }
+        }
         Ok(Conv {
-            weight: values(&vc.get((c_out, c_in, k, k), "weight")?)?,
+            weight,
+            grouped,
             bias: values(&vc.get(c_out, "bias")?)?,
             slopes: match prelu {
                 Some(p) => Some(values(&vb.pp(p).get(c_out, "weight")?)?),
@@ -377,12 +390,12 @@ impl Conv {
         let bn = b * n;
         let kk = self.c_in * k * k;
         let mut dst = take(self.c_out * bn);
-        for (plane, &bias) in dst.chunks_exact_mut(bn).zip(&self.bias) {
-            plane.fill(bias);
-        }
         let direct = b == 1 && k == 1;
-        if !direct && kk * n > TILE_FLOATS {
+        if direct::usable(kk, h, w, k) {
+            direct::conv(x, k, self.c_out, &self.grouped, &self.bias, &mut dst);
+        } else if !direct && kk * n > TILE_FLOATS {
             // nn's tiled path: per image, blocks of output rows, one serial product each.
+            fill_bias(&mut dst, &self.bias);
             let rows_per = (TILE_FLOATS / (kk * ow)).max(1);
             let blocks: Vec<(usize, Range<usize>)> = (0..b)
                 .flat_map(|img| {
@@ -411,6 +424,7 @@ impl Conv {
                 blocks.iter().for_each(job);
             }
         } else if direct {
+            fill_bias(&mut dst, &self.bias);
             // SAFETY: dst holds c_out rows of bn values.
             unsafe {
                 gemm_acc(
@@ -425,6 +439,7 @@ impl Conv {
                 )
             };
         } else {
+            fill_bias(&mut dst, &self.bias);
             let mut cols = take(kk * bn);
             im2col(x, k, 0..b, 0..oh, &mut cols);
             // SAFETY: dst holds c_out rows of bn values.
@@ -453,6 +468,162 @@ impl Conv {
             b,
             h: oh,
             w: ow,
+        }
+    }
+}
+
+/// Every `[c, ...]` plane of `dst` set to its channel's bias (the products accumulate onto it).
+fn fill_bias(dst: &mut [f32], bias: &[f32]) {
+    let per = dst.len() / bias.len();
+    for (plane, &b) in dst.chunks_exact_mut(per).zip(bias) {
+        plane.fill(b);
+    }
+}
+
+/// A direct convolution that does, for every output value, exactly the arithmetic of `gemm`'s
+/// FMA kernels on the patch matrix: one accumulator from zero, one fused multiply-add per tap
+/// in patch-row order `(ci, ky, kx)`, then `bias + accumulator`. That equality holds while the
+/// whole reduction is one `gemm` depth block (`gemm` splits depths above 512) and `gemm` runs
+/// its FMA kernels (AVX2+FMA or AVX-512 CPUs), so [`usable`] checks both.
+///
+/// Vectorised over output positions: a position `p = oy * w + ox` of the input grid reads tap
+/// `(ky, kx)` at `p + ky * w + kx`, so 8 consecutive positions are one unaligned load even
+/// across rows; positions with `ox >= ow` are computed and dropped. Each step holds 4 output
+/// channels x 16 positions in 8 registers.
+mod direct {
+    use super::Planes;
+
+    /// Output channels per register block.
+    pub const CO: usize = 4;
+    /// Output positions per register block (two vectors: 8 accumulators, so nothing spills).
+    const POS: usize = 16;
+
+    /// Whether the direct kernel reproduces `gemm` for a `k x k` convolution with `kk` taps on
+    /// `h x w` planes (and the CPU can run it).
+    pub fn usable(kk: usize, h: usize, w: usize, k: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let positions = (h >= k && w >= k).then(|| (h - k) * w + (w + 1 - k));
+            kk <= 512
+                && positions.is_some_and(|p| p >= POS)
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (kk, h, w, k);
+            false
+        }
+    }
+
+    /// `dst[c_out, b, oh, ow] = bias + conv(x)`; `grouped` from `Conv::load`. Only call when
+    /// [`usable`].
+    pub fn conv(
+        x: &Planes,
+        k: usize,
+        c_out: usize,
+        grouped: &[f32],
+        bias: &[f32],
+        dst: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(usable(x.c * k * k, x.h, x.w, k));
+            assert_eq!(dst.len(), c_out * x.b * (x.h + 1 - k) * (x.w + 1 - k));
+            assert!(grouped.len() >= c_out.div_ceil(CO) * x.c * k * k * CO);
+            assert!(x.data.len() >= x.c * x.b * x.h * x.w);
+            // SAFETY: usable() checked AVX2 and FMA; the sizes are checked above.
+            unsafe { conv_avx2(x, k, c_out, grouped, bias, dst) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, k, c_out, grouped, bias, dst);
+            unreachable!("direct::conv without direct::usable");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn conv_avx2(
+        x: &Planes,
+        k: usize,
+        c_out: usize,
+        grouped: &[f32],
+        bias: &[f32],
+        dst: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let (c_in, b, h, w) = (x.c, x.b, x.h, x.w);
+        let (oh, ow) = (h + 1 - k, w + 1 - k);
+        let (n, hw, kk) = (oh * ow, h * w, c_in * k * k);
+        let bn = b * n;
+        let positions = (oh - 1) * w + ow;
+        let src = x.data.as_ptr();
+        let mut lanes = [[0f32; POS]; CO];
+        for blk in 0..c_out.div_ceil(CO) {
+            let wb = grouped.as_ptr().add(blk * kk * CO);
+            for img in 0..b {
+                let mut start = 0;
+                loop {
+                    // The last block ends at the last position (recomputing a few: same values).
+                    let s = start.min(positions - POS);
+                    let mut acc = [[_mm256_setzero_ps(); 2]; CO];
+                    let mut t = 0;
+                    for ci in 0..c_in {
+                        // Highest read: s + POS - 1 + (k - 1) * (w + 1) <= h * w - 1.
+                        let plane = src.add((ci * b + img) * hw + s);
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let p = plane.add(ky * w + kx);
+                                let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                                let wt = wb.add(t * CO);
+                                for (j, row) in acc.iter_mut().enumerate() {
+                                    let wj = _mm256_broadcast_ss(&*wt.add(j));
+                                    for (a, &vv) in row.iter_mut().zip(&v) {
+                                        *a = _mm256_fmadd_ps(vv, wj, *a);
+                                    }
+                                }
+                                t += 1;
+                            }
+                        }
+                    }
+                    let co_n = CO.min(c_out - blk * CO);
+                    for (j, (lane, row)) in lanes.iter_mut().zip(&acc).enumerate().take(co_n) {
+                        // bias + accumulator, as gemm's update of the bias-filled output.
+                        let bj = _mm256_set1_ps(bias[blk * CO + j]);
+                        for (q, &a) in row.iter().enumerate() {
+                            _mm256_storeu_ps(lane.as_mut_ptr().add(q * 8), _mm256_add_ps(bj, a));
+                        }
+                    }
+                    // Copy out the valid part of each input-grid row the block spans.
+                    let (mut oy, mut ox) = (s / w, s % w);
+                    let mut q = 0;
+                    while q < POS {
+                        let run = (w - ox).min(POS - q);
+                        let valid = ow.saturating_sub(ox).min(run);
+                        if valid > 0 {
+                            let at = img * n + oy * ow + ox;
+                            for (j, lane) in lanes.iter().enumerate().take(co_n) {
+                                let co = blk * CO + j;
+                                super::copy_short(
+                                    &mut dst[co * bn + at..co * bn + at + valid],
+                                    &lane[q..q + valid],
+                                );
+                            }
+                        }
+                        q += run;
+                        ox += run;
+                        if ox == w {
+                            ox = 0;
+                            oy += 1;
+                        }
+                    }
+                    if s + POS >= positions {
+                        break;
+                    }
+                    start += POS;
+                }
+            }
         }
     }
 }
@@ -543,7 +714,11 @@ fn max_pool_ceil(x: Planes, k: usize, s: usize) -> Planes {
     let mut row = take(w);
     // Output columns whose window lies inside the row.
     let full = ((w - k) / s + 1).min(ow);
-    for (plane, out) in x.data.chunks_exact(h * w).zip(dst.chunks_exact_mut(oh * ow)) {
+    for (plane, out) in x
+        .data
+        .chunks_exact(h * w)
+        .zip(dst.chunks_exact_mut(oh * ow))
+    {
         for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
             let y0 = oy * s;
             let y1 = (y0 + k).min(h);
