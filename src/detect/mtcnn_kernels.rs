@@ -195,11 +195,17 @@ impl<'a> Source<'a> {
                         div[j * 3 + c] = (c1 - c0) as f32;
                     }
                 }
+                // Every index is inside a prefix row: hi <= (x1 * 3 + 2) < (w + 1) * 3.
+                let top = hi.iter().copied().max().unwrap_or(0);
+                assert!(top < (w + 1) * 3 && lo.iter().zip(&hi).all(|(a, b)| a <= b));
                 for (r, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
                     let y = region.y0 + src0 + r;
                     let prow = &p[y * (w + 1) * 3..(y + 1) * (w + 1) * 3];
                     for ((t, &a), &b) in tmp_row.iter_mut().zip(&lo).zip(&hi) {
-                        *t = (prow[b] - prow[a]) as f32;
+                        // SAFETY: a <= b <= top < prow.len(), checked above.
+                        let (pa, pb) = unsafe { (*prow.get_unchecked(a), *prow.get_unchecked(b)) };
+                        // Sums stay below 2^24 (EXACT_CELL), so i32 and the f32 are exact.
+                        *t = (pb - pa) as i32 as f32;
                     }
                     // Separate pass, so the divisions vectorise.
                     for (t, &n) in tmp_row.iter_mut().zip(div.iter()) {
@@ -262,9 +268,34 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// PReLU exactly as `nn`: `max(x, 0) + a * min(x, 0)`.
-#[inline]
+#[inline(always)]
 fn prelu_slice(v: &mut [f32], a: f32) {
     v.iter_mut().for_each(|x| *x = x.max(0.0) + a * x.min(0.0));
+}
+
+/// PReLU on `[c, ...]` planes, channel `c` with `slopes[c]`.
+fn prelu_planes(v: &mut [f32], slopes: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { prelu_planes_avx2(v, slopes) };
+    }
+    prelu_planes_body(v, slopes)
+}
+
+/// [`prelu_planes`] compiled for AVX2 (the same expression, 8 lanes at a time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn prelu_planes_avx2(v: &mut [f32], slopes: &[f32]) {
+    prelu_planes_body(v, slopes)
+}
+
+#[inline(always)]
+fn prelu_planes_body(v: &mut [f32], slopes: &[f32]) {
+    let per = v.len() / slopes.len();
+    for (plane, &a) in v.chunks_exact_mut(per).zip(slopes) {
+        prelu_slice(plane, a);
+    }
 }
 
 /// `dst[m, n] += lhs[m, k] @ rhs[k, n]`, all row-major, `dst` rows `dst_stride` apart: the
@@ -458,9 +489,7 @@ impl Conv {
             give(cols);
         }
         if let Some(slopes) = &self.slopes {
-            for (plane, &a) in dst.chunks_exact_mut(bn).zip(slopes) {
-                prelu_slice(plane, a);
-            }
+            prelu_planes(&mut dst, slopes);
         }
         Planes {
             data: dst,
@@ -706,6 +735,23 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// comparisons in `nn::max_pool`'s order (each window's rows first, from its top row down,
 /// then its columns left to right from -inf), so ties and signed zeros resolve the same way.
 fn max_pool_ceil(x: Planes, k: usize, s: usize) -> Planes {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { max_pool_ceil_avx2(x, k, s) };
+    }
+    max_pool_ceil_body(x, k, s)
+}
+
+/// [`max_pool_ceil`] compiled for AVX2 (the same comparisons, 8 lanes at a time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_pool_ceil_avx2(x: Planes, k: usize, s: usize) -> Planes {
+    max_pool_ceil_body(x, k, s)
+}
+
+#[inline(always)]
+fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
     let (h, w) = (x.h, x.w);
     assert!(h >= k && w >= k, "max-pool window larger than the input");
     let (oh, ow) = ((h - k).div_ceil(s) + 1, (w - k).div_ceil(s) + 1);
