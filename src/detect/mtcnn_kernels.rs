@@ -37,6 +37,9 @@ thread_local! {
 const POOL_MAX_FLOATS: usize = 4 << 20;
 /// Most buffers the pool keeps per thread.
 const POOL_MAX_BUFFERS: usize = 12;
+/// Most floats the pool keeps per thread (32 MB): a large photo's P-Net buffers are not held
+/// for the rest of the run.
+const POOL_MAX_TOTAL: usize = 8 << 20;
 
 /// A float buffer from this thread's pool: the first `len` values of a vector that keeps its
 /// whole (initialised) length while pooled, so reusing it needs no zero-fill.
@@ -77,7 +80,8 @@ pub(super) fn take(len: usize) -> Buf {
     }
 }
 
-/// Returns a buffer to this thread's pool (a full pool drops its smallest buffer).
+/// Returns a buffer to this thread's pool (a pool with its most buffers drops its smallest;
+/// one at its most floats drops the returned buffer).
 pub(super) fn give(b: Buf) {
     let v = b.v;
     if v.is_empty() || v.len() > POOL_MAX_FLOATS {
@@ -85,6 +89,9 @@ pub(super) fn give(b: Buf) {
     }
     POOL.with(|p| {
         let mut p = p.borrow_mut();
+        if p.iter().map(Vec::len).sum::<usize>() + v.len() > POOL_MAX_TOTAL {
+            return;
+        }
         if p.len() >= POOL_MAX_BUFFERS {
             let smallest = (0..p.len()).min_by_key(|&i| p[i].len());
             match smallest {
