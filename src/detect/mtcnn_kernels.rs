@@ -9,10 +9,14 @@
 //! product writes, buffers come from a per-thread pool, and the crops and pyramid levels are
 //! averaged from per-row prefix sums of the photo built once per detection.
 //!
-//! Every product is the same `gemm` call (same m, n, k, operand layouts and accumulation onto
-//! the bias) that `crate::nn` makes for the same layer and batch, and every element-wise step
-//! uses the same expression, so the results are bit-identical (tests in `mtcnn.rs` compare
-//! both paths bit for bit).
+//! Convolutions with at most 512 taps run in [`direct`], which does for every output value the
+//! exact arithmetic of `gemm`'s FMA kernels (one fused chain over the taps in patch-matrix
+//! order, then `+ bias`) without building a patch matrix or packing operands. Every other
+//! product is the same `gemm` call (same m, n, k, operand layouts and accumulation onto the
+//! bias) that `crate::nn` or candle makes for the same layer and batch, and every element-wise
+//! step uses the same expression, so the results are bit-identical (tests in `mtcnn.rs`
+//! compare both paths bit for bit; candidate chunking is unchanged, since `gemm`'s depth
+//! blocking above 512 taps depends on the product's size).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -520,7 +524,7 @@ fn fill_bias(dst: &mut [f32], bias: &[f32]) {
 /// FMA kernels on the patch matrix: one accumulator from zero, one fused multiply-add per tap
 /// in patch-row order `(ci, ky, kx)`, then `bias + accumulator`. That equality holds while the
 /// whole reduction is one `gemm` depth block (`gemm` splits depths above 512) and `gemm` runs
-/// its FMA kernels (AVX2+FMA or AVX-512 CPUs), so [`usable`] checks both.
+/// its FMA kernels (AVX2+FMA or AVX-512 CPUs), so [`usable`](direct::usable) checks both.
 ///
 /// Vectorised over output positions: a position `p = oy * w + ox` of the input grid reads tap
 /// `(ky, kx)` at `p + ky * w + kx`, so 8 consecutive positions are one unaligned load even
