@@ -5,7 +5,9 @@
 #
 # Prints median milliseconds per image for three sets of ../shared photos: the small ones
 # (<= 0.5 MP) at their own size, the large ones at their own size, and all of them resized to
-# 640 px on the long side. The facenet-pytorch column needs a throwaway venv
+# 640 px on the long side; then 60 LFW photos (250x250, every 40th of the sorted set) with
+# facekit's MTCNN time per stage, on its CPU kernels and on the candle networks they replaced
+# (bit-identical results; `bench_detect --stages` / `--reference`). The facenet-pytorch column needs a throwaway venv
 # (scripts/peer_env.sh, CPU torch); it is skipped with a message when that cannot be set up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,4 +60,32 @@ row() {
 row "<= 0.5 MP, own size" 0 "${small[@]}"
 row "1-4 MP, own size" 0 "${large[@]}"
 row "all, 640 px long side" 640 "${small[@]}" "${large[@]}"
+lfw=()
+if [ -d "$shared/data/lfw/lfw-deepfunneled" ]; then
+    mapfile -t lfw < <(find "$shared/data/lfw/lfw-deepfunneled" -name '*.jpg' | sort | awk 'NR % 40 == 1' | head -n 60)
+    row "LFW 250x250" 0 "${lfw[@]}"
+fi
 echo "(median ms per image: $repeat runs per image per round, $rounds alternating rounds, $threads threads; ratio = facekit / facenet-pytorch)"
+
+if [ "${#lfw[@]}" -gt 0 ]; then
+    echo
+    printf '%-24s %9s %9s %9s %9s %12s\n' "MTCNN stages, LFW" "P-Net ms" "R-Net ms" "O-Net ms" "total ms" "candidates"
+    stages() {
+        local label="$1"; shift
+        local runs=()
+        for _ in $(seq "$rounds"); do
+            runs+=("$("$ours" --threads "$threads" --repeat "$repeat" "$@" "${lfw[@]}")")
+        done
+        printf '%s\n' "${runs[@]}" | python3 -c '
+import json, statistics, sys
+label = sys.argv[1]
+runs = [json.loads(line)["stages"] for line in sys.stdin if line.strip()]
+med = lambda k: statistics.median(r[k] for r in runs)
+p, r, o = med("pnet_ms"), med("rnet_ms"), med("onet_ms")
+cands = "%.1f/%.1f" % (runs[0]["rnet_candidates"], runs[0]["onet_candidates"])
+print("%-24s %9.2f %9.2f %9.2f %9.2f %12s" % (label, p, r, o, p + r + o, cands))' "$label"
+    }
+    stages "cpu kernels" --stages
+    stages "candle networks" --reference
+    echo "(mean over images of each image's median; medians of $rounds rounds; candidates = R-Net/O-Net inputs per image)"
+fi

@@ -5,9 +5,16 @@
 //! that decide numerical parity (area resampling, pyramid sizes, the +1 conventions of each stage,
 //! NMS modes, crops clipped without padding) follow `facenet_pytorch/models/utils/detect_face.py`.
 
+use std::time::Instant;
+
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;
+
+#[path = "mtcnn_kernels.rs"]
+mod kernels;
+
+use kernels::{FastNets, Planes, Source};
 
 use super::nets::{ONet, PNet, RNet};
 use super::{BBox, Detection, Point};
@@ -210,6 +217,8 @@ pub struct Mtcnn {
     pnet: PNet,
     rnet: RNet,
     onet: ONet,
+    /// The same weights for the CPU kernels of `mtcnn_kernels.rs` (`None` on other devices).
+    fast: Option<FastNets>,
     config: MtcnnConfig,
     device: Device,
 }
@@ -232,6 +241,11 @@ impl Mtcnn {
             pnet: PNet::new(vb.pp("pnet")).map_err(load_err)?,
             rnet: RNet::new(vb.pp("rnet")).map_err(load_err)?,
             onet: ONet::new(vb.pp("onet")).map_err(load_err)?,
+            fast: if device.is_cpu() {
+                Some(FastNets::load(&vb).map_err(load_err)?)
+            } else {
+                None
+            },
             config,
             device,
         })
@@ -260,15 +274,56 @@ impl Mtcnn {
     /// [`Self::detect`] searching faces down to `min_face` pixels (instead of the configured
     /// size).
     pub fn detect_min_face(&self, img: &RgbImage, min_face: f64) -> Result<Vec<Detection>> {
+        Ok(self.detect_staged(img, min_face, self.fast.as_ref())?.0)
+    }
+
+    /// [`Self::detect_min_face`] with the time and candidate count of each stage (for
+    /// benchmarks: `examples/bench_detect.rs`).
+    pub fn detect_profiled(
+        &self,
+        img: &RgbImage,
+        min_face: f64,
+    ) -> Result<(Vec<Detection>, StageProfile)> {
+        self.detect_staged(img, min_face, self.fast.as_ref())
+    }
+
+    /// [`Self::detect_profiled`] on the candle networks through `crate::nn` (the path other
+    /// devices take, and the reference the CPU kernels are checked against bit for bit).
+    pub fn detect_profiled_reference(
+        &self,
+        img: &RgbImage,
+        min_face: f64,
+    ) -> Result<(Vec<Detection>, StageProfile)> {
+        self.detect_staged(img, min_face, None)
+    }
+
+    /// The cascade on the CPU kernels of `mtcnn_kernels.rs` when `fast` is given, else on the
+    /// candle networks (other devices; and the reference the fast path is tested against).
+    fn detect_staged(
+        &self,
+        img: &RgbImage,
+        min_face: f64,
+        fast: Option<&FastNets>,
+    ) -> Result<(Vec<Detection>, StageProfile)> {
         if !(min_face >= 1.0 && min_face.is_finite()) {
             return Err(Error::Config(format!(
                 "minimum face size must be at least 1 px, got {min_face}"
             )));
         }
         let (w, h) = img.dimensions();
-        let stage1 = self.stage1(img, min_face)?;
-        let stage2 = self.stage2(img, stage1)?;
-        let (boxes, landmarks) = self.stage3(img, stage2)?;
+        let mut profile = StageProfile::default();
+        let t = Instant::now();
+        let src = Source::new(img, fast.is_some());
+        let stage1 = self.stage1(&src, min_face, fast)?;
+        profile.pnet_ms = ms_since(t);
+        profile.rnet_candidates = stage1.len();
+        let t = Instant::now();
+        let stage2 = self.stage2(&src, stage1, fast)?;
+        profile.rnet_ms = ms_since(t);
+        profile.onet_candidates = stage2.len();
+        let t = Instant::now();
+        let (boxes, landmarks) = self.stage3(&src, stage2, fast)?;
+        profile.onet_ms = ms_since(t);
         let mut faces: Vec<Detection> = boxes
             .iter()
             .zip(landmarks)
@@ -279,30 +334,44 @@ impl Mtcnn {
             })
             .collect();
         faces.sort_by(|a, b| b.score.total_cmp(&a.score));
-        Ok(faces)
+        Ok((faces, profile))
     }
 
     /// P-Net over the pyramid: candidates per level, NMS 0.5 per level, NMS 0.7 across levels,
-    /// regression (no +1), squared. Levels run in parallel, each single-threaded.
-    fn stage1(&self, img: &RgbImage, min_face: f64) -> Result<Vec<Candidate>> {
+    /// regression (no +1), squared.
+    fn stage1(
+        &self,
+        src: &Source,
+        min_face: f64,
+        fast: Option<&FastNets>,
+    ) -> Result<Vec<Candidate>> {
+        let img = src.image();
         let (w, h) = img.dimensions();
         let levels = pyramid(w, h, min_face, self.config.factor);
-        // The largest levels (each >= 1/4 of all pyramid pixels) run one at a time with
-        // multi-threaded kernels; the many small ones run side by side, single-threaded each.
-        let total: usize = levels.iter().map(|l| l.width * l.height).sum();
-        let split = levels
-            .iter()
-            .take_while(|l| 4 * l.width * l.height >= total)
-            .count();
-        let mut all: Vec<Candidate> = Vec::new();
-        for level in &levels[..split] {
-            all.extend(self.pnet_level(img, level)?);
-        }
-        let small: Vec<Vec<Candidate>> = levels[split..]
-            .par_iter()
-            .map(|level| crate::nn::serial(|| self.pnet_level(img, level)))
-            .collect::<Result<_>>()?;
-        all.extend(small.into_iter().flatten());
+        let per_level: Vec<Vec<Candidate>> = match fast {
+            Some(nets) => self.stage1_fast(src, &levels, nets)?,
+            None => {
+                // The largest levels (each >= 1/4 of all pyramid pixels) run one at a time
+                // with multi-threaded kernels; the many small ones run side by side,
+                // single-threaded each.
+                let total: usize = levels.iter().map(|l| l.width * l.height).sum();
+                let split = levels
+                    .iter()
+                    .take_while(|l| 4 * l.width * l.height >= total)
+                    .count();
+                let mut out = Vec::new();
+                for level in &levels[..split] {
+                    out.push(self.pnet_level(src, level, None)?);
+                }
+                let small: Vec<Vec<Candidate>> = levels[split..]
+                    .par_iter()
+                    .map(|level| crate::nn::serial(|| self.pnet_level(src, level, None)))
+                    .collect::<Result<_>>()?;
+                out.extend(small);
+                out
+            }
+        };
+        let all: Vec<Candidate> = per_level.into_iter().flatten().collect();
         let keep = nms_union(&all, 0.7);
         Ok(keep
             .into_iter()
@@ -324,6 +393,60 @@ impl Mtcnn {
             .collect())
     }
 
+    /// The fast path's P-Net: every (level, band) is one single-threaded job, and the jobs
+    /// (largest first) are spread over the pool; bands are bit-identical to whole levels, so
+    /// the split is free to follow the thread count. Returns each level's candidates after
+    /// its NMS 0.5, by level.
+    fn stage1_fast(
+        &self,
+        src: &Source,
+        levels: &[PyramidLevel],
+        nets: &FastNets,
+    ) -> Result<Vec<Vec<Candidate>>> {
+        let threads = rayon::current_num_threads();
+        let total: usize = levels.iter().map(|l| l.width * l.height).sum();
+        // With more than two threads, cut the large levels so no job holds more than a
+        // thread's share (the first level alone is half the pyramid).
+        let share = if threads > 2 {
+            (total / threads).max(64 * 1024)
+        } else {
+            usize::MAX
+        };
+        let jobs: Vec<(usize, std::ops::Range<usize>, usize)> = levels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, level)| {
+                pnet_bands(level, PNET_BAND_PIXELS.min(share))
+                    .into_iter()
+                    .map(move |(rows, y0)| (i, rows, y0))
+            })
+            .collect();
+        let run = |(i, rows, y0): &(usize, std::ops::Range<usize>, usize)| {
+            let mut cands = Vec::new();
+            self.pnet_band(src, &levels[*i], rows.clone(), *y0, Some(nets), &mut cands)?;
+            Ok((*i, cands))
+        };
+        let done: Vec<(usize, Vec<Candidate>)> = if threads > 1 && jobs.len() > 1 {
+            jobs.par_iter()
+                .with_max_len(1)
+                .map(run)
+                .collect::<Result<_>>()?
+        } else {
+            jobs.iter().map(run).collect::<Result<_>>()?
+        };
+        let mut per_level: Vec<Vec<Candidate>> = vec![Vec::new(); levels.len()];
+        for (i, cands) in done {
+            per_level[i].extend(cands);
+        }
+        Ok(per_level
+            .into_iter()
+            .map(|cands| {
+                let keep = nms_union(&cands, 0.5);
+                keep.into_iter().map(|i| cands[i]).collect()
+            })
+            .collect())
+    }
+
     /// P-Net on one pyramid level: cells scoring >= t1 become boxes, NMS 0.5 within the level.
     ///
     /// A level larger than [`PNET_BAND_PIXELS`] runs in horizontal bands of output rows, each
@@ -331,26 +454,26 @@ impl Mtcnn {
     /// sees input rows `2y .. 2y + 12`, and even band starts keep the 2x2 pools aligned), so
     /// the cells are bit-identical to one pass over the whole level while the working memory
     /// stays bounded whatever the image's size.
-    fn pnet_level(&self, img: &RgbImage, level: &PyramidLevel) -> Result<Vec<Candidate>> {
-        self.pnet_level_banded(img, level, PNET_BAND_PIXELS)
+    fn pnet_level(
+        &self,
+        src: &Source,
+        level: &PyramidLevel,
+        fast: Option<&FastNets>,
+    ) -> Result<Vec<Candidate>> {
+        self.pnet_level_banded(src, level, PNET_BAND_PIXELS, fast)
     }
 
     /// [`Self::pnet_level`] with bands of about `band_pixels` level pixels.
     fn pnet_level_banded(
         &self,
-        img: &RgbImage,
+        src: &Source,
         level: &PyramidLevel,
         band_pixels: usize,
+        fast: Option<&FastNets>,
     ) -> Result<Vec<Candidate>> {
-        let (lw, lh) = (level.width, level.height);
-        // Output rows: conv 3x3 (-2), ceil-mode 2x2 pool, then two more 3x3 convs (-2 each).
-        let oh = (lh - 2).div_ceil(2) - 4;
-        let band = (band_pixels / (2 * lw)).max(8);
         let mut cands = Vec::new();
-        for y0 in (0..oh).step_by(band) {
-            let y1 = (y0 + band).min(oh);
-            let rows = 2 * y0..if y1 == oh { lh } else { 2 * y1 + 10 };
-            self.pnet_band(img, level, rows, y0, &mut cands)?;
+        for (rows, y0) in pnet_bands(level, band_pixels) {
+            self.pnet_band(src, level, rows, y0, fast, &mut cands)?;
         }
         let keep = nms_union(&cands, 0.5);
         Ok(keep.into_iter().map(|i| cands[i]).collect())
@@ -359,36 +482,76 @@ impl Mtcnn {
     /// P-Net on level rows `rows` (whose first output row is level output row `y_offset`).
     fn pnet_band(
         &self,
-        img: &RgbImage,
+        src: &Source,
         level: &PyramidLevel,
         rows: std::ops::Range<usize>,
         y_offset: usize,
+        fast: Option<&FastNets>,
         cands: &mut Vec<Candidate>,
     ) -> Result<()> {
+        let img = src.image();
         let (lw, lh) = (level.width, level.height);
         let bh = rows.len();
+        let scale = level.scale as f32;
+        let t1 = self.config.thresholds[0];
+        let mut push = |x: usize, y: usize, score: f32, reg: [f32; 4]| {
+            let (bx, by) = (x as f32, (y + y_offset) as f32);
+            cands.push(Candidate {
+                b: [
+                    ((2.0 * bx + 1.0) / scale).floor(),
+                    ((2.0 * by + 1.0) / scale).floor(),
+                    ((2.0 * bx + 12.0) / scale).floor(),
+                    ((2.0 * by + 12.0) / scale).floor(),
+                ],
+                score,
+                reg,
+            });
+        };
+        if let Some(nets) = fast {
+            let mut data = kernels::take(3 * lw * bh);
+            src.area_resize(
+                Region::full(img),
+                lw,
+                lh,
+                rows,
+                mtcnn_norm,
+                &mut data,
+                lw * bh,
+            );
+            let x = Planes {
+                data,
+                c: 3,
+                b: 1,
+                h: bh,
+                w: lw,
+            };
+            let out = nets.pnet.forward(x, false);
+            let n = out.h * out.w;
+            for (i, &score) in out.prob.iter().enumerate() {
+                if score >= t1 {
+                    let reg = std::array::from_fn(|c| out.reg[c * n + i]);
+                    push(i % out.w, i / out.w, score, reg);
+                }
+            }
+            kernels::give(out.prob);
+            kernels::give(out.reg);
+            return Ok(());
+        }
         let mut data = vec![0f32; 3 * lw * bh];
         area_resize_chw_rows(img, Region::full(img), lw, lh, rows, mtcnn_norm, &mut data);
         let x = Tensor::from_vec(data, (1, 3, bh, lw), &self.device)?;
         let (reg, prob) = self.pnet.forward(&x)?;
         let reg = reg.squeeze(0)?.to_vec3::<f32>()?;
         let prob = prob.squeeze(0)?.to_vec3::<f32>()?;
-        let scale = level.scale as f32;
         for (y, row) in prob[1].iter().enumerate() {
-            let yl = y + y_offset;
             for (x, &score) in row.iter().enumerate() {
-                if score >= self.config.thresholds[0] {
-                    let (bx, by) = (x as f32, yl as f32);
-                    cands.push(Candidate {
-                        b: [
-                            ((2.0 * bx + 1.0) / scale).floor(),
-                            ((2.0 * by + 1.0) / scale).floor(),
-                            ((2.0 * bx + 12.0) / scale).floor(),
-                            ((2.0 * by + 12.0) / scale).floor(),
-                        ],
+                if score >= t1 {
+                    push(
+                        x,
+                        y,
                         score,
-                        reg: [reg[0][y][x], reg[1][y][x], reg[2][y][x], reg[3][y][x]],
-                    });
+                        [reg[0][y][x], reg[1][y][x], reg[2][y][x], reg[3][y][x]],
+                    );
                 }
             }
         }
@@ -419,6 +582,38 @@ impl Mtcnn {
         Ok((kept, x))
     }
 
+    /// The fast path's crops: `[3, kept, size, size]` planes.
+    fn crop_planes(src: &Source, cands: &[Candidate], size: usize) -> (Vec<Candidate>, Planes) {
+        let (w, h) = src.image().dimensions();
+        let regions: Vec<(Candidate, Region)> = cands
+            .iter()
+            .filter_map(|c| crop_region(c.b, w, h).map(|r| (*c, r)))
+            .collect();
+        let b = regions.len();
+        let per = size * size;
+        let mut data = kernels::take(3 * b * per);
+        for (i, (_, region)) in regions.iter().enumerate() {
+            src.area_resize(
+                *region,
+                size,
+                size,
+                0..size,
+                mtcnn_norm,
+                &mut data[i * per..],
+                b * per,
+            );
+        }
+        let kept = regions.into_iter().map(|(c, _)| c).collect();
+        let planes = Planes {
+            data,
+            c: 3,
+            b,
+            h: size,
+            w: size,
+        };
+        (kept, planes)
+    }
+
     /// Runs `f` over `cands` in chunks spread across the thread pool (each chunk's kernels
     /// single-threaded), concatenating the results in order.
     fn in_chunks<T: Send>(
@@ -435,28 +630,60 @@ impl Mtcnn {
         Ok(parts.into_iter().flatten().collect())
     }
 
+    /// R-Net on one chunk of candidates: each kept candidate with (probability, regression).
+    fn rnet_chunk(
+        &self,
+        src: &Source,
+        part: &[Candidate],
+        fast: Option<&FastNets>,
+    ) -> Result<Vec<(Candidate, f32, [f32; 4])>> {
+        if let Some(nets) = fast {
+            let (kept, x) = Self::crop_planes(src, part, 24);
+            if kept.is_empty() {
+                x.recycle();
+                return Ok(Vec::new());
+            }
+            let out = nets.rnet.forward(x);
+            return Ok(kept
+                .into_iter()
+                .zip(out)
+                .map(|(c, (p, r))| (c, p, r))
+                .collect());
+        }
+        let (kept, x) = self.crops(src.image(), part, 24)?;
+        if kept.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reg, prob) = self.rnet.forward(&x)?;
+        let reg = reg.to_vec2::<f32>()?;
+        let prob = prob.to_vec2::<f32>()?;
+        Ok(kept
+            .into_iter()
+            .zip(reg)
+            .zip(prob)
+            .map(|((c, r), p)| (c, p[1], [r[0], r[1], r[2], r[3]]))
+            .collect())
+    }
+
     /// R-Net on 24x24 crops: keep score > t2, NMS 0.7, regression (+1), squared.
-    fn stage2(&self, img: &RgbImage, cands: Vec<Candidate>) -> Result<Vec<Candidate>> {
+    fn stage2(
+        &self,
+        src: &Source,
+        cands: Vec<Candidate>,
+        fast: Option<&FastNets>,
+    ) -> Result<Vec<Candidate>> {
         if cands.is_empty() {
             return Ok(cands);
         }
         let passed = self.in_chunks(&cands, |part| {
-            let (kept, x) = self.crops(img, part, 24)?;
-            if kept.is_empty() {
-                return Ok(Vec::new());
-            }
-            let (reg, prob) = self.rnet.forward(&x)?;
-            let reg = reg.to_vec2::<f32>()?;
-            let prob = prob.to_vec2::<f32>()?;
-            Ok(kept
-                .iter()
-                .zip(reg)
-                .zip(prob)
-                .filter(|(_, p)| p[1] > self.config.thresholds[1])
-                .map(|((c, r), p)| Candidate {
+            Ok(self
+                .rnet_chunk(src, part, fast)?
+                .into_iter()
+                .filter(|(_, p, _)| *p > self.config.thresholds[1])
+                .map(|(c, p, r)| Candidate {
                     b: c.b,
-                    score: p[1],
-                    reg: [r[0], r[1], r[2], r[3]],
+                    score: p,
+                    reg: r,
                 })
                 .collect())
         })?;
@@ -474,28 +701,67 @@ impl Mtcnn {
             .collect())
     }
 
+    /// O-Net on one chunk of candidates: each kept candidate with (probability, regression,
+    /// landmarks x1..x5, y1..y5).
+    #[allow(clippy::type_complexity)]
+    fn onet_chunk(
+        &self,
+        src: &Source,
+        part: &[Candidate],
+        fast: Option<&FastNets>,
+    ) -> Result<Vec<(Candidate, f32, [f32; 4], [f32; 10])>> {
+        if let Some(nets) = fast {
+            let (kept, x) = Self::crop_planes(src, part, 48);
+            if kept.is_empty() {
+                x.recycle();
+                return Ok(Vec::new());
+            }
+            let out = nets.onet.forward(x);
+            return Ok(kept
+                .into_iter()
+                .zip(out)
+                .map(|(c, o)| (c, o.prob, o.reg, o.landmarks))
+                .collect());
+        }
+        let (kept, x) = self.crops(src.image(), part, 48)?;
+        if kept.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reg, lms, prob) = self.onet.forward(&x)?;
+        let reg = reg.to_vec2::<f32>()?;
+        let lms = lms.to_vec2::<f32>()?;
+        let prob = prob.to_vec2::<f32>()?;
+        Ok(kept
+            .into_iter()
+            .zip(reg)
+            .zip(lms)
+            .zip(prob)
+            .map(|(((c, r), lm), p)| {
+                (
+                    c,
+                    p[1],
+                    [r[0], r[1], r[2], r[3]],
+                    std::array::from_fn(|i| lm[i]),
+                )
+            })
+            .collect())
+    }
+
     /// O-Net on 48x48 crops: keep score > t3, landmarks against the pre-regression box,
     /// regression (+1), NMS "Min" 0.7.
     fn stage3(
         &self,
-        img: &RgbImage,
+        src: &Source,
         cands: Vec<Candidate>,
+        fast: Option<&FastNets>,
     ) -> Result<(Vec<Candidate>, Vec<[Point; 5]>)> {
         if cands.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
         let passed = self.in_chunks(&cands, |part| {
-            let (kept, x) = self.crops(img, part, 48)?;
-            if kept.is_empty() {
-                return Ok(Vec::new());
-            }
-            let (reg, lms, prob) = self.onet.forward(&x)?;
-            let reg = reg.to_vec2::<f32>()?;
-            let lms = lms.to_vec2::<f32>()?;
-            let prob = prob.to_vec2::<f32>()?;
             let mut out = Vec::new();
-            for (((c, r), lm), p) in kept.iter().zip(reg).zip(lms).zip(prob) {
-                if p[1] > self.config.thresholds[2] {
+            for (c, p, r, lm) in self.onet_chunk(src, part, fast)? {
+                if p > self.config.thresholds[2] {
                     let bw = c.b[2] - c.b[0] + 1.0;
                     let bh = c.b[3] - c.b[1] + 1.0;
                     let points: [Point; 5] = std::array::from_fn(|k| Point {
@@ -503,8 +769,8 @@ impl Mtcnn {
                         y: bh * lm[5 + k] + c.b[1] - 1.0,
                     });
                     let cand = Candidate {
-                        b: bbreg(c.b, [r[0], r[1], r[2], r[3]]),
-                        score: p[1],
+                        b: bbreg(c.b, r),
+                        score: p,
                         reg: [0.0; 4],
                     };
                     out.push((cand, points));
@@ -519,6 +785,42 @@ impl Mtcnn {
             keep.iter().map(|&i| points[i]).collect(),
         ))
     }
+}
+
+/// Time and candidates of each MTCNN stage of one detection ([`Mtcnn::detect_profiled`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageProfile {
+    /// Pyramid resampling, P-Net and its NMS, in milliseconds.
+    pub pnet_ms: f64,
+    /// Crops, R-Net and its NMS, in milliseconds.
+    pub rnet_ms: f64,
+    /// Crops, O-Net and the final NMS, in milliseconds.
+    pub onet_ms: f64,
+    /// Candidates P-Net passed to R-Net.
+    pub rnet_candidates: usize,
+    /// Candidates R-Net passed to O-Net.
+    pub onet_candidates: usize,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The bands P-Net runs `level` in: (level input rows, first output row), each about
+/// `band_pixels` level pixels (at least 8 output rows); even starts keep the pools aligned.
+fn pnet_bands(level: &PyramidLevel, band_pixels: usize) -> Vec<(std::ops::Range<usize>, usize)> {
+    let (lw, lh) = (level.width, level.height);
+    // Output rows: conv 3x3 (-2), ceil-mode 2x2 pool, then two more 3x3 convs (-2 each).
+    let oh = (lh - 2).div_ceil(2) - 4;
+    let band = (band_pixels / (2 * lw)).max(8);
+    (0..oh)
+        .step_by(band)
+        .map(|y0| {
+            let y1 = (y0 + band).min(oh);
+            let rows = 2 * y0..if y1 == oh { lh } else { 2 * y1 + 10 };
+            (rows, y0)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -581,17 +883,120 @@ mod tests {
     fn pnet_bands_are_bit_identical_to_one_pass() {
         let (det, img) = fixture_detector();
         let level = pyramid(img.width(), img.height(), 20.0, 0.709)[0];
-        let whole = det.pnet_level_banded(&img, &level, usize::MAX / 4).unwrap();
-        assert!(!whole.is_empty());
-        // Bands of 8 output rows (the smallest), and of a size that does not divide the level.
-        for band_pixels in [1, 37 * 2 * level.width] {
-            let banded = det.pnet_level_banded(&img, &level, band_pixels).unwrap();
-            assert_eq!(banded.len(), whole.len());
-            for (a, b) in banded.iter().zip(&whole) {
-                assert_eq!(
-                    (a.b, a.score.to_bits(), a.reg),
-                    (b.b, b.score.to_bits(), b.reg)
-                );
+        for fast in [None, det.fast.as_ref()] {
+            let src = Source::new(&img, fast.is_some());
+            let whole = det
+                .pnet_level_banded(&src, &level, usize::MAX / 4, fast)
+                .unwrap();
+            assert!(!whole.is_empty());
+            // Bands of 8 output rows (the smallest), and of a size that does not divide it.
+            for band_pixels in [1, 37 * 2 * level.width] {
+                let banded = det
+                    .pnet_level_banded(&src, &level, band_pixels, fast)
+                    .unwrap();
+                assert_eq!(banded.len(), whole.len());
+                for (a, b) in banded.iter().zip(&whole) {
+                    assert_eq!(
+                        (a.b, a.score.to_bits(), a.reg),
+                        (b.b, b.score.to_bits(), b.reg)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Bit patterns of everything a detection reports.
+    fn bits(faces: &[Detection]) -> Vec<u32> {
+        faces
+            .iter()
+            .flat_map(|f| {
+                let b = f.bbox;
+                let mut v = vec![b.x1, b.y1, b.x2, b.y2, f.score];
+                v.extend(f.landmarks.iter().flat_map(|p| [p.x, p.y]));
+                v
+            })
+            .map(f32::to_bits)
+            .collect()
+    }
+
+    /// The CPU kernels of `mtcnn_kernels.rs` against the candle networks through `nn`: every
+    /// stage's candidates and the detections, bit for bit, on photos of several sizes (crowded,
+    /// one face, large), at 1 and 2 threads and a minimum face that gives a deep pyramid.
+    #[test]
+    fn fast_path_is_bit_identical_to_the_candle_networks() {
+        let (det, _) = fixture_detector();
+        let fast = det.fast.as_ref().expect("CPU detector has the fast path");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut photos = 0;
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("jpg") {
+                continue;
+            }
+            let Ok(img) = crate::io::load_image(&path, &Default::default()) else {
+                continue;
+            };
+            photos += 1;
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for min_face in [20.0, 12.0] {
+                    let (a, b) = pool.install(|| {
+                        let reference = det.detect_staged(&img, min_face, None).unwrap();
+                        let ours = det.detect_staged(&img, min_face, Some(fast)).unwrap();
+                        (reference, ours)
+                    });
+                    let what = format!("{} ({threads} threads, min {min_face})", path.display());
+                    assert_eq!(
+                        (a.1.rnet_candidates, a.1.onet_candidates),
+                        (b.1.rnet_candidates, b.1.onet_candidates),
+                        "{what}: stage candidates"
+                    );
+                    assert_eq!(bits(&a.0), bits(&b.0), "{what}: detections");
+                }
+            }
+        }
+        assert!(photos >= 3, "only {photos} fixture photos");
+    }
+
+    /// Each fast layer stack against the candle network on real crops, output for output.
+    #[test]
+    fn fast_nets_match_candle_nets_bit_for_bit() {
+        let (det, img) = fixture_detector();
+        let fast = det.fast.as_ref().unwrap();
+        let src = Source::new(&img, true);
+        let (w, h) = img.dimensions();
+        // Crops spread over the photo, of several sizes (and one clipped at the border).
+        let cands: Vec<Candidate> = (0..37)
+            .map(|i| {
+                let s = 20.0 + (i * 7 % 90) as f32;
+                let x = (i * 53 % w as usize) as f32 - 10.0;
+                let y = (i * 31 % h as usize) as f32 - 5.0;
+                Candidate {
+                    b: [x, y, x + s, y + s],
+                    score: 1.0,
+                    reg: [0.0; 4],
+                }
+            })
+            .collect();
+        for batch in [1, 16, 37] {
+            let part = &cands[..batch];
+            let a = det.rnet_chunk(&src, part, None).unwrap();
+            let b = det.rnet_chunk(&src, part, Some(fast)).unwrap();
+            assert_eq!(a.len(), b.len());
+            for ((_, pa, ra), (_, pb, rb)) in a.iter().zip(&b) {
+                assert_eq!(pa.to_bits(), pb.to_bits(), "rnet prob, batch {batch}");
+                assert_eq!(ra.map(f32::to_bits), rb.map(f32::to_bits), "rnet reg");
+            }
+            let a = det.onet_chunk(&src, part, None).unwrap();
+            let b = det.onet_chunk(&src, part, Some(fast)).unwrap();
+            assert_eq!(a.len(), b.len());
+            for ((_, pa, ra, la), (_, pb, rb, lb)) in a.iter().zip(&b) {
+                assert_eq!(pa.to_bits(), pb.to_bits(), "onet prob, batch {batch}");
+                assert_eq!(ra.map(f32::to_bits), rb.map(f32::to_bits), "onet reg");
+                assert_eq!(la.map(f32::to_bits), lb.map(f32::to_bits), "onet landmarks");
             }
         }
     }

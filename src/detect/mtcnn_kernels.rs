@@ -1,0 +1,1160 @@
+//! MTCNN's CPU forward passes on plain f32 buffers, bit-identical to the candle networks of
+//! `nets.rs` run through `crate::nn`.
+//!
+//! The generic layers spend most of an MTCNN detection outside the arithmetic: every layer
+//! allocates and zero-fills its output, transposes batched outputs from `[c, b, h*w]` to
+//! `[b, c, h*w]` (which the next layer's patch matrix reads back plane by plane), takes a
+//! separate pass for PReLU and softmax, and every candle matmul reads `/proc/cpuinfo` to pick
+//! its thread count. Here activations stay in the `[channel, image, h, w]` layout the batched
+//! product writes, buffers come from a per-thread pool, and the crops and pyramid levels are
+//! averaged from per-row prefix sums of the photo built once per detection.
+//!
+//! Convolutions with at most 512 taps run in [`direct`], which does for every output value the
+//! exact arithmetic of `gemm`'s FMA kernels (one fused chain over the taps in patch-matrix
+//! order, then `+ bias`) without building a patch matrix or packing operands. Every other
+//! product is the same `gemm` call (same m, n, k, operand layouts and accumulation onto the
+//! bias) that `crate::nn` or candle makes for the same layer and batch, and every element-wise
+//! step uses the same expression, so the results are bit-identical (tests in `mtcnn.rs`
+//! compare both paths bit for bit; candidate chunking is unchanged, since `gemm`'s depth
+//! blocking above 512 taps depends on the product's size).
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+use image::RgbImage;
+use rayon::prelude::*;
+
+use crate::preprocess::Region;
+
+// ---------------------------------------------------------------------------------------------
+// Buffers
+
+thread_local! {
+    /// Reusable f32 buffers of this thread (a fresh large buffer costs a page fault per 4 KiB).
+    static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers larger than this many floats (16 MB) go back to the allocator instead of the pool,
+/// so the pool does not hold on to a large photo's P-Net activations.
+const POOL_MAX_FLOATS: usize = 4 << 20;
+/// Most buffers the pool keeps per thread.
+const POOL_MAX_BUFFERS: usize = 12;
+/// Most floats the pool keeps per thread (32 MB): a large photo's P-Net buffers are not held
+/// for the rest of the run.
+const POOL_MAX_TOTAL: usize = 8 << 20;
+
+/// A float buffer from this thread's pool: the first `len` values of a vector that keeps its
+/// whole (initialised) length while pooled, so reusing it needs no zero-fill.
+pub(super) struct Buf {
+    v: Vec<f32>,
+    len: usize,
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.v[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.v[..self.len]
+    }
+}
+
+/// A buffer of `len` floats from this thread's pool; its contents are unspecified.
+pub(super) fn take(len: usize) -> Buf {
+    let pooled = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        // Best fit: the smallest pooled buffer that holds `len`.
+        let best = p
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.len() >= len)
+            .min_by_key(|(_, v)| v.len())
+            .map(|(i, _)| i);
+        best.map(|i| p.swap_remove(i))
+    });
+    Buf {
+        v: pooled.unwrap_or_else(|| vec![0.0; len]),
+        len,
+    }
+}
+
+/// Returns a buffer to this thread's pool (a pool with its most buffers drops its smallest;
+/// one at its most floats drops the returned buffer).
+pub(super) fn give(b: Buf) {
+    let v = b.v;
+    if v.is_empty() || v.len() > POOL_MAX_FLOATS {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.iter().map(Vec::len).sum::<usize>() + v.len() > POOL_MAX_TOTAL {
+            return;
+        }
+        if p.len() >= POOL_MAX_BUFFERS {
+            let smallest = (0..p.len()).min_by_key(|&i| p[i].len());
+            match smallest {
+                Some(i) if p[i].len() < v.len() => {
+                    p.swap_remove(i);
+                }
+                _ => return,
+            }
+        }
+        p.push(v);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Area resampling (preprocess::area_resize_chw_rows, bit-identical)
+
+/// Input cells `[start, end)` averaged into each output cell (PyTorch's adaptive pooling).
+fn area_bounds(n_in: usize, n_out: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n_out).map(move |i| (i * n_in / n_out, ((i + 1) * n_in).div_ceil(n_out)))
+}
+
+/// Photos up to this many pixels get a prefix-sum table (12 bytes per pixel).
+const PREFIX_MAX_PIXELS: usize = 2_200_000;
+/// Widest averaging cell for which integer sums equal the f32 running sums of the reference
+/// (`255 * cell < 2^24`: every partial sum is an exactly representable integer).
+const EXACT_CELL: usize = 65_000;
+
+/// The photo MTCNN samples its pyramid levels and crops from, with per-row running sums of
+/// each channel when the photo is small enough: any horizontal run of pixels then sums in
+/// O(1), so the nine pyramid levels and the ~100 crops of a photo do not re-read its pixels.
+pub(super) struct Source<'a> {
+    img: &'a RgbImage,
+    /// `prefix[(y * (w + 1) + x) * 3 + c]`: sum of channel `c` over row `y`, columns `0..x`.
+    prefix: Option<Vec<u32>>,
+}
+
+impl<'a> Source<'a> {
+    /// Wraps `img`, with the prefix table if `prefix` and the photo is small enough for it.
+    pub(super) fn new(img: &'a RgbImage, prefix: bool) -> Self {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let prefix = (prefix && w * h <= PREFIX_MAX_PIXELS).then(|| {
+            let mut p = vec![0u32; h * (w + 1) * 3];
+            for (row, out) in img
+                .as_raw()
+                .chunks_exact(w * 3)
+                .zip(p.chunks_exact_mut((w + 1) * 3))
+            {
+                let mut acc = [0u32; 3];
+                for (px, o) in row.chunks_exact(3).zip(out[3..].chunks_exact_mut(3)) {
+                    acc[0] += px[0] as u32;
+                    acc[1] += px[1] as u32;
+                    acc[2] += px[2] as u32;
+                    o.copy_from_slice(&acc);
+                }
+            }
+            p
+        });
+        Source { img, prefix }
+    }
+
+    /// The photo.
+    pub(super) fn image(&self) -> &RgbImage {
+        self.img
+    }
+
+    /// Area-resizes `region` to `out_w x out_h` and writes output rows `out_rows` as planar
+    /// R, G, B (planes `plane_stride` floats apart, rows `out_w` apart) into `dst`, each value
+    /// mapped through `norm`: bit-identical to `preprocess::area_resize_chw_rows`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn area_resize(
+        &self,
+        region: Region,
+        out_w: usize,
+        out_h: usize,
+        out_rows: Range<usize>,
+        norm: impl Fn(f32) -> f32,
+        dst: &mut [f32],
+        plane_stride: usize,
+    ) {
+        assert!(region.width() > 0 && region.height() > 0, "empty region");
+        assert!(region.x1 <= self.img.width() as usize && region.y1 <= self.img.height() as usize);
+        assert!(out_rows.start < out_rows.end && out_rows.end <= out_h);
+        let cols: Vec<(usize, usize)> = area_bounds(region.width(), out_w).collect();
+        let rows: Vec<(usize, usize)> = area_bounds(region.height(), out_h)
+            .skip(out_rows.start)
+            .take(out_rows.len())
+            .collect();
+        let src0 = rows[0].0;
+        let src1 = rows.iter().map(|r| r.1).max().unwrap_or(src0);
+        let widest = cols.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
+        let w = self.img.width() as usize;
+        let row_len = out_w * 3;
+
+        // Horizontal pass: column means of every needed region row (interleaved RGB). The
+        // reference sums u8 values in f32, which is exact (integers below 2^24), so integer
+        // sums divided the same way give the same floats.
+        let mut tmp = take((src1 - src0) * row_len);
+        match &self.prefix {
+            Some(p) if widest <= EXACT_CELL => {
+                // Per output value: the prefix entries that bound its cell, and its width.
+                let mut lo = Vec::with_capacity(row_len);
+                let mut hi = Vec::with_capacity(row_len);
+                let mut div = take(row_len);
+                for (j, &(c0, c1)) in cols.iter().enumerate() {
+                    for c in 0..3 {
+                        lo.push((region.x0 + c0) * 3 + c);
+                        hi.push((region.x0 + c1) * 3 + c);
+                        div[j * 3 + c] = (c1 - c0) as f32;
+                    }
+                }
+                // Every index is inside a prefix row: hi <= (x1 * 3 + 2) < (w + 1) * 3.
+                let top = hi.iter().copied().max().unwrap_or(0);
+                assert!(top < (w + 1) * 3 && lo.iter().zip(&hi).all(|(a, b)| a <= b));
+                for (r, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
+                    let y = region.y0 + src0 + r;
+                    let prow = &p[y * (w + 1) * 3..(y + 1) * (w + 1) * 3];
+                    for ((t, &a), &b) in tmp_row.iter_mut().zip(&lo).zip(&hi) {
+                        // SAFETY: a <= b <= top < prow.len(), checked above.
+                        let (pa, pb) = unsafe { (*prow.get_unchecked(a), *prow.get_unchecked(b)) };
+                        // Sums stay below 2^24 (EXACT_CELL), so i32 and the f32 are exact.
+                        *t = (pb - pa) as i32 as f32;
+                    }
+                    // Separate pass, so the divisions vectorise.
+                    for (t, &n) in tmp_row.iter_mut().zip(div.iter()) {
+                        *t /= n;
+                    }
+                }
+                give(div);
+            }
+            _ => {
+                let raw = self.img.as_raw();
+                for (r, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
+                    let y = region.y0 + src0 + r;
+                    let row = &raw[y * w * 3..][region.x0 * 3..region.x1 * 3];
+                    for (&(c0, c1), out) in cols.iter().zip(tmp_row.chunks_exact_mut(3)) {
+                        let mut acc = [0f32; 3];
+                        for px in row[c0 * 3..c1 * 3].chunks_exact(3) {
+                            acc[0] += px[0] as f32;
+                            acc[1] += px[1] as f32;
+                            acc[2] += px[2] as f32;
+                        }
+                        let n = (c1 - c0) as f32;
+                        out.copy_from_slice(&[acc[0] / n, acc[1] / n, acc[2] / n]);
+                    }
+                }
+            }
+        }
+
+        // Vertical pass, as the reference: running f32 sums of the row means, in row order.
+        let mut acc = take(row_len);
+        for (i, &(r0, r1)) in rows.iter().enumerate() {
+            let (r0, r1) = (r0 - src0, r1 - src0);
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            for tmp_row in tmp[r0 * row_len..r1 * row_len].chunks_exact(row_len) {
+                acc.iter_mut().zip(tmp_row).for_each(|(a, v)| *a += v);
+            }
+            let n = (r1 - r0) as f32;
+            acc.iter_mut().for_each(|a| *a /= n);
+            for c in 0..3 {
+                let out = &mut dst[c * plane_stride + i * out_w..][..out_w];
+                for (o, &a) in out.iter_mut().zip(acc[c..].iter().step_by(3)) {
+                    *o = norm(a);
+                }
+            }
+        }
+        give(acc);
+        give(tmp);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+/// Patch-matrix size (floats) above which `nn::Conv2d` convolves one image in row blocks (its
+/// `TILE_FLOATS`); the same split keeps the same products.
+const TILE_FLOATS: usize = 64 * 1024;
+
+/// A tensor's values as f32, row-major.
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
+}
+
+/// PReLU exactly as `nn`: `max(x, 0) + a * min(x, 0)`.
+#[inline(always)]
+fn prelu_slice(v: &mut [f32], a: f32) {
+    v.iter_mut().for_each(|x| *x = x.max(0.0) + a * x.min(0.0));
+}
+
+/// PReLU on `[c, ...]` planes, channel `c` with `slopes[c]`.
+fn prelu_planes(v: &mut [f32], slopes: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { prelu_planes_avx2(v, slopes) };
+    }
+    prelu_planes_body(v, slopes)
+}
+
+/// [`prelu_planes`] compiled for AVX2 (the same expression, 8 lanes at a time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn prelu_planes_avx2(v: &mut [f32], slopes: &[f32]) {
+    prelu_planes_body(v, slopes)
+}
+
+#[inline(always)]
+fn prelu_planes_body(v: &mut [f32], slopes: &[f32]) {
+    let per = v.len() / slopes.len();
+    for (plane, &a) in v.chunks_exact_mut(per).zip(slopes) {
+        prelu_slice(plane, a);
+    }
+}
+
+/// `dst[m, n] += lhs[m, k] @ rhs[k, n]`, all row-major, `dst` rows `dst_stride` apart: the
+/// call `nn::Conv2d` makes.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` values, `dst_stride` apart, that nothing
+/// else touches during the call; `lhs` holds `m * k` values and `rhs` `k * n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    parallel: bool,
+) {
+    debug_assert!(lhs.len() >= m * k && rhs.len() >= k * n);
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_stride as isize,
+        true,
+        lhs.as_ptr(),
+        1,
+        k as isize,
+        rhs.as_ptr(),
+        1,
+        n as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// Activations of `b` images as `[channels, b, h, w]`.
+pub(super) struct Planes {
+    /// The values.
+    pub data: Buf,
+    /// Channels.
+    pub c: usize,
+    /// Images.
+    pub b: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+}
+
+impl Planes {
+    /// Returns the buffer to the pool.
+    pub(super) fn recycle(self) {
+        give(self.data);
+    }
+}
+
+/// A stride-1 unpadded convolution with bias and optional PReLU (`nn::Conv2d` + `Act`).
+pub(super) struct Conv {
+    weight: Vec<f32>,
+    /// The weights regrouped for [`direct`]: `[c_out / 4 (rounded up)][tap][4]`, zero-padded.
+    grouped: Vec<f32>,
+    bias: Vec<f32>,
+    slopes: Option<Vec<f32>>,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+}
+
+impl Conv {
+    /// Loads `name.weight`, `name.bias` and, if given, `prelu.weight` from `vb`.
+    fn load(
+        vb: &VarBuilder,
+        name: &str,
+        prelu: Option<&str>,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+    ) -> Result<Self> {
+        let vc = vb.pp(name);
+        let weight = values(&vc.get((c_out, c_in, k, k), "weight")?)?;
+        let kk = c_in * k * k;
+        let blocks = c_out.div_ceil(direct::CO);
+        let mut grouped = vec![0f32; blocks * kk * direct::CO];
+        for (co, filter) in weight.chunks_exact(kk).enumerate() {
+            let (blk, j) = (co / direct::CO, co % direct::CO);
+            for (t, &v) in filter.iter().enumerate() {
+                grouped[(blk * kk + t) * direct::CO + j] = v;
+            }
+        }
+        Ok(Conv {
+            weight,
+            grouped,
+            bias: values(&vc.get(c_out, "bias")?)?,
+            slopes: match prelu {
+                Some(p) => Some(values(&vb.pp(p).get(c_out, "weight")?)?),
+                None => None,
+            },
+            c_in,
+            c_out,
+            k,
+        })
+    }
+
+    /// The convolution (and PReLU) of `x`; `parallel` as `nn`'s "not serial".
+    fn forward(&self, x: &Planes, parallel: bool) -> Planes {
+        assert_eq!(x.c, self.c_in, "conv input channels");
+        let (b, h, w, k) = (x.b, x.h, x.w, self.k);
+        let (oh, ow) = (h + 1 - k, w + 1 - k);
+        let n = oh * ow;
+        let bn = b * n;
+        let kk = self.c_in * k * k;
+        let mut dst = take(self.c_out * bn);
+        let direct = b == 1 && k == 1;
+        if direct::usable(kk, h, w, k) {
+            direct::conv(x, k, self.c_out, &self.grouped, &self.bias, &mut dst);
+        } else if !direct && kk * n > TILE_FLOATS {
+            // nn's tiled path: per image, blocks of output rows, one serial product each.
+            fill_bias(&mut dst, &self.bias);
+            let rows_per = (TILE_FLOATS / (kk * ow)).max(1);
+            let blocks: Vec<(usize, Range<usize>)> = (0..b)
+                .flat_map(|img| {
+                    (0..oh)
+                        .step_by(rows_per)
+                        .map(move |r| (img, r..(r + rows_per).min(oh)))
+                })
+                .collect();
+            let out = SyncPtr(dst.as_mut_ptr());
+            let job = |(img, rows): &(usize, Range<usize>)| {
+                let nb = rows.len() * ow;
+                let mut cols = take(kk * nb);
+                im2col(x, k, *img..*img + 1, rows.clone(), &mut cols);
+                // SAFETY: this block writes columns rows.start*ow .. rows.end*ow of image
+                // `img`'s plane in each of the c_out channels (rows b*n apart); blocks are
+                // disjoint and `dst` outlives the jobs.
+                unsafe {
+                    let at = out.get().add(img * n + rows.start * ow);
+                    gemm_acc(self.c_out, nb, kk, at, bn, &self.weight, &cols, false);
+                }
+                give(cols);
+            };
+            if parallel {
+                blocks.par_iter().for_each(job);
+            } else {
+                blocks.iter().for_each(job);
+            }
+        } else if direct {
+            fill_bias(&mut dst, &self.bias);
+            // SAFETY: dst holds c_out rows of bn values.
+            unsafe {
+                gemm_acc(
+                    self.c_out,
+                    bn,
+                    kk,
+                    dst.as_mut_ptr(),
+                    bn,
+                    &self.weight,
+                    &x.data,
+                    parallel,
+                )
+            };
+        } else {
+            fill_bias(&mut dst, &self.bias);
+            let mut cols = take(kk * bn);
+            im2col(x, k, 0..b, 0..oh, &mut cols);
+            // SAFETY: dst holds c_out rows of bn values.
+            unsafe {
+                gemm_acc(
+                    self.c_out,
+                    bn,
+                    kk,
+                    dst.as_mut_ptr(),
+                    bn,
+                    &self.weight,
+                    &cols,
+                    parallel,
+                )
+            };
+            give(cols);
+        }
+        if let Some(slopes) = &self.slopes {
+            prelu_planes(&mut dst, slopes);
+        }
+        Planes {
+            data: dst,
+            c: self.c_out,
+            b,
+            h: oh,
+            w: ow,
+        }
+    }
+}
+
+/// Every `[c, ...]` plane of `dst` set to its channel's bias (the products accumulate onto it).
+fn fill_bias(dst: &mut [f32], bias: &[f32]) {
+    let per = dst.len() / bias.len();
+    for (plane, &b) in dst.chunks_exact_mut(per).zip(bias) {
+        plane.fill(b);
+    }
+}
+
+/// A direct convolution that does, for every output value, exactly the arithmetic of `gemm`'s
+/// FMA kernels on the patch matrix: one accumulator from zero, one fused multiply-add per tap
+/// in patch-row order `(ci, ky, kx)`, then `bias + accumulator`. That equality holds while the
+/// whole reduction is one `gemm` depth block (`gemm` splits depths above 512) and `gemm` runs
+/// its FMA kernels (AVX2+FMA or AVX-512 CPUs), so [`usable`](direct::usable) checks both.
+///
+/// Vectorised over output positions: a position `p = oy * w + ox` of the input grid reads tap
+/// `(ky, kx)` at `p + ky * w + kx`, so 8 consecutive positions are one unaligned load even
+/// across rows; positions with `ox >= ow` are computed and dropped. Each step holds 4 output
+/// channels x 16 positions in 8 registers.
+mod direct {
+    use super::Planes;
+
+    /// Output channels per register block.
+    pub const CO: usize = 4;
+    /// Output positions per register block (two vectors: 8 accumulators, so nothing spills).
+    const POS: usize = 16;
+
+    /// Whether the direct kernel reproduces `gemm` for a `k x k` convolution with `kk` taps on
+    /// `h x w` planes (and the CPU can run it).
+    pub fn usable(kk: usize, h: usize, w: usize, k: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let positions = (h >= k && w >= k).then(|| (h - k) * w + (w + 1 - k));
+            kk <= 512
+                && positions.is_some_and(|p| p >= POS)
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (kk, h, w, k);
+            false
+        }
+    }
+
+    /// `dst[c_out, b, oh, ow] = bias + conv(x)`; `grouped` from `Conv::load`. Only call when
+    /// [`usable`].
+    pub fn conv(
+        x: &Planes,
+        k: usize,
+        c_out: usize,
+        grouped: &[f32],
+        bias: &[f32],
+        dst: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(usable(x.c * k * k, x.h, x.w, k));
+            assert_eq!(dst.len(), c_out * x.b * (x.h + 1 - k) * (x.w + 1 - k));
+            assert!(grouped.len() >= c_out.div_ceil(CO) * x.c * k * k * CO);
+            assert!(x.data.len() >= x.c * x.b * x.h * x.w);
+            // SAFETY: usable() checked AVX2 and FMA; the sizes are checked above.
+            unsafe { conv_avx2(x, k, c_out, grouped, bias, dst) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, k, c_out, grouped, bias, dst);
+            unreachable!("direct::conv without direct::usable");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn conv_avx2(
+        x: &Planes,
+        k: usize,
+        c_out: usize,
+        grouped: &[f32],
+        bias: &[f32],
+        dst: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let (c_in, b, h, w) = (x.c, x.b, x.h, x.w);
+        let (oh, ow) = (h + 1 - k, w + 1 - k);
+        let (n, hw, kk) = (oh * ow, h * w, c_in * k * k);
+        let bn = b * n;
+        let positions = (oh - 1) * w + ow;
+        let src = x.data.as_ptr();
+        let mut lanes = [[0f32; POS]; CO];
+        for blk in 0..c_out.div_ceil(CO) {
+            let wb = grouped.as_ptr().add(blk * kk * CO);
+            for img in 0..b {
+                let mut start = 0;
+                loop {
+                    // The last block ends at the last position (recomputing a few: same values).
+                    let s = start.min(positions - POS);
+                    let mut acc = [[_mm256_setzero_ps(); 2]; CO];
+                    let mut t = 0;
+                    for ci in 0..c_in {
+                        // Highest read: s + POS - 1 + (k - 1) * (w + 1) <= h * w - 1.
+                        let plane = src.add((ci * b + img) * hw + s);
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let p = plane.add(ky * w + kx);
+                                let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                                let wt = wb.add(t * CO);
+                                for (j, row) in acc.iter_mut().enumerate() {
+                                    let wj = _mm256_broadcast_ss(&*wt.add(j));
+                                    for (a, &vv) in row.iter_mut().zip(&v) {
+                                        *a = _mm256_fmadd_ps(vv, wj, *a);
+                                    }
+                                }
+                                t += 1;
+                            }
+                        }
+                    }
+                    let co_n = CO.min(c_out - blk * CO);
+                    for (j, (lane, row)) in lanes.iter_mut().zip(&acc).enumerate().take(co_n) {
+                        // bias + accumulator, as gemm's update of the bias-filled output.
+                        let bj = _mm256_set1_ps(bias[blk * CO + j]);
+                        for (q, &a) in row.iter().enumerate() {
+                            _mm256_storeu_ps(lane.as_mut_ptr().add(q * 8), _mm256_add_ps(bj, a));
+                        }
+                    }
+                    // Copy out the valid part of each input-grid row the block spans.
+                    let (mut oy, mut ox) = (s / w, s % w);
+                    let mut q = 0;
+                    while q < POS {
+                        let run = (w - ox).min(POS - q);
+                        let valid = ow.saturating_sub(ox).min(run);
+                        if valid > 0 {
+                            let at = img * n + oy * ow + ox;
+                            for (j, lane) in lanes.iter().enumerate().take(co_n) {
+                                let co = blk * CO + j;
+                                super::copy_short(
+                                    &mut dst[co * bn + at..co * bn + at + valid],
+                                    &lane[q..q + valid],
+                                );
+                            }
+                        }
+                        q += run;
+                        ox += run;
+                        if ox == w {
+                            ox = 0;
+                            oy += 1;
+                        }
+                    }
+                    if s + POS >= positions {
+                        break;
+                    }
+                    start += POS;
+                }
+            }
+        }
+    }
+}
+
+/// A raw output pointer shared by parallel jobs that write disjoint parts of one buffer.
+struct SyncPtr(*mut f32);
+// SAFETY: every user writes a disjoint region (see the call site).
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+impl SyncPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Patch matrix `[c * k * k, images.len() * rows.len() * ow]` of a stride-1 unpadded `k x k`
+/// convolution over images `images` of `x`, output rows `rows`: `nn`'s im2col layout (row
+/// `(ci, ky, kx)` holds, image after image, the input under that tap for each output pixel).
+fn im2col(x: &Planes, k: usize, images: Range<usize>, rows: Range<usize>, cols: &mut [f32]) {
+    let (h, w) = (x.h, x.w);
+    let ow = w + 1 - k;
+    let hw = h * w;
+    let mut dst = cols.chunks_exact_mut(ow);
+    for ci in 0..x.c {
+        for ky in 0..k {
+            for kx in 0..k {
+                for img in images.clone() {
+                    let plane = &x.data[(ci * x.b + img) * hw..][..hw];
+                    for oy in rows.clone() {
+                        let src = &plane[(oy + ky) * w + kx..][..ow];
+                        if let Some(d) = dst.next() {
+                            copy_short(d, src);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `nn::max_pool`'s comparison: `v` replaces the running maximum `m` when `v > m`.
+#[inline(always)]
+fn keep_max(m: f32, v: f32) -> f32 {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short rows of MTCNN's small planes (3 to 46 floats),
+/// with fixed-size moves instead of a `memcpy` call per row.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    assert_eq!(n, src.len());
+    if n >= 8 {
+        for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+            let s: &[f32; 8] = s.try_into().unwrap_or(&[0.0; 8]);
+            d.copy_from_slice(s);
+        }
+        // The last 8 (overlapping what was copied already).
+        let (d, s) = (&mut dst[n - 8..], &src[n - 8..]);
+        let s: &[f32; 8] = s.try_into().unwrap_or(&[0.0; 8]);
+        d.copy_from_slice(s);
+    } else if n >= 4 {
+        let (a, b): (&[f32; 4], &[f32; 4]) = (
+            src[..4].try_into().unwrap_or(&[0.0; 4]),
+            src[n - 4..].try_into().unwrap_or(&[0.0; 4]),
+        );
+        dst[..4].copy_from_slice(a);
+        dst[n - 4..].copy_from_slice(b);
+    } else {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s);
+    }
+}
+
+/// Max-pool with PyTorch's `ceil_mode=True` (no padding) over every plane: `nn::max_pool`'s
+/// comparisons in `nn::max_pool`'s order (each window's rows first, from its top row down,
+/// then its columns left to right from -inf), so ties and signed zeros resolve the same way.
+fn max_pool_ceil(x: Planes, k: usize, s: usize) -> Planes {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { max_pool_ceil_avx2(x, k, s) };
+    }
+    max_pool_ceil_body(x, k, s)
+}
+
+/// [`max_pool_ceil`] compiled for AVX2 (the same comparisons, 8 lanes at a time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_pool_ceil_avx2(x: Planes, k: usize, s: usize) -> Planes {
+    max_pool_ceil_body(x, k, s)
+}
+
+#[inline(always)]
+fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
+    let (h, w) = (x.h, x.w);
+    assert!(h >= k && w >= k, "max-pool window larger than the input");
+    let (oh, ow) = ((h - k).div_ceil(s) + 1, (w - k).div_ceil(s) + 1);
+    let planes = x.c * x.b;
+    let mut dst = take(planes * oh * ow);
+    let mut row = take(w);
+    // Output columns whose window lies inside the row.
+    let full = ((w - k) / s + 1).min(ow);
+    for (plane, out) in x
+        .data
+        .chunks_exact(h * w)
+        .zip(dst.chunks_exact_mut(oh * ow))
+    {
+        for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let y0 = oy * s;
+            let y1 = (y0 + k).min(h);
+            let r0 = &plane[y0 * w..(y0 + 1) * w];
+            match y1 - y0 {
+                2 => {
+                    let r1 = &plane[(y0 + 1) * w..(y0 + 2) * w];
+                    for ((m, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
+                        *m = keep_max(a, b);
+                    }
+                }
+                3 => {
+                    let r1 = &plane[(y0 + 1) * w..(y0 + 2) * w];
+                    let r2 = &plane[(y0 + 2) * w..(y0 + 3) * w];
+                    for (((m, &a), &b), &c) in row.iter_mut().zip(r0).zip(r1).zip(r2) {
+                        *m = keep_max(keep_max(a, b), c);
+                    }
+                }
+                _ => {
+                    row.copy_from_slice(r0);
+                    for src_row in plane[(y0 + 1) * w..y1 * w].chunks_exact(w) {
+                        row.iter_mut()
+                            .zip(src_row)
+                            .for_each(|(m, &v)| *m = keep_max(*m, v));
+                    }
+                }
+            }
+            let (inside, edge) = out_row.split_at_mut(full);
+            match (k, s) {
+                (3, 2) => {
+                    for (ox, m) in inside.iter_mut().enumerate() {
+                        let win = &row[2 * ox..2 * ox + 3];
+                        let a = keep_max(f32::NEG_INFINITY, win[0]);
+                        *m = keep_max(keep_max(a, win[1]), win[2]);
+                    }
+                }
+                (2, 2) => {
+                    for (m, win) in inside.iter_mut().zip(row.chunks_exact(2)) {
+                        *m = keep_max(keep_max(f32::NEG_INFINITY, win[0]), win[1]);
+                    }
+                }
+                _ => {
+                    for (ox, m) in inside.iter_mut().enumerate() {
+                        *m = row[ox * s..ox * s + k]
+                            .iter()
+                            .fold(f32::NEG_INFINITY, |a, &v| keep_max(a, v));
+                    }
+                }
+            }
+            for (i, m) in edge.iter_mut().enumerate() {
+                let x0 = (full + i) * s;
+                *m = row[x0..(x0 + k).min(w)]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |a, &v| keep_max(a, v));
+            }
+        }
+    }
+    give(row);
+    let (c, b) = (x.c, x.b);
+    x.recycle();
+    Planes {
+        data: dst,
+        c,
+        b,
+        h: oh,
+        w: ow,
+    }
+}
+
+/// `[c, b, h, w]` flattened per image in (W, H, C) order, as facenet-pytorch's
+/// `permute(0, 3, 2, 1)`: `[b, w * h * c]`.
+fn flatten_whc(x: &Planes) -> Buf {
+    let (c, b, h, w) = (x.c, x.b, x.h, x.w);
+    let per = c * h * w;
+    let mut out = take(b * per);
+    for img in 0..b {
+        let o = &mut out[img * per..(img + 1) * per];
+        for ch in 0..c {
+            let plane = &x.data[(ch * b + img) * h * w..][..h * w];
+            for y in 0..h {
+                for xx in 0..w {
+                    o[(xx * h + y) * c + ch] = plane[y * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A fully connected layer `y = x W^T + b` with optional PReLU (candle_nn's `Linear`, then
+/// `nn`'s activation).
+pub(super) struct Dense {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    slopes: Option<Vec<f32>>,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl Dense {
+    /// Loads `name.weight` (`[out, in]`), `name.bias` and, if given, `prelu.weight`.
+    fn load(
+        vb: &VarBuilder,
+        name: &str,
+        prelu: Option<&str>,
+        c_in: usize,
+        c_out: usize,
+    ) -> Result<Self> {
+        let vl = vb.pp(name);
+        Ok(Dense {
+            weight: values(&vl.get((c_out, c_in), "weight")?)?,
+            bias: values(&vl.get(c_out, "bias")?)?,
+            slopes: match prelu {
+                Some(p) => Some(values(&vb.pp(p).get(c_out, "weight")?)?),
+                None => None,
+            },
+            c_in,
+            c_out,
+        })
+    }
+
+    /// `[b, c_in]` -> `[b, c_out]`: candle's matmul call for `x.matmul(&w.t())` (the weight
+    /// read transposed in place, nothing accumulated), then `+ bias`, then PReLU.
+    fn forward(&self, x: &[f32], b: usize) -> Buf {
+        assert_eq!(x.len(), b * self.c_in, "dense input size");
+        let mut y = take(b * self.c_out);
+        y.fill(0.0);
+        // SAFETY: y holds b rows of c_out values; x holds b * c_in, the weight c_out * c_in.
+        unsafe {
+            gemm::gemm(
+                b,
+                self.c_out,
+                self.c_in,
+                y.as_mut_ptr(),
+                1,
+                self.c_out as isize,
+                false,
+                x.as_ptr(),
+                1,
+                self.c_in as isize,
+                self.weight.as_ptr(),
+                self.c_in as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for row in y.chunks_exact_mut(self.c_out) {
+            row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
+            if let Some(slopes) = &self.slopes {
+                row.iter_mut()
+                    .zip(slopes)
+                    .for_each(|(x, &a)| *x = x.max(0.0) + a * x.min(0.0));
+            }
+        }
+        y
+    }
+}
+
+/// Face probability of a two-logit softmax, as candle's `softmax` over the two values:
+/// `exp(l1 - m) / (exp(l0 - m) + exp(l1 - m))` with `m = max(l0, l1)`.
+#[inline]
+fn face_prob(l0: f32, l1: f32) -> f32 {
+    let m = if l1 > l0 { l1 } else { l0 };
+    let (e0, e1) = ((l0 - m).exp(), (l1 - m).exp());
+    e1 / (e0 + e1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Networks
+
+/// P-Net's weights.
+pub(super) struct FastPNet {
+    conv1: Conv,
+    conv2: Conv,
+    conv3: Conv,
+    conv4_1: Conv,
+    conv4_2: Conv,
+}
+
+/// P-Net's output for one input: face probability per cell and the 4 regression maps.
+pub(super) struct PNetOut {
+    /// Output height (cells).
+    pub h: usize,
+    /// Output width (cells).
+    pub w: usize,
+    /// `[h * w]` face probabilities.
+    pub prob: Buf,
+    /// `[4, h, w]` box regression.
+    pub reg: Buf,
+}
+
+impl FastPNet {
+    fn load(vb: &VarBuilder) -> Result<Self> {
+        Ok(FastPNet {
+            conv1: Conv::load(vb, "conv1", Some("prelu1"), 3, 10, 3)?,
+            conv2: Conv::load(vb, "conv2", Some("prelu2"), 10, 16, 3)?,
+            conv3: Conv::load(vb, "conv3", Some("prelu3"), 16, 32, 3)?,
+            conv4_1: Conv::load(vb, "conv4_1", None, 32, 2, 1)?,
+            conv4_2: Conv::load(vb, "conv4_2", None, 32, 4, 1)?,
+        })
+    }
+
+    /// P-Net on one `[3, h, w]` input.
+    pub(super) fn forward(&self, x: Planes, parallel: bool) -> PNetOut {
+        let y = self.conv1.forward(&x, parallel);
+        x.recycle();
+        let y = max_pool_ceil(y, 2, 2);
+        let z = self.conv2.forward(&y, parallel);
+        y.recycle();
+        let y = self.conv3.forward(&z, parallel);
+        z.recycle();
+        let logits = self.conv4_1.forward(&y, parallel);
+        let reg = self.conv4_2.forward(&y, parallel);
+        let (h, w) = (y.h, y.w);
+        y.recycle();
+        let n = h * w;
+        let mut prob = take(n);
+        let (l0, l1) = logits.data.split_at(n);
+        for ((p, &a), &b) in prob.iter_mut().zip(l0).zip(l1) {
+            *p = face_prob(a, b);
+        }
+        logits.recycle();
+        PNetOut {
+            h,
+            w,
+            prob,
+            reg: reg.data,
+        }
+    }
+}
+
+/// R-Net's weights.
+pub(super) struct FastRNet {
+    conv1: Conv,
+    conv2: Conv,
+    conv3: Conv,
+    dense4: Dense,
+    dense5_1: Dense,
+    dense5_2: Dense,
+}
+
+impl FastRNet {
+    fn load(vb: &VarBuilder) -> Result<Self> {
+        Ok(FastRNet {
+            conv1: Conv::load(vb, "conv1", Some("prelu1"), 3, 28, 3)?,
+            conv2: Conv::load(vb, "conv2", Some("prelu2"), 28, 48, 3)?,
+            conv3: Conv::load(vb, "conv3", Some("prelu3"), 48, 64, 2)?,
+            dense4: Dense::load(vb, "dense4", Some("prelu4"), 576, 128)?,
+            dense5_1: Dense::load(vb, "dense5_1", None, 128, 2)?,
+            dense5_2: Dense::load(vb, "dense5_2", None, 128, 4)?,
+        })
+    }
+
+    /// R-Net on `[3, b, 24, 24]` crops: per crop, (face probability, regression).
+    pub(super) fn forward(&self, x: Planes) -> Vec<(f32, [f32; 4])> {
+        let b = x.b;
+        let y = self.conv1.forward(&x, false);
+        x.recycle();
+        let y = max_pool_ceil(y, 3, 2);
+        let z = self.conv2.forward(&y, false);
+        y.recycle();
+        let z = max_pool_ceil(z, 3, 2);
+        let y = self.conv3.forward(&z, false);
+        z.recycle();
+        let flat = flatten_whc(&y);
+        y.recycle();
+        let hidden = self.dense4.forward(&flat, b);
+        give(flat);
+        let logits = self.dense5_1.forward(&hidden, b);
+        let reg = self.dense5_2.forward(&hidden, b);
+        give(hidden);
+        let out = logits
+            .chunks_exact(2)
+            .zip(reg.chunks_exact(4))
+            .map(|(l, r)| (face_prob(l[0], l[1]), [r[0], r[1], r[2], r[3]]))
+            .collect();
+        give(logits);
+        give(reg);
+        out
+    }
+}
+
+/// O-Net's output for one crop.
+pub(super) struct ONetOut {
+    /// Face probability.
+    pub prob: f32,
+    /// Box regression.
+    pub reg: [f32; 4],
+    /// Landmarks x1..x5, y1..y5 (relative to the crop).
+    pub landmarks: [f32; 10],
+}
+
+/// O-Net's weights.
+pub(super) struct FastONet {
+    conv1: Conv,
+    conv2: Conv,
+    conv3: Conv,
+    conv4: Conv,
+    dense5: Dense,
+    dense6_1: Dense,
+    dense6_2: Dense,
+    dense6_3: Dense,
+}
+
+impl FastONet {
+    fn load(vb: &VarBuilder) -> Result<Self> {
+        Ok(FastONet {
+            conv1: Conv::load(vb, "conv1", Some("prelu1"), 3, 32, 3)?,
+            conv2: Conv::load(vb, "conv2", Some("prelu2"), 32, 64, 3)?,
+            conv3: Conv::load(vb, "conv3", Some("prelu3"), 64, 64, 3)?,
+            conv4: Conv::load(vb, "conv4", Some("prelu4"), 64, 128, 2)?,
+            dense5: Dense::load(vb, "dense5", Some("prelu5"), 1152, 256)?,
+            dense6_1: Dense::load(vb, "dense6_1", None, 256, 2)?,
+            dense6_2: Dense::load(vb, "dense6_2", None, 256, 4)?,
+            dense6_3: Dense::load(vb, "dense6_3", None, 256, 10)?,
+        })
+    }
+
+    /// O-Net on `[3, b, 48, 48]` crops.
+    pub(super) fn forward(&self, x: Planes) -> Vec<ONetOut> {
+        let b = x.b;
+        let y = self.conv1.forward(&x, false);
+        x.recycle();
+        let y = max_pool_ceil(y, 3, 2);
+        let z = self.conv2.forward(&y, false);
+        y.recycle();
+        let z = max_pool_ceil(z, 3, 2);
+        let y = self.conv3.forward(&z, false);
+        z.recycle();
+        let y = max_pool_ceil(y, 2, 2);
+        let z = self.conv4.forward(&y, false);
+        y.recycle();
+        let flat = flatten_whc(&z);
+        z.recycle();
+        let hidden = self.dense5.forward(&flat, b);
+        give(flat);
+        let logits = self.dense6_1.forward(&hidden, b);
+        let reg = self.dense6_2.forward(&hidden, b);
+        let lms = self.dense6_3.forward(&hidden, b);
+        give(hidden);
+        let out = logits
+            .chunks_exact(2)
+            .zip(reg.chunks_exact(4))
+            .zip(lms.chunks_exact(10))
+            .map(|((l, r), lm)| ONetOut {
+                prob: face_prob(l[0], l[1]),
+                reg: [r[0], r[1], r[2], r[3]],
+                landmarks: std::array::from_fn(|i| lm[i]),
+            })
+            .collect();
+        give(logits);
+        give(reg);
+        give(lms);
+        out
+    }
+}
+
+/// The three networks' weights for the CPU path.
+pub(super) struct FastNets {
+    /// P-Net.
+    pub pnet: FastPNet,
+    /// R-Net.
+    pub rnet: FastRNet,
+    /// O-Net.
+    pub onet: FastONet,
+}
+
+impl FastNets {
+    /// Reads the weights under `pnet.*`, `rnet.*`, `onet.*` of `vb`.
+    pub(super) fn load(vb: &VarBuilder) -> Result<Self> {
+        Ok(FastNets {
+            pnet: FastPNet::load(&vb.pp("pnet"))?,
+            rnet: FastRNet::load(&vb.pp("rnet"))?,
+            onet: FastONet::load(&vb.pp("onet"))?,
+        })
+    }
+}
