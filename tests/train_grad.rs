@@ -112,7 +112,8 @@ fn whole_network_backward_matches_finite_differences() {
     let loss =
         |net: &ResNet| -> Tensor { (net.forward(&x).unwrap() * &r).unwrap().sum_all().unwrap() };
     let grads = loss(&net).backward().unwrap();
-    let groups: [(&str, fn(&str) -> bool); 6] = [
+    type Member = fn(&str) -> bool;
+    let groups: [(&str, Member); 6] = [
         ("stem (conv 7x7, affine)", |n| {
             !n.starts_with("layers.") && n != "fc.weight"
         }),
