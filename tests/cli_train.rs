@@ -316,8 +316,6 @@ fn all_layers_train_resume_exactly_and_load_everywhere() {
                     "2",
                     "--per-identity",
                     "2",
-                    "--lr",
-                    "1e-4",
                     "--seed",
                     "3",
                     "--epochs",

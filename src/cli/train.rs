@@ -117,6 +117,9 @@ pub struct TrainArgs {
     /// Epochs.
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = super::parse::at_least_one)]
     epochs: usize,
+    /// Batches per epoch (default: as many as cover the training faces once).
+    #[arg(long, value_name = "N", value_parser = super::parse::at_least_one)]
+    epoch_batches: Option<usize>,
     /// AdamW learning rate (default: 1e-4 fine-tuning the pretrained head or the last stage,
     /// 1e-3 for a new head, 1e-5 for all layers).
     #[arg(long, value_parser = super::parse::positive_f64)]
@@ -310,6 +313,7 @@ fn settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
             identities: args.identities,
             per_identity: args.per_identity,
             epochs: args.epochs,
+            epoch_batches: args.epoch_batches,
             lr: args.lr.unwrap_or(match (args.head, layers) {
                 (_, Layers::All) => 1e-5,
                 (HeadArg::Pretrained, _) => 1e-4,
@@ -385,12 +389,14 @@ impl TrainProgress for Log {
     fn epoch(&self, log: &train::EpochLog, epochs: usize) {
         if !self.json {
             note!(
-                "epoch {:>3}/{}  loss {:.5}  active {:>5.1} %  validation {}",
+                "epoch {:>3}/{}  loss {:.5}  active {:>5.1} %  validation {}  ({:.0} s + {:.0} s)",
                 log.epoch,
                 epochs,
                 log.loss,
                 100.0 * log.active,
-                pct(log.validation)
+                pct(log.validation),
+                log.seconds,
+                log.validation_seconds
             );
         }
     }

@@ -253,6 +253,71 @@ mod tests {
         );
     }
 
+    /// The backward pass of both losses against central finite differences (f64), w.r.t. the
+    /// embeddings and the class weights.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut r = crate::rng::Rng::new(8);
+        let (b, c, d) = (6, 4, 5);
+        let e0: Vec<f64> = (0..b * d).map(|_| r.normal()).collect();
+        let w0: Vec<f64> = (0..c * d).map(|_| r.normal()).collect();
+        let labels = [0u32, 1, 2, 3, 0, 1];
+        for kind in [
+            LossKind::ArcFace {
+                scale: 8.0,
+                margin: 0.4,
+            },
+            LossKind::CosFace {
+                scale: 8.0,
+                margin: 0.3,
+            },
+        ] {
+            let loss = |e: &[f64], w: &[f64]| -> (f64, Vec<f64>, Vec<f64>) {
+                let head = MarginHead {
+                    weight: Var::from_vec(w.to_vec(), (c, d), &Device::Cpu).unwrap(),
+                    class_of: (0..c as u32).map(|i| (i, i)).collect(),
+                };
+                let emb = Var::from_vec(e.to_vec(), (b, d), &Device::Cpu).unwrap();
+                let out = head.loss(emb.as_tensor(), &labels, kind).unwrap();
+                let g = out.loss.backward().unwrap();
+                let flat = |t: &Tensor| {
+                    g.get(t)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap()
+                };
+                (
+                    out.loss.to_scalar::<f64>().unwrap(),
+                    flat(emb.as_tensor()),
+                    flat(head.weight.as_tensor()),
+                )
+            };
+            let (_, ge, gw) = loss(&e0, &w0);
+            let eps = 1e-6;
+            let (mut num, mut den) = (0f64, 0f64);
+            for i in 0..e0.len() + w0.len() {
+                let (mut ep, mut wp) = (e0.clone(), w0.clone());
+                let (mut em, mut wm) = (e0.clone(), w0.clone());
+                let analytic = if i < e0.len() {
+                    ep[i] += eps;
+                    em[i] -= eps;
+                    ge[i]
+                } else {
+                    wp[i - e0.len()] += eps;
+                    wm[i - e0.len()] -= eps;
+                    gw[i - e0.len()]
+                };
+                let fd = (loss(&ep, &wp).0 - loss(&em, &wm).0) / (2.0 * eps);
+                num += (fd - analytic).powi(2);
+                den += fd.powi(2);
+            }
+            let rel = (num / den).sqrt();
+            assert!(rel < 1e-5, "{kind:?}: relative error {rel}");
+        }
+    }
+
     #[test]
     fn class_centres_start_at_the_mean_direction() {
         let emb = vec![

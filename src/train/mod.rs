@@ -212,8 +212,11 @@ pub struct TrainConfig {
     pub identities: usize,
     /// Images per identity per batch (K).
     pub per_identity: usize,
-    /// Epochs (an epoch is as many batches as cover the training faces once).
+    /// Epochs (an epoch is as many batches as cover the training faces once, or
+    /// `epoch_batches`).
     pub epochs: usize,
+    /// Batches per epoch (`None`: as many as cover the training faces once).
+    pub epoch_batches: Option<usize>,
     /// AdamW learning rate.
     pub lr: f64,
     /// AdamW decoupled weight decay.
@@ -232,6 +235,7 @@ impl Default for TrainConfig {
             identities: 16,
             per_identity: 4,
             epochs: 20,
+            epoch_batches: None,
             lr: 1e-3,
             weight_decay: 1e-4,
             seed: 0,
@@ -303,6 +307,10 @@ pub struct EpochLog {
     pub active: f64,
     /// Validation after the epoch (none without validation identities).
     pub validation: Option<Validation>,
+    /// Wall time of the epoch's batches, in seconds.
+    pub seconds: f64,
+    /// Wall time of the validation after it, in seconds.
+    pub validation_seconds: f64,
 }
 
 /// The training state a checkpoint holds: weights, AdamW moments, epochs done, best so far.
@@ -558,7 +566,10 @@ pub fn train(
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let p = config.identities.min(groups.len());
     let k = config.per_identity;
-    let steps = train_rows.len().div_ceil(p * k).max(1);
+    let steps = config
+        .epoch_batches
+        .unwrap_or_else(|| train_rows.len().div_ceil(p * k))
+        .max(1);
     let normalize = config.normalize();
     let validation = |model: &dyn Trainable| -> Result<Validation> {
         let emb = embed_rows(model, inputs, val_rows, normalize)?;
@@ -591,6 +602,7 @@ pub fn train(
         );
         let (mut loss_sum, mut active, mut candidates) = (0.0, 0usize, 0usize);
         let groups = &groups;
+        let clock = std::time::Instant::now();
         std::thread::scope(|scope| -> Result<()> {
             // The next batch's input is prepared while the optimizer works on this one.
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Vec<usize>, Tensor)>>(1);
@@ -644,6 +656,8 @@ pub fn train(
             }
             Ok(())
         })?;
+        let seconds = clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
         let val = if val_rows.is_empty() {
             None
         } else {
@@ -663,6 +677,8 @@ pub fn train(
                 active as f64 / candidates as f64
             },
             validation: val,
+            seconds,
+            validation_seconds: clock.elapsed().as_secs_f64(),
         };
         on_epoch(&log);
         logs.push(log);

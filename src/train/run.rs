@@ -164,6 +164,9 @@ impl TrainSettings {
         m.insert("identities_per_batch".into(), c.identities.to_string());
         m.insert("images_per_identity".into(), c.per_identity.to_string());
         m.insert("epochs".into(), c.epochs.to_string());
+        if let Some(n) = c.epoch_batches {
+            m.insert("epoch_batches".into(), n.to_string());
+        }
         m.insert("lr".into(), c.lr.to_string());
         m.insert("weight_decay".into(), c.weight_decay.to_string());
         m.insert("val_split".into(), self.val_split.to_string());
@@ -452,6 +455,7 @@ pub fn run(
     };
     progress.ready(&ready);
     let epochs = settings.config.epochs;
+    let start_epoch = start_state.epoch;
     let trained = train(
         data,
         inputs,
@@ -468,7 +472,20 @@ pub fn run(
     // training identities without a validation split).
     set_weights(model.trainable(), &trained.best_weights)?;
     let rows = if has_val { &val_rows } else { &train_rows };
-    let best = measure(rows)?;
+    // The best epoch's validation when this run measured it (a pass over the validation
+    // faces costs minutes with the whole network), else measured now.
+    let measured = match trained.best_epoch {
+        e if e == start_epoch => before,
+        e => trained
+            .logs
+            .iter()
+            .find(|l| l.epoch == e)
+            .and_then(|l| l.validation),
+    };
+    let best = match measured {
+        Some(v) if has_val => v,
+        _ => measure(rows)?,
+    };
     let threshold_basis = ThresholdBasis {
         from: if has_val {
             Calibration::Validation
