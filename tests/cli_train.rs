@@ -421,6 +421,8 @@ fn all_layers_train_resume_exactly_and_load_everywhere() {
         s(&full),
         "--no-cache",
         "--json",
+        "--threshold",
+        meta["threshold"].as_str().unwrap(),
     ]);
     assert!(
         cl.status.success(),
