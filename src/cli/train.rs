@@ -57,7 +57,7 @@ pub enum LayersArg {
     /// The four 256-channel residual blocks and dlib's final layer (needs --head pretrained).
     LastStage,
     /// Every layer of the ResNet and dlib's final layer, on augmented chips (needs --head
-    /// pretrained; about 0.3 s per face per epoch on 2 cores).
+    /// pretrained; about 0.4 s per face per epoch on 2 shared cores).
     All,
 }
 
