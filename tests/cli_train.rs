@@ -441,6 +441,8 @@ fn all_layers_train_resume_exactly_and_load_everywhere() {
         s(&trip),
         "--train-layers",
         "all",
+        "--loss",
+        "triplet",
         "--val-split",
         "0",
         "--identities",

@@ -95,9 +95,9 @@ pub struct TrainArgs {
     /// <stem>.ckpt.safetensors.
     #[arg(long, value_name = "MODEL.safetensors")]
     out: PathBuf,
-    /// Loss.
-    #[arg(long, value_enum, default_value_t = LossArg::Triplet)]
-    loss: LossArg,
+    /// Loss (default: triplet; arcface with --train-layers all, where triplet lowered accuracy).
+    #[arg(long, value_enum)]
+    loss: Option<LossArg>,
     /// Triplet mining.
     #[arg(long, value_enum, default_value_t = MiningArg::SemiHard)]
     mining: MiningArg,
@@ -277,7 +277,11 @@ fn settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
     if !(0.0..1.0).contains(&args.val_split) {
         bail!("--val-split must be in [0, 1)");
     }
-    let loss = match args.loss {
+    let loss = match args.loss.unwrap_or(if layers == Layers::All {
+        LossArg::Arcface
+    } else {
+        LossArg::Triplet
+    }) {
         LossArg::Triplet => LossKind::Triplet {
             mining: match args.mining {
                 MiningArg::SemiHard => Mining::SemiHard,
