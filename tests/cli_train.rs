@@ -1,5 +1,6 @@
 //! `facekit train` on a handful of real photos: the loss drops, the model file records what it
-//! is, loads with `--model` in verify / embed / threshold-sweep / cluster, and `--resume` goes on.
+//! is, loads with `--model` in verify / embed / threshold-sweep / cluster, and `--resume` goes on
+//! (for the head, the last stage and the whole network).
 
 mod common;
 
@@ -272,7 +273,7 @@ fn last_stage_trains_and_loads() {
     );
     let diff = facekit(&["verify", "--model", s(&model), s(&a), s(&c)]);
     assert_eq!(diff.status.code(), Some(1));
-    // `all` is refused with the reason.
+    // The whole network trains dlib's own final layer: a new head is refused with the reason.
     let out = facekit(&[
         "train",
         s(&fixture("lfw")),
@@ -280,10 +281,201 @@ fn last_stage_trains_and_loads() {
         s(&model),
         "--train-layers",
         "all",
+        "--head",
+        "new",
         "--force",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("last-stage"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--head pretrained"));
+}
+
+/// `--train-layers all` with ArcFace and augmented chips: the loss falls, the model (every
+/// backbone tensor replaced) loads in verify / embed / threshold-sweep / cluster, a run resumed
+/// from its checkpoint (class weights and AdamW moments included) writes the same bytes as an
+/// uninterrupted one, and the same seed writes the same bytes.
+#[test]
+fn all_layers_train_resume_exactly_and_load_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("lfw");
+    let cache = tmp.path().join("cache");
+    let train = |out: &Path, epochs: &str, extra: &[&str]| {
+        let out = facekit(
+            &[
+                &[
+                    "train",
+                    s(&data),
+                    "--out",
+                    s(out),
+                    "--train-layers",
+                    "all",
+                    "--loss",
+                    "arcface",
+                    "--val-split",
+                    "0",
+                    "--identities",
+                    "2",
+                    "--per-identity",
+                    "2",
+                    "--seed",
+                    "3",
+                    "--epochs",
+                    epochs,
+                    "--json",
+                    "--force",
+                    "--cache-dir",
+                    s(&cache),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let full = tmp.path().join("full.safetensors");
+    let v = train(&full, "3", &[]);
+    let epochs = v["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 3);
+    let first = epochs[0]["loss"].as_f64().unwrap();
+    let last = epochs[2]["loss"].as_f64().unwrap();
+    assert!(first > 0.0 && last < first, "loss {first} -> {last}");
+    let meta = metadata(&full);
+    assert_eq!(meta["train_layers"], "all");
+    assert_eq!(meta["augment"], "mirror+jitter+color");
+    assert!(meta["loss"].as_str().unwrap().contains("ArcFace"));
+    // Every tensor of dlib's ResNet but the fc layer (the head) is in the file.
+    let bytes = std::fs::read(&full).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let backbone = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("backbone."))
+        .count();
+    assert_eq!(backbone, 4 + 14 * 8);
+    assert!(header.get("backbone.conv1.weight").is_some());
+
+    // 2 epochs, then 1 more from the checkpoint: the same model and checkpoint, byte for byte.
+    let part = tmp.path().join("part.safetensors");
+    train(&part, "2", &[]);
+    let ckpt = tmp.path().join("part.ckpt.safetensors");
+    let v = train(&part, "3", &["--resume", s(&ckpt)]);
+    assert_eq!(v["epochs"][0]["epoch"], 3);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    assert!(read(&part) == read(&full), "resumed model differs");
+    assert!(
+        read(&ckpt) == read(&tmp.path().join("full.ckpt.safetensors")),
+        "resumed checkpoint differs"
+    );
+    // Same seed, same bytes.
+    let again = tmp.path().join("again.safetensors");
+    train(&again, "3", &[]);
+    assert!(read(&again) == read(&full), "same seed, different model");
+
+    // It loads everywhere --model goes.
+    let a = fixture("lfw/Akhmed_Zakayev_0001.jpg");
+    let b = fixture("lfw/Akhmed_Zakayev_0003.jpg");
+    let c = fixture("lfw/Abel_Pacheco_0001.jpg");
+    let same = facekit(&["verify", "--model", s(&full), s(&a), s(&b)]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    let diff = facekit(&["verify", "--model", s(&full), s(&a), s(&c)]);
+    assert_eq!(diff.status.code(), Some(1));
+    let emb = facekit(&["embed", "--model", s(&full), s(&a)]);
+    let rows = json_lines(&emb.stdout);
+    let e: Vec<f64> = rows[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(e.len(), 128);
+    assert!((e.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4);
+    let sweep = facekit(&[
+        "threshold-sweep",
+        s(&data),
+        "--model",
+        s(&full),
+        "--no-cache",
+        "--json",
+    ]);
+    assert!(sweep.status.success());
+    let sweep: Value = serde_json::from_slice(&sweep.stdout).unwrap();
+    assert_eq!(sweep["roc_auc"], 1.0);
+    let people = tmp.path().join("people");
+    let cl = facekit(&[
+        "cluster",
+        s(&data),
+        "--out",
+        s(&people),
+        "--model",
+        s(&full),
+        "--no-cache",
+        "--json",
+        "--threshold",
+        meta["threshold"].as_str().unwrap(),
+    ]);
+    assert!(
+        cl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cl.stderr)
+    );
+    let cl: Value = serde_json::from_slice(&cl.stdout).unwrap();
+    assert_eq!(cl["people"], 2);
+
+    // A checkpoint of another loss (no class weights) does not resume an ArcFace run.
+    let trip = tmp.path().join("trip.safetensors");
+    let out = facekit(&[
+        "train",
+        s(&data),
+        "--out",
+        s(&trip),
+        "--train-layers",
+        "all",
+        "--loss",
+        "triplet",
+        "--val-split",
+        "0",
+        "--identities",
+        "2",
+        "--per-identity",
+        "2",
+        "--epochs",
+        "1",
+        "--cache-dir",
+        s(&cache),
+    ]);
+    assert!(out.status.success());
+    let out = facekit(&[
+        "train",
+        s(&data),
+        "--out",
+        s(&part),
+        "--train-layers",
+        "all",
+        "--loss",
+        "arcface",
+        "--val-split",
+        "0",
+        "--epochs",
+        "2",
+        "--force",
+        "--resume",
+        s(&tmp.path().join("trip.ckpt.safetensors")),
+        "--cache-dir",
+        s(&cache),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("weights"));
 }
 
 /// A threshold calibrated on a handful of identities is flagged on stderr, and the text

@@ -85,6 +85,31 @@ pub enum LossKind {
         /// Margin on either side of the threshold (dlib uses 0.04).
         margin: f64,
     },
+    /// ArcFace (Deng et al. 2019): softmax cross-entropy over the training identities on
+    /// `scale * cos(theta_y + margin)` for the true class and `scale * cos(theta_j)` for the
+    /// others, `theta` the angle between the L2-normalised embedding and class weight (see
+    /// [`super::margin`]; needs a [`super::margin::MarginHead`]).
+    ArcFace {
+        /// Logit scale `s`.
+        scale: f64,
+        /// Additive angular margin `m` (radians).
+        margin: f64,
+    },
+    /// CosFace (Wang et al. 2018): as [`LossKind::ArcFace`] with `scale * (cos(theta_y) - margin)`
+    /// for the true class.
+    CosFace {
+        /// Logit scale `s`.
+        scale: f64,
+        /// Additive cosine margin `m`.
+        margin: f64,
+    },
+}
+
+impl LossKind {
+    /// True for the softmax-family losses that train class weights ([`super::margin`]).
+    pub fn is_margin_softmax(self) -> bool {
+        matches!(self, LossKind::ArcFace { .. } | LossKind::CosFace { .. })
+    }
 }
 
 /// Result of [`compute`]: the differentiable loss plus mining statistics.
@@ -144,6 +169,11 @@ pub fn compute(emb: &Tensor, labels: &[u32], kind: LossKind) -> Result<LossOutpu
             active: 0,
             candidates: 0,
         });
+    }
+    if kind.is_margin_softmax() {
+        return Err(Error::Msg(
+            "loss: ArcFace and CosFace need class weights (train::margin::MarginHead)".into(),
+        ));
     }
     let d2 = squared_distances(emb)?;
     let host: Vec<Vec<f64>> = d2.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
@@ -256,6 +286,7 @@ pub fn compute(emb: &Tensor, labels: &[u32], kind: LossKind) -> Result<LossOutpu
                 candidates: n,
             })
         }
+        LossKind::ArcFace { .. } | LossKind::CosFace { .. } => unreachable!("refused above"),
     }
 }
 
@@ -552,6 +583,9 @@ mod tests {
                 };
                 (loss, act, n)
             }
+            LossKind::ArcFace { .. } | LossKind::CosFace { .. } => {
+                unreachable!("margin losses are tested in train::margin")
+            }
         }
     }
 
@@ -626,6 +660,7 @@ mod tests {
             LossKind::Hinge { threshold, margin } => eu.iter().all(|e| {
                 (e - threshold + margin).abs() > tol && (e - threshold - margin).abs() > tol
             }),
+            LossKind::ArcFace { .. } | LossKind::CosFace { .. } => true,
         }
     }
 

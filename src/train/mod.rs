@@ -5,7 +5,11 @@
 //! [`run`] is the whole workflow `facekit train` performs, from a labeled folder to a saved
 //! model with its calibrated threshold and what that threshold rests on.
 
+pub mod augment;
 pub mod loss;
+pub mod margin;
+pub mod maxpool;
+pub mod resnet;
 mod run;
 pub mod stage;
 
@@ -208,8 +212,11 @@ pub struct TrainConfig {
     pub identities: usize,
     /// Images per identity per batch (K).
     pub per_identity: usize,
-    /// Epochs (an epoch is as many batches as cover the training faces once).
+    /// Epochs (an epoch is as many batches as cover the training faces once, or
+    /// `epoch_batches`).
     pub epochs: usize,
+    /// Batches per epoch (`None`: as many as cover the training faces once).
+    pub epoch_batches: Option<usize>,
     /// AdamW learning rate.
     pub lr: f64,
     /// AdamW decoupled weight decay.
@@ -228,6 +235,7 @@ impl Default for TrainConfig {
             identities: 16,
             per_identity: 4,
             epochs: 20,
+            epoch_batches: None,
             lr: 1e-3,
             weight_decay: 1e-4,
             seed: 0,
@@ -299,6 +307,10 @@ pub struct EpochLog {
     pub active: f64,
     /// Validation after the epoch (none without validation identities).
     pub validation: Option<Validation>,
+    /// Wall time of the epoch's batches, in seconds.
+    pub seconds: f64,
+    /// Wall time of the validation after it, in seconds.
+    pub validation_seconds: f64,
 }
 
 /// The training state a checkpoint holds: weights, AdamW moments, epochs done, best so far.
@@ -351,6 +363,13 @@ pub fn initial_weights(init: HeadInit, fc_weight: &[f32], seed: u64) -> (Vec<f32
     }
 }
 
+/// The augmentation seed of step `step` of epoch `epoch`.
+fn batch_seed(seed: u64, epoch: usize, step: usize) -> u64 {
+    let mut r =
+        Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64) << 20);
+    r.next_u64()
+}
+
 /// One P x K batch from the training rows, seeded: P identities with at least two faces, K
 /// faces each (without repeats when the identity has K).
 fn sample_batch(groups: &[Vec<usize>], p: usize, k: usize, rng: &mut Rng) -> Vec<usize> {
@@ -367,13 +386,45 @@ fn sample_batch(groups: &[Vec<usize>], p: usize, k: usize, rng: &mut Rng) -> Vec
     batch
 }
 
-/// What [`train`] trains: a set of variables and a batched forward pass from dataset rows to
-/// embeddings (before any L2 normalisation).
+/// What [`train`] trains: a set of variables and a batched forward pass from its inputs (see
+/// [`Inputs`]) to embeddings (before any L2 normalisation).
 pub trait Trainable {
     /// The trainable variables, in a fixed order (checkpoints store them concatenated).
     fn vars(&self) -> Vec<Var>;
-    /// Embeddings `[B, out]` of dataset rows `[B, row length]`.
+    /// Embeddings `[B, out]` of a batch of inputs, differentiable.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    /// Embeddings for evaluation: the same values, and a model may skip building the graph.
+    fn evaluate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward(x)
+    }
+}
+
+/// Where the input tensors of a model come from: the dataset's rows of cached features, or
+/// chips cut from the photos batch by batch ([`augment::Chips`]).
+pub trait Inputs: Sync {
+    /// The input of a training batch of dataset rows; `seed` (distinct per batch) drives any
+    /// augmentation.
+    fn train_input(&self, rows: &[usize], seed: u64) -> Result<Tensor>;
+    /// The input of an evaluation batch (no augmentation).
+    fn eval_input(&self, rows: &[usize]) -> Result<Tensor>;
+    /// Rows per evaluation batch.
+    fn eval_batch(&self) -> usize {
+        256
+    }
+}
+
+impl Inputs for Dataset {
+    fn train_input(&self, rows: &[usize], _seed: u64) -> Result<Tensor> {
+        self.eval_input(rows)
+    }
+
+    fn eval_input(&self, rows: &[usize]) -> Result<Tensor> {
+        let x: Vec<f32> = rows
+            .iter()
+            .flat_map(|&i| self.row(i).iter().copied())
+            .collect();
+        Ok(Tensor::from_vec(x, (rows.len(), self.dim), &Device::Cpu)?)
+    }
 }
 
 /// A linear head `y = W x` (`W`: `out x in`).
@@ -448,18 +499,14 @@ fn unflat(values: &[f32], vars: &[Var]) -> Result<Vec<Tensor>> {
 /// Embeddings of `rows` through `model` (batched, normalised when `normalize`).
 pub fn embed_rows(
     model: &dyn Trainable,
-    data: &Dataset,
+    inputs: &dyn Inputs,
     rows: &[usize],
     normalize: bool,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(256) {
-        let x: Vec<f32> = chunk
-            .iter()
-            .flat_map(|&i| data.row(i).iter().copied())
-            .collect();
-        let x = Tensor::from_vec(x, (chunk.len(), data.dim), &Device::Cpu)?;
-        let mut y = model.forward(&x)?;
+    for chunk in rows.chunks(inputs.eval_batch().max(1)) {
+        let x = inputs.eval_input(chunk)?;
+        let mut y = model.evaluate(&x)?;
         if normalize {
             y = loss::l2_normalize(&y)?;
         }
@@ -468,19 +515,28 @@ pub fn embed_rows(
     Ok(out)
 }
 
-/// Trains `model` on `data`'s `train_rows`, validating on `val_rows` after every epoch.
-/// `start` is the initial state (fresh from the model's current values, or a resumed
-/// checkpoint); `on_epoch` sees each log.
+/// Trains `model` on `data`'s `train_rows` (its inputs from `inputs`, prepared one batch
+/// ahead on another thread), validating on `val_rows` after every epoch. ArcFace and CosFace
+/// train `margin`'s class weights along (checkpointed after the model's variables). `start` is
+/// the initial state (fresh from the variables' current values, or a resumed checkpoint);
+/// `on_epoch` sees each log.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     data: &Dataset,
+    inputs: &dyn Inputs,
     train_rows: &[usize],
     val_rows: &[usize],
     config: &TrainConfig,
     model: &dyn Trainable,
+    margin: Option<&margin::MarginHead>,
     start: Checkpoint,
     mut on_epoch: impl FnMut(&EpochLog),
 ) -> Result<Trained> {
+    if config.loss.is_margin_softmax() != margin.is_some() {
+        return Err(Error::Config(
+            "ArcFace and CosFace (and only they) train class weights".into(),
+        ));
+    }
     if config.identities < 2 || config.per_identity < 2 {
         return Err(Error::Config(format!(
             "batches need at least 2 identities x 2 images each, got {} x {}",
@@ -499,8 +555,9 @@ pub fn train(
             groups.len()
         )));
     }
-    let device = Device::Cpu;
-    let vars = model.vars();
+    let model_len = flat_weights(model)?.len();
+    let mut vars = model.vars();
+    vars.extend(margin.map(|h| h.var()));
     for (var, value) in vars.iter().zip(unflat(&start.weight, &vars)?) {
         var.set(&value)?;
     }
@@ -509,10 +566,13 @@ pub fn train(
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let p = config.identities.min(groups.len());
     let k = config.per_identity;
-    let steps = train_rows.len().div_ceil(p * k).max(1);
+    let steps = config
+        .epoch_batches
+        .unwrap_or_else(|| train_rows.len().div_ceil(p * k))
+        .max(1);
     let normalize = config.normalize();
     let validation = |model: &dyn Trainable| -> Result<Validation> {
-        let emb = embed_rows(model, data, val_rows, normalize)?;
+        let emb = embed_rows(model, inputs, val_rows, normalize)?;
         Ok(validate_embeddings(
             &emb,
             &val_rows.iter().map(|&i| data.labels[i]).collect::<Vec<_>>(),
@@ -541,39 +601,63 @@ pub fn train(
                 .wrapping_add(epoch as u64),
         );
         let (mut loss_sum, mut active, mut candidates) = (0.0, 0usize, 0usize);
-        for _ in 0..steps {
-            let batch = sample_batch(&groups, p, k, &mut rng);
-            let x: Vec<f32> = batch
-                .iter()
-                .flat_map(|&i| data.row(i).iter().copied())
-                .collect();
-            let x = Tensor::from_vec(x, (batch.len(), data.dim), &device)?;
-            let labels: Vec<u32> = batch.iter().map(|&i| data.labels[i]).collect();
-            let mut emb = model.forward(&x)?;
-            if normalize {
-                emb = loss::l2_normalize(&emb)?;
-            }
-            let out = loss::compute(&emb, &labels, config.loss)?;
-            loss_sum += out.loss.to_scalar::<f32>()? as f64;
-            active += out.active;
-            candidates += out.candidates;
-            let grads = out.loss.backward()?;
-            // AdamW (Loshchilov & Hutter): decoupled weight decay, bias-corrected moments.
-            step_count += 1;
-            let t = step_count as i32;
-            for (i, var) in vars.iter().enumerate() {
-                let Some(g) = grads.get(var.as_tensor()) else {
-                    continue;
+        let groups = &groups;
+        let clock = std::time::Instant::now();
+        std::thread::scope(|scope| -> Result<()> {
+            // The next batch's input is prepared while the optimizer works on this one.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Vec<usize>, Tensor)>>(1);
+            scope.spawn(move || {
+                for step in 0..steps {
+                    let batch = sample_batch(groups, p, k, &mut rng);
+                    let seed = batch_seed(config.seed, epoch, step);
+                    let x = inputs.train_input(&batch, seed).map(|x| (batch, x));
+                    if tx.send(x).is_err() {
+                        break;
+                    }
+                }
+            });
+            for _ in 0..steps {
+                let (batch, x) = rx
+                    .recv()
+                    .map_err(|_| Error::Config("the batch preparation stopped".into()))??;
+                let labels: Vec<u32> = batch.iter().map(|&i| data.labels[i]).collect();
+                let mut emb = model.forward(&x)?;
+                if normalize {
+                    emb = loss::l2_normalize(&emb)?;
+                }
+                let out = match margin {
+                    Some(head) => head.loss(&emb, &labels, config.loss)?,
+                    None => loss::compute(&emb, &labels, config.loss)?,
                 };
-                m[i] = ((&m[i] * b1)? + (g * (1.0 - b1))?)?;
-                v[i] = ((&v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-                let m_hat = (&m[i] / (1.0 - b1.powi(t)))?;
-                let v_hat = (&v[i] / (1.0 - b2.powi(t)))?;
-                let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
-                let decayed = (var.as_tensor() * (1.0 - config.lr * config.weight_decay))?;
-                var.set(&(decayed - (update * config.lr)?)?)?;
+                loss_sum += out.loss.to_scalar::<f32>()? as f64;
+                active += out.active;
+                candidates += out.candidates;
+                let grads = out.loss.backward()?;
+                drop(out);
+                drop(emb);
+                // AdamW (Loshchilov & Hutter): decoupled weight decay, bias-corrected moments.
+                step_count += 1;
+                let t = step_count as i32;
+                for (i, var) in vars.iter().enumerate() {
+                    let Some(g) = grads.get(var.as_tensor()) else {
+                        continue;
+                    };
+                    // Gradients carry the graph of the batch that made them: detached, the
+                    // moments do not keep every batch's activations alive.
+                    let g = g.detach();
+                    m[i] = ((&m[i] * b1)? + (&g * (1.0 - b1))?)?.detach();
+                    v[i] = ((&v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
+                    let m_hat = (&m[i] / (1.0 - b1.powi(t)))?;
+                    let v_hat = (&v[i] / (1.0 - b2.powi(t)))?;
+                    let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+                    let decayed = (var.as_tensor() * (1.0 - config.lr * config.weight_decay))?;
+                    var.set(&(decayed - (update * config.lr)?)?.detach())?;
+                }
             }
-        }
+            Ok(())
+        })?;
+        let seconds = clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
         let val = if val_rows.is_empty() {
             None
         } else {
@@ -593,15 +677,19 @@ pub fn train(
                 active as f64 / candidates as f64
             },
             validation: val,
+            seconds,
+            validation_seconds: clock.elapsed().as_secs_f64(),
         };
         on_epoch(&log);
         logs.push(log);
     }
     let last = flat(&vars)?;
-    let (best_weights, best_epoch) = match &best {
+    let (mut best_weights, best_epoch) = match &best {
         Some((wts, _, e)) => (wts.clone(), *e),
         None => (last.clone(), epoch),
     };
+    // The saved model: without the class weights.
+    best_weights.truncate(model_len);
     let flat_tensors = |t: &[Tensor]| -> Result<Vec<f32>> {
         let mut out = Vec::new();
         for x in t {
@@ -750,10 +838,12 @@ mod tests {
         });
         let full = train(
             &data,
+            &data,
             &tr,
             &val,
             &config,
             &LinearHead::new(w0.clone(), i, o).unwrap(),
+            None,
             Checkpoint::fresh(w0.clone()),
             |_| {},
         )
@@ -774,10 +864,12 @@ mod tests {
         };
         let half = train(
             &data,
+            &data,
             &tr,
             &val,
             &short,
             &LinearHead::new(w0.clone(), i, o).unwrap(),
+            None,
             Checkpoint::fresh(w0.clone()),
             |_| {},
         )
@@ -786,10 +878,12 @@ mod tests {
         let (ck, _) = Checkpoint::from_bytes(&bytes, "ck").unwrap();
         let rest = train(
             &data,
+            &data,
             &tr,
             &val,
             &config,
             &LinearHead::new(w0.clone(), i, o).unwrap(),
+            None,
             ck,
             |_| {},
         )

@@ -8,11 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::augment::{Augment, Chips};
+use super::margin::MarginHead;
+use super::resnet::ResNet;
 use super::stage::{self, Stage};
 use super::{
     embed_rows, flat_weights, initial_weights, labeled_images, load_dataset, set_weights, train,
-    validate, validate_embeddings, Checkpoint, Dataset, EpochLog, HeadInit, LinearHead, Loaded,
-    TrainConfig, Trainable, Validation,
+    validate, validate_embeddings, Checkpoint, Dataset, EpochLog, HeadInit, Inputs, LinearHead,
+    Loaded, TrainConfig, Trainable, Validation,
 };
 use crate::embed::dlib_resnet::{DIM, FEATURES};
 use crate::embed::head::{Head, HeadInput};
@@ -36,6 +39,9 @@ pub enum Layers {
     /// The ResNet's four 256-channel residual blocks and dlib's final layer (needs
     /// [`HeadInit::Pretrained`]).
     LastStage,
+    /// Every layer of the ResNet and dlib's final layer, on chips cut from the photos batch by
+    /// batch (needs [`HeadInit::Pretrained`]).
+    All,
 }
 
 impl Layers {
@@ -44,6 +50,7 @@ impl Layers {
         match self {
             Layers::Head => "head",
             Layers::LastStage => "last-stage",
+            Layers::All => "all",
         }
     }
 }
@@ -72,6 +79,9 @@ pub struct TrainSettings {
     pub policy: FacePolicy,
     /// Average each face's features with its mirror image's.
     pub flip: bool,
+    /// How training chips are augmented ([`Layers::All`] only: the other layers train on
+    /// features computed once).
+    pub augment: Augment,
     /// Where the networks' weights come from.
     pub models: ModelSource,
     /// Detector settings.
@@ -100,6 +110,7 @@ impl TrainSettings {
             resume: None,
             policy: FacePolicy::Center,
             flip: true,
+            augment: Augment::ALL,
             models: ModelSource::resolve(None),
             detector: DetectorConfig::default(),
             load: LoadOptions::default(),
@@ -114,12 +125,12 @@ impl TrainSettings {
                 "the validation fraction must be in [0, 1)".into(),
             ));
         }
-        if self.layers == Layers::LastStage && self.init != HeadInit::Pretrained {
-            return Err(Error::Config(
-                "training the last stage trains dlib's own final layer: it needs the pretrained \
-                 head"
-                    .into(),
-            ));
+        if self.layers != Layers::Head && self.init != HeadInit::Pretrained {
+            return Err(Error::Config(format!(
+                "training the {} layers trains dlib's own final layer: it needs the pretrained \
+                 head",
+                self.layers.name()
+            )));
         }
         if self.init == (HeadInit::New { dim: 0 }) {
             return Err(Error::Config(
@@ -153,12 +164,18 @@ impl TrainSettings {
         m.insert("identities_per_batch".into(), c.identities.to_string());
         m.insert("images_per_identity".into(), c.per_identity.to_string());
         m.insert("epochs".into(), c.epochs.to_string());
+        if let Some(n) = c.epoch_batches {
+            m.insert("epoch_batches".into(), n.to_string());
+        }
         m.insert("lr".into(), c.lr.to_string());
         m.insert("weight_decay".into(), c.weight_decay.to_string());
         m.insert("val_split".into(), self.val_split.to_string());
         m.insert("min_images".into(), self.min_images.to_string());
         m.insert("seed".into(), c.seed.to_string());
         m.insert("flip".into(), self.flip.to_string());
+        if self.layers == Layers::All {
+            m.insert("augment".into(), self.augment.name());
+        }
         m.insert("data".into(), self.data.to_string_lossy().into_owned());
         m
     }
@@ -283,7 +300,7 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-/// What trains: a linear head on cached features, or the last stage of the ResNet.
+/// What trains: a linear head on cached features, the last stage of the ResNet, or all of it.
 enum Model {
     Head {
         head: LinearHead,
@@ -291,6 +308,7 @@ enum Model {
         out_dim: usize,
     },
     Stage(Stage),
+    All(ResNet),
 }
 
 impl Model {
@@ -298,6 +316,7 @@ impl Model {
         match self {
             Model::Head { head, .. } => head,
             Model::Stage(st) => st,
+            Model::All(net) => net,
         }
     }
 
@@ -307,6 +326,17 @@ impl Model {
             Model::Stage(st) => {
                 let mut h = Head::new(st.fc_weight()?, FEATURES, DIM, HeadInput::Pooled, normalize);
                 h.backbone = st.backbone_tensors()?;
+                h
+            }
+            Model::All(net) => {
+                let mut h = Head::new(
+                    net.fc_weight()?,
+                    FEATURES,
+                    DIM,
+                    HeadInput::Pooled,
+                    normalize,
+                );
+                h.backbone = net.backbone_tensors()?;
                 h
             }
             Model::Head {
@@ -331,14 +361,43 @@ pub fn run(
     let input = settings.init.input();
     let normalize = settings.config.normalize();
     let dlib = DlibEmbedder::new(&settings.models)?;
-    let (loaded, images) = load(settings, library, &dlib, progress)?;
+    let pipeline = Pipeline::with_models(
+        &settings.models,
+        PipelineConfig {
+            flip: settings.flip,
+            output: match settings.init.input() {
+                // The stage and the whole network start from the chips: the library only
+                // supplies the faces (and dlib's embedding for the baseline).
+                HeadInput::Pooled if settings.layers == Layers::Head => Output::Pooled,
+                _ => Output::Embedding,
+            },
+            detector: settings.detector.clone(),
+            ..Default::default()
+        },
+    )?;
+    let (loaded, images) = load(settings, library, &pipeline, &dlib, progress)?;
     let data = &loaded.dataset;
+    let chips = Chips {
+        pipeline: &pipeline,
+        paths: &loaded.paths,
+        faces: &loaded.faces,
+        load: &settings.load,
+        augment: settings.augment,
+        flip: settings.flip,
+    };
+    let inputs: &dyn Inputs = if settings.layers == Layers::All {
+        &chips
+    } else {
+        data
+    };
     let (train_rows, val_rows) = data.split(settings.val_split, settings.config.seed);
     let has_val = !val_rows.is_empty();
 
     // The model and its starting point: fresh, or a checkpoint.
     let fc = dlib.fc_weight()?;
-    let model = if stage {
+    let model = if settings.layers == Layers::All {
+        Model::All(ResNet::pretrained(&settings.models)?)
+    } else if stage {
         Model::Stage(Stage::pretrained(&settings.models, settings.flip)?)
     } else {
         let (w0, in_dim, out_dim) = initial_weights(settings.init, &fc, settings.config.seed);
@@ -351,13 +410,41 @@ pub fn run(
     let base = has_val
         .then(|| baseline(data, &val_rows, &model, input, &fc))
         .transpose()?;
-    let start_state = start_state(settings, &model)?;
-    set_weights(model.trainable(), &start_state.weight)?;
+    // ArcFace / CosFace: class weights from the training identities' mean directions.
+    let margin = if settings.config.loss.is_margin_softmax() {
+        let emb = if settings.layers == Layers::All {
+            // The cached features are dlib's embedding, which the network starts from.
+            train_rows.iter().map(|&i| data.row(i).to_vec()).collect()
+        } else {
+            embed_rows(model.trainable(), data, &train_rows, normalize)?
+        };
+        Some(MarginHead::from_centres(
+            &emb,
+            &labels_of(data, &train_rows),
+        )?)
+    } else {
+        None
+    };
+    let mut start_state = start_state(settings, &model, margin.as_ref())?;
+    let n_model = flat_weights(model.trainable())?.len();
+    set_weights(model.trainable(), &start_state.weight[..n_model])?;
+    if let Some(h) = &margin {
+        let w = &start_state.weight[n_model..];
+        h.var().set(&candle_core::Tensor::from_slice(
+            w,
+            h.var().as_tensor().shape(),
+            &candle_core::Device::Cpu,
+        )?)?;
+    }
     let measure = |rows: &[usize]| -> Result<Validation> {
-        let emb = embed_rows(model.trainable(), data, rows, normalize)?;
+        let emb = embed_rows(model.trainable(), inputs, rows, normalize)?;
         Ok(validate_embeddings(&emb, &labels_of(data, rows)))
     };
     let before = has_val.then(|| measure(&val_rows)).transpose()?;
+    if let (None, Some(b)) = (&start_state.best, before) {
+        // The starting point is the first candidate for the best epoch (measured once here).
+        start_state.best = Some((start_state.weight.clone(), b.accuracy, start_state.epoch));
+    }
     let ready = Ready {
         faces: data.len(),
         identities: data.identities.len(),
@@ -368,12 +455,15 @@ pub fn run(
     };
     progress.ready(&ready);
     let epochs = settings.config.epochs;
+    let start_epoch = start_state.epoch;
     let trained = train(
         data,
+        inputs,
         &train_rows,
         &val_rows,
         &settings.config,
         model.trainable(),
+        margin.as_ref(),
         start_state,
         |log| progress.epoch(log, epochs),
     )?;
@@ -382,7 +472,20 @@ pub fn run(
     // training identities without a validation split).
     set_weights(model.trainable(), &trained.best_weights)?;
     let rows = if has_val { &val_rows } else { &train_rows };
-    let best = measure(rows)?;
+    // The best epoch's validation when this run measured it (a pass over the validation
+    // faces costs minutes with the whole network), else measured now.
+    let measured = match trained.best_epoch {
+        e if e == start_epoch => before,
+        e => trained
+            .logs
+            .iter()
+            .find(|l| l.epoch == e)
+            .and_then(|l| l.validation),
+    };
+    let best = match measured {
+        Some(v) if has_val => v,
+        _ => measure(rows)?,
+    };
     let threshold_basis = ThresholdBasis {
         from: if has_val {
             Calibration::Validation
@@ -449,23 +552,11 @@ fn save(
 fn load(
     settings: &TrainSettings,
     library: &Library,
+    pipeline: &Pipeline,
     dlib: &DlibEmbedder,
     progress: &dyn TrainProgress,
 ) -> Result<(Loaded, usize)> {
     let stage = settings.layers == Layers::LastStage;
-    let pipeline = Pipeline::with_models(
-        &settings.models,
-        PipelineConfig {
-            flip: settings.flip,
-            output: match settings.init.input() {
-                // The last stage starts from the chips: the library only supplies the faces.
-                HeadInput::Pooled if !stage => Output::Pooled,
-                _ => Output::Embedding,
-            },
-            detector: settings.detector.clone(),
-            ..Default::default()
-        },
-    )?;
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(n) = settings.threads {
         builder = builder.num_threads(n);
@@ -478,7 +569,7 @@ fn load(
     progress.start("faces", n_images);
     let (root, opts, policy) = (&settings.data, &settings.load, settings.policy);
     let mut loaded = pool.install(|| {
-        load_dataset(root, images, &pipeline, library, opts, policy, || {
+        load_dataset(root, images, pipeline, library, opts, policy, || {
             progress.step()
         })
     })?;
@@ -525,6 +616,8 @@ fn baseline(
 ) -> Result<Validation> {
     Ok(match model {
         _ if input == HeadInput::Embedding => validate(data, val_rows, |x| x.to_vec()),
+        // The cached features are dlib's embedding.
+        Model::All(_) => validate(data, val_rows, |x| x.to_vec()),
         Model::Stage(_) => {
             let emb = embed_rows(model.trainable(), data, val_rows, false)?;
             validate_embeddings(&emb, &labels_of(data, val_rows))
@@ -538,8 +631,15 @@ fn baseline(
 
 /// The state training starts from: fresh from the model's weights, or `settings.resume`'s
 /// checkpoint when it was trained with the same head and layers.
-fn start_state(settings: &TrainSettings, model: &Model) -> Result<Checkpoint> {
-    let w0 = flat_weights(model.trainable())?;
+fn start_state(
+    settings: &TrainSettings,
+    model: &Model,
+    margin: Option<&MarginHead>,
+) -> Result<Checkpoint> {
+    let mut w0 = flat_weights(model.trainable())?;
+    if let Some(h) = margin {
+        w0.extend(h.var().as_tensor().flatten_all()?.to_vec1::<f32>()?);
+    }
     let Some(path) = &settings.resume else {
         return Ok(Checkpoint::fresh(w0));
     };

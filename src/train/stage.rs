@@ -25,7 +25,7 @@ const PLAN: [(usize, usize, bool); 4] = [
     (256, 256, true),
 ];
 /// Tensors of one block, as named in `dlib_resnet.safetensors`.
-const PARTS: [&str; 8] = [
+pub(super) const PARTS: [&str; 8] = [
     "conv1.weight",
     "conv1.bias",
     "affine1.weight",
@@ -47,7 +47,7 @@ pub struct Stage {
 
 /// Average pooling 2x2 / 2 that drops an odd last row or column (dlib's, and candle's forward),
 /// written so that its gradient ignores the dropped cells too.
-fn avg_pool2(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn avg_pool2(x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (h2, w2) = (h / 2, w / 2);
     x.narrow(2, 0, 2 * h2)?
@@ -61,7 +61,7 @@ fn avg_pool2(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// dlib's `add_prev`: the smaller tensor is zero-padded (channels, rows, columns) to the
 /// larger one's shape, then the two are added and passed through relu.
-fn add_padded_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn add_padded_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let (_, ca, ha, wa) = a.dims4()?;
     let (_, cb, hb, wb) = b.dims4()?;
     let (c, h, w) = (ca.max(cb), ha.max(hb), wa.max(wb));
