@@ -84,6 +84,14 @@ pub fn select(spec: DeviceSpec) -> Result<()> {
     Ok(())
 }
 
+/// The device chosen with [`select`], if one was.
+pub fn chosen() -> Option<DeviceSpec> {
+    SELECTED
+        .read()
+        .ok()
+        .and_then(|s| s.as_ref().map(|(spec, _)| *spec))
+}
+
 /// The device chosen with [`select`], else the default (see the module doc).
 pub fn current() -> Device {
     if let Ok(slot) = SELECTED.read() {

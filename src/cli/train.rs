@@ -204,6 +204,11 @@ fn pct(v: Option<Validation>) -> String {
 
 /// Runs `facekit train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    // Training builds its tensors on the CPU (its max-pool backward has no GPU kernel yet): a
+    // GPU asked for explicitly is refused rather than ignored.
+    if let Some(spec @ facekit::device::DeviceSpec::Cuda(_)) = facekit::device::chosen() {
+        bail!("--device {spec}: `facekit train` runs on the CPU only in this version; use --device cpu");
+    }
     let settings = settings(&args)?;
     let ckpt_path = train::checkpoint_path(&args.out);
     for p in [&args.out, &ckpt_path] {
