@@ -239,6 +239,12 @@ impl Conv2d {
         self
     }
 
+    /// The weights, `[c_out, c_in, k, k]`.
+    #[cfg(test)]
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Multiply-adds per image of `h x w` (direct convolution).
     pub fn macs(&self, h: usize, w: usize) -> usize {
         let (oh, ow) = self.out_size(h, w);

@@ -234,8 +234,10 @@ fn fast_path_is_close_to_exact_on_all_golden_chips() {
     assert!(max > 0.0, "fast path gave exactly the exact embeddings");
 }
 
-/// The fast path's embedding of a chip does not depend on the thread count or on the batch it
-/// is embedded in.
+/// The fast path's embedding of a chip does not depend on the thread count (bit for bit, at
+/// batch 1, 5 and 16). Across batch sizes it is equal only up to f32 rounding: the exact
+/// convolutions it keeps (7x7, stride 2) sum in `gemm` blocks that depend on the product's
+/// size, and the 3x3x256 stage runs Winograd only when the batch fills a group of 8 tiles.
 #[test]
 fn fast_path_is_the_same_for_any_threads_and_batch() {
     let json = read_json(&fixture("dlib_chips_subset.json"));
@@ -260,12 +262,20 @@ fn fast_path_is_the_same_for_any_threads_and_batch() {
                 .collect()
         })
     };
-    let reference = run(1, 16);
-    assert_eq!(reference.len(), 16);
-    for (threads, batch) in [(2, 16), (1, 1), (2, 1), (2, 5)] {
+    for batch in [16, 1, 5] {
+        let reference = run(1, batch);
+        assert_eq!(reference.len(), 16);
         assert!(
-            run(threads, batch) == reference,
-            "fast path: {threads} threads, batch {batch} differs from 1 thread, batch 16"
+            run(2, batch) == reference,
+            "fast path, batch {batch}: 2 threads differ from 1"
         );
     }
+    let (one, sixteen) = (run(2, 1), run(2, 16));
+    let worst = one
+        .iter()
+        .zip(&sixteen)
+        .map(|(a, b)| l2(a, b))
+        .fold(0f32, f32::max);
+    eprintln!("fast path, batch 1 vs batch 16: largest L2 {worst:e}");
+    assert!(worst < 1e-4, "fast path: batch 1 vs 16 differ by {worst}");
 }
