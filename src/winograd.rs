@@ -801,13 +801,30 @@ mod avx2 {
                     if oy + i >= t.h {
                         continue;
                     }
-                    let count = (t.w - ox).min(M) as i32;
-                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), index);
-                    let at = ((img * post.c_out + post.co) * t.h + oy + i) * t.w + ox;
+                    let count = (t.w - ox).min(M);
+                    let at = dst
+                        .get()
+                        .add(((img * post.c_out + post.co) * t.h + oy + i) * t.w + ox);
                     // SAFETY: the first `count` floats from `at` lie in row oy + i of the
                     // (img, co) plane, inside this tile's columns; each output pixel belongs
                     // to exactly one tile and one channel job.
-                    _mm256_maskstore_ps(dst.get().add(at), mask, v);
+                    if count == M && M % 2 == 0 {
+                        // A whole tile row: plain 4- and 2-float stores (masked stores are
+                        // slow on AMD cores).
+                        let (low, high) =
+                            (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                        match M {
+                            2 => _mm_storel_pd(at.cast(), _mm_castps_pd(low)),
+                            4 => _mm_storeu_ps(at, low),
+                            _ => {
+                                _mm_storeu_ps(at, low);
+                                _mm_storel_pd(at.add(4).cast(), _mm_castps_pd(high));
+                            }
+                        }
+                    } else {
+                        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(count as i32), index);
+                        _mm256_maskstore_ps(at, mask, v);
+                    }
                 }
             }
         }

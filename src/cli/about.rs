@@ -156,15 +156,16 @@ pub fn verbose_detector(source: &ModelSource, detector: &facekit::Detector) {
     verbose!("detector: {}", detector.id());
 }
 
-/// The `-v` lines about a pipeline about to run: weights, detector, embedder and pipeline ids.
+/// The `-v` lines about a pipeline about to run: weights, detector, embedder and pipeline ids,
+/// and the ResNet's precision.
 pub fn verbose_pipeline(source: &ModelSource, pipeline: &facekit::Pipeline) {
     verbose_detector(source, pipeline.detector());
     verbose!(
-        "embedder: {} (pipeline {}, precision {})",
+        "embedder: {} (pipeline {})",
         pipeline.embedder().model_id(),
-        pipeline.model_id(),
-        precision(pipeline.config().precision)
+        pipeline.model_id()
     );
+    verbose!("precision: {}", precision(pipeline.config().precision));
 }
 
 /// How the ResNet computes, for `-v`: `exact (direct fp32 convolutions)` or `fast (...)`.
