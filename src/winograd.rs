@@ -381,9 +381,11 @@ impl WinogradConv {
             let (v, prod) = scratch.split_at_mut(v_len);
             // 2. Input transform, one channel per job.
             let plane = t.padded_h * t.padded_w;
+            let places: Vec<(usize, usize, usize)> = tiles.clone().map(|i| t.place(i)).collect();
             let tr = Transform {
                 t,
                 tiles: tiles.clone(),
+                places: &places,
                 stride,
                 p_stride: v_ps,
             };
@@ -482,6 +484,8 @@ impl WinogradConv {
 struct Transform<'a> {
     t: &'a Tiling,
     tiles: std::ops::Range<usize>,
+    /// [`Tiling::place`] of each of `tiles`.
+    places: &'a [(usize, usize, usize)],
     stride: usize,
     p_stride: usize,
 }
@@ -579,11 +583,10 @@ fn input_transform<const N: usize>(
     v: &SyncPtr,
 ) {
     let t = tr.t;
-    let first = tr.tiles.start;
     for g in (0..tr.stride).step_by(L) {
         let mut d = [[[0f32; L]; N]; N];
         for lane in 0..L.min(tr.tiles.len().saturating_sub(g)) {
-            let (img, oy, ox) = t.place(first + g + lane);
+            let (img, oy, ox) = tr.places[g + lane];
             let at = (img * c_in + c) * plane + oy * t.padded_w + ox;
             for (i, row) in d.iter_mut().enumerate() {
                 let src = &padded[at + i * t.padded_w..][..N];
@@ -620,7 +623,7 @@ fn output_transform<const M: usize, const N: usize>(
         }
         let y = transform_tile::<M, N>(at, &mt);
         for lane in 0..L.min(tr.tiles.len() - g) {
-            let (img, oy, ox) = t.place(tr.tiles.start + g + lane);
+            let (img, oy, ox) = tr.places[g + lane];
             let plane = (img * post.c_out + post.co) * t.h * t.w;
             for (i, row) in y.iter().enumerate().take(t.h - oy) {
                 for (k, cell) in row.iter().enumerate().take(t.w - ox) {
@@ -725,12 +728,11 @@ mod avx2 {
         v: &SyncPtr,
     ) {
         let t = tr.t;
-        let first = tr.tiles.start;
         for g in (0..tr.stride).step_by(L) {
             let lanes = L.min(tr.tiles.len().saturating_sub(g));
             let at: [Option<usize>; L] = std::array::from_fn(|lane| {
                 (lane < lanes).then(|| {
-                    let (img, oy, ox) = t.place(first + g + lane);
+                    let (img, oy, ox) = tr.places[g + lane];
                     (img * c_in + c) * plane + oy * t.padded_w + ox
                 })
             });
@@ -782,8 +784,7 @@ mod avx2 {
             }
             let y = transform::<M, N>(at, &mt);
             let lanes = L.min(tr.tiles.len() - g);
-            let places: [(usize, usize, usize); L] =
-                std::array::from_fn(|lane| t.place(tr.tiles.start + g + lane.min(lanes - 1)));
+            let places = &tr.places[g..g + lanes];
             for (i, y_row) in y.iter().enumerate() {
                 let mut rows = [zero; 8];
                 for (r, &v) in rows.iter_mut().zip(y_row) {
@@ -808,7 +809,7 @@ mod avx2 {
                     // SAFETY: the first `count` floats from `at` lie in row oy + i of the
                     // (img, co) plane, inside this tile's columns; each output pixel belongs
                     // to exactly one tile and one channel job.
-                    if count == M && M % 2 == 0 {
+                    if count == M && M.is_multiple_of(2) {
                         // A whole tile row: plain 4- and 2-float stores (masked stores are
                         // slow on AMD cores).
                         let (low, high) =
