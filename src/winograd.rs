@@ -14,30 +14,45 @@
 //! `G` small constant matrices (Cook-Toom: polynomial evaluation at `n - 1` points plus the point
 //! at infinity, then interpolation). Summed over input channels, the element-wise products
 //! become, for each of the `n^2` tile positions `p`, one matrix product
-//! `M_p [c_out, tiles] = U_p [c_out, c_in] @ V_p [c_in, tiles]`, so the bulk of the work stays in
-//! `gemm`. A convolution is then:
+//! `M_p [c_out, tiles] = U_p [c_out, c_in] @ V_p [c_in, tiles]`. A convolution is then:
 //!
 //! 1. weights, once at load: `U_p = (G g G^T)_p` for every kernel (in f64, rounded to f32);
 //! 2. input transform: every `n x n` tile of every channel (zero-padded at the borders) becomes
-//!    `B^T d B`, written as `V[c_in][p][tile]`; eight tiles at a time, one per SIMD lane;
-//! 3. `n^2` independent products `M_p = U_p V_p` (the `gemm` crate, each single-threaded; the
-//!    positions are spread over the thread pool);
-//! 4. output transform: `A^T M A` per tile and output channel, plus the bias, cut to the image
-//!    and followed by the activation, written straight into the NCHW output.
+//!    `B^T d B`; eight tiles at a time, one per SIMD lane (with AVX2, a tile row of eight tiles
+//!    is eight loads and one 8x8 register transpose);
+//! 3. `n^2` independent products `M_p = U_p V_p` (with AVX2 a register-blocked kernel, 4
+//!    output channels x 24 tiles, each sum over `c_in` in order; else the `gemm` crate);
+//! 4. output transform: `A^T M A` per tile and output channel, plus the bias and the
+//!    activation, transposed back to tile rows and written straight into the NCHW output.
+//!
+//! The batch's tiles go through steps 2-4 in blocks whose `V` and `M` fit in a core's L2
+//! cache; with at least as many blocks as threads each block is one job, otherwise (batch 1)
+//! each step spreads its channels or positions over the pool ([`crate::nn::serial`] honoured).
 //!
 //! # Tile choice
 //!
 //! Larger tiles save more multiplies (F(2x2): 2.25x, F(4x4): 4x, F(6x6): 5.06x fewer than
-//! direct on whole tiles) but cost more transform work per tile, round small images up to
+//! direct on whole tiles) but cost more transform work per output, round small images up to
 //! whole tiles, enlarge the transformed weights (`n^2 / 9` times the direct ones) and lose
 //! precision (the points ±2, ±1/2 of F(6x6) scale values by up to 32). The ResNet's four
-//! stride-1 stages are 35x35x32, 17x17x64, 8x8x128 and 3x3x256; [`Tile::for_side`] picks per
-//! side from measurements on this code (see README "Speed"): F(6x6) at 35 and 17 (36 and 18
-//! rounded), F(4x4) at 8 (exact fit), F(2x2) at 3 (F(4x4)'s 9 MB of weights per layer cost
-//! more memory traffic than its multiplies save). The error stays near f32 rounding of the
-//! sums (see the tests and tests/embed_parity.rs).
+//! stride-1 stages are 35x35x32, 17x17x64, 8x8x128 and 3x3x256. Single-threaded CPU time per
+//! image of one convolution at batch 16 (`tests::timing`, machine shared, µs):
 //!
-//! Results do not depend on the thread count or on which tiles share a product: every product
+//! ```text
+//! stage       direct   F(2x2)  F(4x4)  F(6x6)
+//! 35x35x32       439     511     316     331
+//! 17x17x64       359     376     269     220
+//! 8x8x128        341     244     131     268
+//! 3x3x256        169     203      81     232
+//! ```
+//!
+//! So [`Tile::for_side`] takes F(6x6) at 17 (18 = 3 tiles) and F(4x4) elsewhere: at 35 the
+//! transforms, not the products, dominate with only 32 channels; at 8 F(4x4) fits exactly. A
+//! 3x3 image is one F(4x4) tile, so [`WinogradConv::pays`] sends batches with fewer than 8
+//! tiles (batch < 8 there, batch 1 at 8x8) to the direct convolution. The error stays near f32
+//! rounding of the sums (see the tests and tests/embed_parity.rs).
+//!
+//! Results do not depend on the thread count or on which tiles share a block: every product
 //! is single-threaded and each output element sums its `c_in` terms in the same order.
 
 use rayon::prelude::*;

@@ -9,7 +9,7 @@
 //! convolution before it, so a block is two fused conv layers.
 //!
 //! With [`Precision::Fast`] the 3x3 stride-1 convolutions of the four stages (35x35, 17x17,
-//! 8x8, 3x3) run with Winograd's minimal filtering ([`crate::winograd`]); the 7x7 and
+//! 8x8, 3x3) run with Winograd's minimal filtering (`src/winograd.rs`); the 7x7 and
 //! stride-2 convolutions, and the last block's 1x1 one, stay direct.
 
 use std::time::Instant;
