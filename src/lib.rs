@@ -40,8 +40,10 @@ pub(crate) mod rng;
 pub mod sweep;
 pub mod train;
 pub mod verify;
+pub(crate) mod winograd;
 
 pub use detect::{BBox, Detection, Detector, DetectorConfig, Point};
+pub use embed::Precision;
 pub use error::{Error, Result};
 /// Runs a closure with facekit's CPU kernels single-threaded on this thread: for callers that
 /// already spread photos over threads themselves (two single-threaded networks at once beat one

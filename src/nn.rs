@@ -10,6 +10,8 @@ use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Shape, Stor
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use crate::winograd::{Tile, WinogradConv};
+
 thread_local! {
     /// Set while the caller parallelises across independent inputs itself (see [`serial`]).
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -25,12 +27,17 @@ pub fn serial<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
-fn is_serial() -> bool {
+/// Whether this thread's kernels run single-threaded (see [`serial`]).
+pub(crate) fn is_serial() -> bool {
     SERIAL.with(|s| s.get()) || rayon::current_num_threads() == 1
 }
 
 /// Calls `f(index, chunk)` for each `size`-long chunk of `data`, in parallel unless [`serial`].
-fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+pub(crate) fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    size: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
     if is_serial() {
         data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
     } else {
@@ -76,7 +83,7 @@ pub enum Act<'a> {
 
 impl Act<'_> {
     /// The activation restricted to output channel `c`.
-    fn for_channel(self, c: usize) -> Self {
+    pub(crate) fn for_channel(self, c: usize) -> Self {
         match self {
             Act::PRelu(p) => Act::PReluSlope(p.slopes[c]),
             other => other,
@@ -91,6 +98,11 @@ pub struct PRelu {
 }
 
 impl PRelu {
+    /// The slope of channel `c`.
+    pub(crate) fn slope(&self, c: usize) -> f32 {
+        self.slopes[c]
+    }
+
     /// Loads `weight` (`[channels]`).
     pub fn load(channels: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get(channels, "weight")?;
@@ -125,7 +137,7 @@ impl Module for PRelu {
 }
 
 /// Applies `act` in place to `[batch, channels, inner]` data.
-fn apply_act(v: &mut [f32], channels: usize, inner: usize, act: Act) {
+pub(crate) fn apply_act(v: &mut [f32], channels: usize, inner: usize, act: Act) {
     match act {
         Act::Identity => {}
         Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
@@ -150,6 +162,8 @@ pub struct Conv2d {
     bias_values: Vec<f32>,
     /// Row-major `[c_out, c_in*k*k]` copy of the weights when they live on the CPU.
     cpu_weight: Option<Vec<f32>>,
+    /// The Winograd form of a 3x3 stride-1 convolution, when switched on ([`Self::winograd`]).
+    winograd: Option<WinogradConv>,
     c_in: usize,
     c_out: usize,
     k: usize,
@@ -198,12 +212,52 @@ impl Conv2d {
             bias,
             bias_values,
             cpu_weight,
+            winograd: None,
             c_in,
             c_out,
             k: kh,
             stride,
             padding,
         })
+    }
+
+    /// Runs this convolution with Winograd's `tile` on the CPU (see [`crate::winograd`]): only
+    /// 3x3 kernels with stride 1 and padding 1 whose weights live on the CPU; others are
+    /// returned unchanged.
+    pub(crate) fn winograd(mut self, tile: Tile) -> Self {
+        if self.k == 3 && self.stride == 1 && self.padding == 1 {
+            if let Some(wt) = &self.cpu_weight {
+                self.winograd = Some(WinogradConv::new(
+                    wt,
+                    &self.bias_values,
+                    self.c_in,
+                    self.c_out,
+                    tile,
+                ));
+            }
+        }
+        self
+    }
+
+    /// The weights, `[c_out, c_in, k, k]`.
+    #[cfg(test)]
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Multiply-adds per image of `h x w` (direct convolution).
+    pub fn macs(&self, h: usize, w: usize) -> usize {
+        let (oh, ow) = self.out_size(h, w);
+        oh * ow * self.c_out * self.c_in * self.k * self.k
+    }
+
+    /// Multiply-adds per image of `h x w` in the products this convolution runs: the direct
+    /// count, or with Winograd the element-wise products of the transformed tiles.
+    pub fn product_macs(&self, h: usize, w: usize) -> usize {
+        match &self.winograd {
+            Some(wg) => wg.macs(h, w),
+            None => self.macs(h, w),
+        }
     }
 
     /// Output spatial size for an input of `h x w`.
@@ -281,6 +335,9 @@ impl Conv2d {
         w: usize,
         act: Act,
     ) -> Vec<f32> {
+        if let Some(wg) = self.winograd.as_ref().filter(|wg| wg.pays(b, h, w)) {
+            return wg.forward(src, b, h, w, act);
+        }
         let (oh, ow) = self.out_size(h, w);
         let n = oh * ow;
         let kk = self.c_in * self.k * self.k;
@@ -428,7 +485,7 @@ thread_local! {
 }
 
 /// Runs `f` on a scratch slice of `len` floats (contents unspecified).
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
@@ -446,13 +503,14 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 const TILE_FLOATS: usize = 64 * 1024;
 
 /// A raw output pointer shared by parallel jobs that write disjoint parts of one buffer.
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: every user writes a disjoint region (see the call sites).
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
 
 impl SyncPtr {
-    fn get(&self) -> *mut f32 {
+    /// The pointer.
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::align::{Aligner, Template};
 use crate::detect::{BBox, Detection, Detector, DetectorConfig, Point};
 use crate::embed::head::{Head, HeadInput};
-use crate::embed::{DlibEmbedder, Embedder, Output};
+use crate::embed::{DlibEmbedder, Embedder, Output, Precision};
 use crate::models::ModelSource;
 use crate::Result;
 
@@ -105,6 +105,9 @@ pub struct PipelineConfig {
     pub output: Output,
     /// A trained head (`facekit train`) applied to the flip-averaged backbone output.
     pub head: Option<std::sync::Arc<Head>>,
+    /// How dlib's ResNet computes (exact fp32, or the faster Winograd path); part of the
+    /// model id, so the face library never mixes the two.
+    pub precision: Precision,
 }
 
 impl Default for PipelineConfig {
@@ -115,6 +118,7 @@ impl Default for PipelineConfig {
             flip: true,
             output: Output::Embedding,
             head: None,
+            precision: Precision::Exact,
         }
     }
 }
@@ -194,6 +198,13 @@ impl PipelineBuilder {
         self
     }
 
+    /// How dlib's ResNet computes (default: [`Precision::Exact`]; ignored with
+    /// [`Self::embedder`]).
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.config.precision = precision;
+        self
+    }
+
     /// Loads what was not given and assembles the pipeline.
     pub fn build(self) -> Result<Pipeline> {
         let PipelineBuilder {
@@ -219,7 +230,12 @@ impl PipelineBuilder {
                     None => config.output,
                 };
                 let overrides = config.head.as_deref().map_or(&[][..], |h| &h.backbone[..]);
-                Box::new(DlibEmbedder::with_overrides(&source, output, overrides)?)
+                Box::new(DlibEmbedder::load(
+                    &source,
+                    output,
+                    overrides,
+                    config.precision,
+                )?)
             }
         };
         let aligner = Aligner::new(&source, config.template, embedder.chip_size() as u32)?

@@ -195,3 +195,87 @@ fn shape_predictor_matches_dlib() {
     assert_eq!(n, 79);
     assert!(worst <= 1.0, "largest part difference {worst} px");
 }
+
+/// The chips of `golden_chips`, decoded.
+fn load_chips(chips: &[(std::path::PathBuf, Vec<f32>)]) -> Vec<image::RgbImage> {
+    chips
+        .iter()
+        .map(|(p, _)| {
+            image::open(p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .to_rgb8()
+        })
+        .collect()
+}
+
+/// `Precision::Fast` (Winograd) stays within 0.01 of the exact embedding on dlib's 79 chips.
+#[test]
+fn fast_path_is_close_to_exact_on_all_golden_chips() {
+    let Some(shared) = shared("fast_path_is_close_to_exact_on_all_golden_chips") else {
+        return;
+    };
+    use facekit::Precision;
+    let json = read_json(&shared.join("golden/dlib_chips.json"));
+    let images = load_chips(&golden_chips(&json, &shared.join("golden")));
+    assert_eq!(images.len(), 79);
+    let exact = DlibEmbedder::with_precision(&ModelSource::Embedded, Precision::Exact).unwrap();
+    let fast = DlibEmbedder::with_precision(&ModelSource::Embedded, Precision::Fast).unwrap();
+    assert_ne!(exact.model_id(), fast.model_id());
+    let (a, b) = (exact.embed(&images).unwrap(), fast.embed(&images).unwrap());
+    let dists: Vec<f32> = a.iter().zip(&b).map(|(x, y)| l2(x, y)).collect();
+    let max = dists.iter().copied().fold(0f32, f32::max);
+    let mean = dists.iter().sum::<f32>() / dists.len() as f32;
+    eprintln!("fast vs exact over 79 golden chips: max L2 {max:.6}, mean {mean:.6}");
+    assert!(
+        max <= 0.01,
+        "fast path: max L2 {max} to the exact embedding"
+    );
+    // Not identical: the fast path really runs (a silent fallback to exact would pass above).
+    assert!(max > 0.0, "fast path gave exactly the exact embeddings");
+}
+
+/// The fast path's embedding of a chip does not depend on the thread count (bit for bit, at
+/// batch 1, 5 and 16). Across batch sizes it is equal only up to f32 rounding: the exact
+/// convolutions it keeps (7x7, stride 2) sum in `gemm` blocks that depend on the product's
+/// size, and the 3x3x256 stage runs Winograd only when the batch fills a group of 8 tiles.
+#[test]
+fn fast_path_is_the_same_for_any_threads_and_batch() {
+    let json = read_json(&fixture("dlib_chips_subset.json"));
+    let four = load_chips(&golden_chips(&json, &fixture("")));
+    // 16 chips: the 4 committed ones, each also mirrored, then flipped upside down.
+    let mut chips = four.clone();
+    chips.extend(four.iter().map(image::imageops::flip_horizontal));
+    chips.extend(four.iter().map(image::imageops::flip_vertical));
+    chips.extend(four.iter().map(image::imageops::rotate180));
+    assert_eq!(chips.len(), 16);
+    let fast =
+        DlibEmbedder::with_precision(&ModelSource::Embedded, facekit::Precision::Fast).unwrap();
+    let run = |threads: usize, batch: usize| -> Vec<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            chips
+                .chunks(batch)
+                .flat_map(|c| fast.embed(c).unwrap())
+                .collect()
+        })
+    };
+    for batch in [16, 1, 5] {
+        let reference = run(1, batch);
+        assert_eq!(reference.len(), 16);
+        assert!(
+            run(2, batch) == reference,
+            "fast path, batch {batch}: 2 threads differ from 1"
+        );
+    }
+    let (one, sixteen) = (run(2, 1), run(2, 16));
+    let worst = one
+        .iter()
+        .zip(&sixteen)
+        .map(|(a, b)| l2(a, b))
+        .fold(0f32, f32::max);
+    eprintln!("fast path, batch 1 vs batch 16: largest L2 {worst:e}");
+    assert!(worst < 1e-4, "fast path: batch 1 vs 16 differ by {worst}");
+}

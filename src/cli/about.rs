@@ -148,7 +148,8 @@ pub fn verbose_detector(source: &ModelSource, detector: &facekit::Detector) {
     verbose!("detector: {}", detector.id());
 }
 
-/// The `-v` lines about a pipeline about to run: weights, detector, embedder and pipeline ids.
+/// The `-v` lines about a pipeline about to run: weights, detector, embedder and pipeline ids,
+/// and the ResNet's precision.
 pub fn verbose_pipeline(source: &ModelSource, pipeline: &facekit::Pipeline) {
     verbose_detector(source, pipeline.detector());
     verbose!(
@@ -156,6 +157,22 @@ pub fn verbose_pipeline(source: &ModelSource, pipeline: &facekit::Pipeline) {
         pipeline.embedder().model_id(),
         pipeline.model_id()
     );
+    verbose!("precision: {}", precision(pipeline.config().precision));
+}
+
+/// How the ResNet computes, for `-v`: `exact (direct fp32 convolutions)` or `fast (...)`.
+pub fn precision(p: facekit::Precision) -> String {
+    match p {
+        facekit::Precision::Exact => "exact (direct fp32 convolutions)".to_string(),
+        facekit::Precision::Fast => format!(
+            "fast (Winograd F(4x4)/F(6x6) 3x3 convolutions, {} transforms)",
+            if cfg!(target_arch = "x86_64") && has("avx2") && has("fma") {
+                "avx2+fma"
+            } else {
+                "scalar"
+            }
+        ),
+    }
 }
 
 /// The `-v` line naming the face library in use.

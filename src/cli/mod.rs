@@ -109,6 +109,28 @@ pub struct CommonArgs {
     /// default 0.70 for both detectors; e.g. 0.95 drops doubtful faces before they are embedded).
     #[arg(long = "min-score", value_name = "S", value_parser = parse::unit_f32)]
     pub min_score: Option<f32>,
+    /// How dlib's ResNet computes: `exact` (fp32, as dlib) or `fast` (Winograd 3x3
+    /// convolutions; embeddings within 0.0001 of exact). The face library keeps the two apart.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Exact)]
+    pub precision: PrecisionArg,
+}
+
+/// `--precision` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// Direct fp32 convolutions (dlib's arithmetic).
+    Exact,
+    /// Winograd's minimal filtering for the 3x3 convolutions.
+    Fast,
+}
+
+impl From<PrecisionArg> for facekit::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Exact => facekit::Precision::Exact,
+            PrecisionArg::Fast => facekit::Precision::Fast,
+        }
+    }
 }
 
 /// Face detectors.
@@ -173,6 +195,7 @@ impl EmbeddingArgs {
             flip: !self.no_flip,
             head,
             detector: common.detector_config(min_face),
+            precision: common.precision.into(),
             ..Default::default()
         };
         let source = facekit::models::ModelSource::resolve(common.models.as_deref());

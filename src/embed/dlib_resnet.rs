@@ -7,11 +7,19 @@
 //! conv and adds a 2x2 average-pooled input, zero-padded to the larger shape (dlib's `add_prev`).
 //! Each `affine` (batch-norm folded by dlib into `gamma * x + beta`) is folded once more into the
 //! convolution before it, so a block is two fused conv layers.
+//!
+//! With [`Precision::Fast`] the 3x3 stride-1 convolutions of the four stages (35x35, 17x17,
+//! 8x8, 3x3) run with Winograd's minimal filtering (`src/winograd.rs`); the 7x7 and
+//! stride-2 convolutions, and the last block's 1x1 one, stay direct.
+
+use std::time::Instant;
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::Precision;
 use crate::nn::{add_padded_relu, avg_pool2, max_pool, Act, Conv2d};
+use crate::winograd::Tile;
 
 /// Channel means subtracted from the R, G, B planes before dividing by 256.
 pub const MEAN_RGB: [f32; 3] = [122.782, 117.001, 104.298];
@@ -54,13 +62,36 @@ struct Residual {
 }
 
 impl Residual {
-    fn new(c_in: usize, c_out: usize, down: bool, vb: VarBuilder) -> Result<Self> {
+    /// A block whose stride-1 convolutions run on `side x side` images with Winograd `tile`
+    /// (`None`: direct).
+    fn new(
+        c_in: usize,
+        c_out: usize,
+        down: bool,
+        tile: Option<Tile>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (stride, pad) = if down { (2, 0) } else { (1, 1) };
+        let fast = |conv: Conv2d| match tile {
+            Some(tile) => conv.winograd(tile),
+            None => conv,
+        };
         Ok(Residual {
-            conv1: conv_affine(c_in, c_out, 3, stride, pad, &vb, "conv1", "affine1")?,
-            conv2: conv_affine(c_out, c_out, 3, 1, 1, &vb, "conv2", "affine2")?,
+            conv1: fast(conv_affine(
+                c_in, c_out, 3, stride, pad, &vb, "conv1", "affine1",
+            )?),
+            conv2: fast(conv_affine(c_out, c_out, 3, 1, 1, &vb, "conv2", "affine2")?),
             down,
         })
+    }
+
+    /// Multiply-adds of this block's products on an input of `side x side`.
+    fn macs(&self, side: usize) -> (usize, usize) {
+        let (out, _) = self.conv1.out_size(side, side);
+        (
+            self.conv1.macs(side, side) + self.conv2.macs(out, out),
+            self.conv1.product_macs(side, side) + self.conv2.product_macs(out, out),
+        )
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -71,6 +102,23 @@ impl Residual {
     }
 }
 
+/// Time and work of one group of layers in [`DlibResNet::stage_times`].
+#[derive(Debug, Clone)]
+pub struct StageTime {
+    /// The group: `conv1` (7x7 conv and max-pool), `35x35x32`, `17x17x64`, `8x8x128`,
+    /// `3x3x256` (a stage: its down block, if any, and its residual blocks), `1x1x256+fc`.
+    pub name: &'static str,
+    /// Wall time for the whole batch.
+    pub seconds: f64,
+    /// Multiply-adds per chip of a direct convolution.
+    pub direct_macs: usize,
+    /// Multiply-adds per chip in the products actually run (fewer with Winograd).
+    pub product_macs: usize,
+}
+
+/// Side of the maps the residual blocks start from (150 -> conv 7x7/2 -> 72 -> pool 3/2 -> 35).
+const BLOCK_INPUT_SIDE: usize = 35;
+
 /// The network.
 pub struct DlibResNet {
     conv1: Conv2d,
@@ -79,8 +127,13 @@ pub struct DlibResNet {
 }
 
 impl DlibResNet {
-    /// Builds the network from `dlib_resnet.safetensors` weights.
+    /// Builds the network from `dlib_resnet.safetensors` weights (exact fp32 path).
     pub fn new(vb: VarBuilder) -> Result<Self> {
+        Self::with_precision(vb, Precision::Exact)
+    }
+
+    /// Builds the network with the given [`Precision`].
+    pub fn with_precision(vb: VarBuilder, precision: Precision) -> Result<Self> {
         let conv1 = conv_affine(3, 32, 7, 2, 0, &vb, "conv1", "affine1")?;
         // (input channels, output channels, down-sampling) of the 14 blocks, input to output.
         let plan = [
@@ -99,11 +152,19 @@ impl DlibResNet {
             (256, 256, false),
             (256, 256, true),
         ];
+        let mut side = BLOCK_INPUT_SIDE;
         let layers = plan
             .iter()
             .enumerate()
             .map(|(i, &(c_in, c_out, down))| {
-                Residual::new(c_in, c_out, down, vb.pp(format!("layers.{i}")))
+                if down {
+                    side = (side - 3) / 2 + 1;
+                }
+                let tile = match precision {
+                    Precision::Exact => None,
+                    Precision::Fast => Tile::for_side(side),
+                };
+                Residual::new(c_in, c_out, down, tile, vb.pp(format!("layers.{i}")))
             })
             .collect::<Result<_>>()?;
         let fc = vb
@@ -132,6 +193,51 @@ impl DlibResNet {
             x = layer.forward(&x)?;
         }
         Ok(x)
+    }
+
+    /// Runs [`Self::forward`] on `x` and times each group of layers (see [`StageTime`]).
+    pub fn stage_times(&self, x: &Tensor) -> Result<Vec<StageTime>> {
+        let mut times = Vec::new();
+        let side = x.dim(2)?;
+        let start = Instant::now();
+        let y = self.conv1.forward_act(x, Act::Relu)?;
+        let mut y = max_pool(&y, 3, 2, false)?;
+        let macs = self.conv1.macs(side, side);
+        times.push(StageTime {
+            name: "conv1",
+            seconds: start.elapsed().as_secs_f64(),
+            direct_macs: macs,
+            product_macs: macs,
+        });
+        let groups: [(&str, std::ops::Range<usize>); 5] = [
+            ("35x35x32", 0..3),
+            ("17x17x64", 3..7),
+            ("8x8x128", 7..10),
+            ("3x3x256", 10..13),
+            ("1x1x256+fc", 13..14),
+        ];
+        for (name, blocks) in groups {
+            let start = Instant::now();
+            let (mut direct, mut product) = (0, 0);
+            for layer in &self.layers[blocks] {
+                let (d, p) = layer.macs(y.dim(2)?);
+                direct += d;
+                product += p;
+                y = layer.forward(&y)?;
+            }
+            if name.ends_with("fc") {
+                y = y.mean((2, 3))?.matmul(&self.fc)?;
+                direct += FEATURES * DIM;
+                product += FEATURES * DIM;
+            }
+            times.push(StageTime {
+                name,
+                seconds: start.elapsed().as_secs_f64(),
+                direct_macs: direct,
+                product_macs: product,
+            });
+        }
+        Ok(times)
     }
 
     /// The final fc layer's weight, `[256, 128]` (features x embedding).
