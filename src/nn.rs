@@ -160,8 +160,10 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     bias_values: Vec<f32>,
-    /// Row-major `[c_out, c_in*k*k]` copy of the weights when they live on the CPU.
-    cpu_weight: Option<Vec<f32>>,
+    /// The weights are f32 on the CPU: the fast kernels read them in place, row-major
+    /// `[c_out, c_in*k*k]` (no copy: the ResNet's 22 MB would cost a page fault per 4 KiB at
+    /// every start).
+    cpu_weight: bool,
     /// The Winograd form of a 3x3 stride-1 convolution, when switched on ([`Self::winograd`]).
     winograd: Option<WinogradConv>,
     c_in: usize,
@@ -206,7 +208,7 @@ impl Conv2d {
             Some(b) => to_f32_vec(b)?,
             None => vec![0.0; c_out],
         };
-        let cpu_weight = with_cpu_f32(&weight, |w| w.to_vec());
+        let cpu_weight = with_cpu_f32(&weight, |_| ()).is_some();
         Ok(Conv2d {
             weight,
             bias,
@@ -226,15 +228,9 @@ impl Conv2d {
     /// returned unchanged.
     pub(crate) fn winograd(mut self, tile: Tile) -> Self {
         if self.k == 3 && self.stride == 1 && self.padding == 1 {
-            if let Some(wt) = &self.cpu_weight {
-                self.winograd = Some(WinogradConv::new(
-                    wt,
-                    &self.bias_values,
-                    self.c_in,
-                    self.c_out,
-                    tile,
-                ));
-            }
+            self.winograd = with_cpu_f32(&self.weight, |wt| {
+                WinogradConv::new(wt, &self.bias_values, self.c_in, self.c_out, tile)
+            });
         }
         self
     }
@@ -279,9 +275,13 @@ impl Conv2d {
                 self.k
             );
         }
-        let fast = match &self.cpu_weight {
-            Some(wt) => with_cpu_f32(x, |src| self.cpu_forward(src, wt, b, h, w, act)),
-            None => None,
+        let fast = if self.cpu_weight {
+            with_cpu_f32(&self.weight, |wt| {
+                with_cpu_f32(x, |src| self.cpu_forward(src, wt, b, h, w, act))
+            })
+            .flatten()
+        } else {
+            None
         };
         if let Some(out) = fast {
             let (oh, ow) = self.out_size(h, w);

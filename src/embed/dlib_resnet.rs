@@ -49,6 +49,28 @@ fn conv_affine(
     let b = vb.pp(conv).get(c_out, "bias")?;
     let gamma = vb.pp(affine).get(c_out, "weight")?;
     let beta = vb.pp(affine).get(c_out, "bias")?;
+    if w.device().is_cpu() {
+        // The same f32 products and sums as the tensor ops below, in plain loops: candle's ops
+        // would allocate a second copy of every weight and wake its thread pool per layer.
+        let (gamma, beta, b) = (
+            gamma.to_vec1::<f32>()?,
+            beta.to_vec1::<f32>()?,
+            b.to_vec1::<f32>()?,
+        );
+        let mut w = w.flatten_all()?.to_vec1::<f32>()?;
+        for (row, g) in w.chunks_mut(c_in * k * k).zip(&gamma) {
+            row.iter_mut().for_each(|x| *x *= g);
+        }
+        let bias: Vec<f32> = b
+            .iter()
+            .zip(&gamma)
+            .zip(&beta)
+            .map(|((b, g), beta)| b * g + beta)
+            .collect();
+        let w = Tensor::from_vec(w, (c_out, c_in, k, k), &candle_core::Device::Cpu)?;
+        let b = Tensor::from_vec(bias, c_out, &candle_core::Device::Cpu)?;
+        return Conv2d::new(w, Some(b), stride, padding);
+    }
     let w = w.broadcast_mul(&gamma.reshape((c_out, 1, 1, 1))?)?;
     let b = ((b * &gamma)? + beta)?;
     Conv2d::new(w, Some(b), stride, padding)
