@@ -336,7 +336,7 @@ impl Conv2d {
         act: Act,
     ) -> Vec<f32> {
         if let Some(wg) = self.winograd.as_ref().filter(|wg| wg.pays(b, h, w)) {
-            return wg.forward(src, b, h, w, act);
+            return wg.forward(wt, src, b, h, w, act);
         }
         let (oh, ow) = self.out_size(h, w);
         let n = oh * ow;

@@ -182,8 +182,11 @@ pub(crate) struct WinogradConv {
     tile: Tile,
     c_in: usize,
     c_out: usize,
-    /// `U[p][c_out][c_in]`: the transformed kernels, one `[c_out, c_in]` matrix per position.
-    u: Vec<f32>,
+    /// `U[p][c_out][c_in]`: the transformed kernels, one `[c_out, c_in]` matrix per position,
+    /// computed at the first product that uses them ([`Self::kernels`]): they are up to 4x the
+    /// direct weights (47 MB for the ResNet), which a short run such as `verify`, whose batches
+    /// are too small for Winograd on the last stages, would pay for at every start.
+    u: std::sync::OnceLock<Vec<f32>>,
     bias: Vec<f32>,
 }
 
@@ -244,36 +247,40 @@ impl WinogradConv {
     pub(crate) fn new(weight: &[f32], bias: &[f32], c_in: usize, c_out: usize, tile: Tile) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "Winograd weights");
         assert_eq!(bias.len(), c_out, "Winograd bias");
-        let g: &[[f64; 3]] = match tile {
-            Tile::F2 => &f2::G,
-            Tile::F4 => &f4::G,
-            Tile::F6 => &f6::G,
-        };
-        let n = tile.n();
-        let mut u = vec![0f32; n * n * c_out * c_in];
-        for co in 0..c_out {
-            for ci in 0..c_in {
-                let k = &weight[(co * c_in + ci) * 9..][..9];
-                // (G k G^T)[i][j] = sum over a, b of G[i][a] k[a][b] G[j][b].
-                for i in 0..n {
-                    // Row i of G k: 3 values.
-                    let gk: [f64; 3] = std::array::from_fn(|b| {
-                        (0..3).map(|a| g[i][a] * k[a * 3 + b] as f64).sum()
-                    });
-                    for j in 0..n {
-                        let v: f64 = (0..3).map(|b| gk[b] * g[j][b]).sum();
-                        u[((i * n + j) * c_out + co) * c_in + ci] = v as f32;
-                    }
-                }
-            }
-        }
         WinogradConv {
             tile,
             c_in,
             c_out,
-            u,
+            u: std::sync::OnceLock::new(),
             bias: bias.to_vec(),
         }
+    }
+
+    /// The transformed kernels `U[p][c_out][c_in]` of the direct `weight` (`[c_out, c_in, 3, 3]`,
+    /// the same as given to [`Self::new`]), computed once (in f64, rounded to f32), positions in
+    /// parallel.
+    fn kernels(&self, weight: &[f32]) -> &[f32] {
+        self.u.get_or_init(|| {
+            let (c_in, c_out, n) = (self.c_in, self.c_out, self.tile.n());
+            assert_eq!(weight.len(), c_out * c_in * 9, "Winograd weights");
+            let g: &[[f64; 3]] = match self.tile {
+                Tile::F2 => &f2::G,
+                Tile::F4 => &f4::G,
+                Tile::F6 => &f6::G,
+            };
+            let mut u = vec![0f32; n * n * c_out * c_in];
+            for_each_chunk(&mut u, c_out * c_in, |p, u_p| {
+                let (gi, gj) = (g[p / n], g[p % n]);
+                // (G k G^T)[i][j] = sum over a, b of G[i][a] k[a][b] G[j][b].
+                for (dst, k) in u_p.iter_mut().zip(weight.chunks_exact(9)) {
+                    let v: f64 = (0..3)
+                        .map(|a| gi[a] * (0..3).map(|b| k[a * 3 + b] as f64 * gj[b]).sum::<f64>())
+                        .sum();
+                    *dst = v as f32;
+                }
+            });
+            u
+        })
     }
 
     /// Whether Winograd pays for `b` images of `h x w`: only when the batch fills at least one
@@ -291,13 +298,23 @@ impl WinogradConv {
 
     /// Convolves `b` images `c_in x h x w` (NCHW in `src`), returning `[b, c_out, h, w]` after
     /// the bias and `act`. Spreads over the thread pool unless [`crate::nn::serial`].
-    pub(crate) fn forward(&self, src: &[f32], b: usize, h: usize, w: usize, act: Act) -> Vec<f32> {
-        self.forward_with(src, b, h, w, act, has_avx2_fma())
+    pub(crate) fn forward(
+        &self,
+        weight: &[f32],
+        src: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+        act: Act,
+    ) -> Vec<f32> {
+        self.forward_with(weight, src, b, h, w, act, has_avx2_fma())
     }
 
     /// [`Self::forward`], with the AVX2 kernels or the portable ones.
+    #[allow(clippy::too_many_arguments)]
     fn forward_with(
         &self,
+        weight: &[f32],
         src: &[f32],
         b: usize,
         h: usize,
@@ -306,10 +323,11 @@ impl WinogradConv {
         avx2: bool,
     ) -> Vec<f32> {
         assert_eq!(src.len(), b * self.c_in * h * w, "Winograd input");
+        let u = self.kernels(weight);
         match self.tile {
-            Tile::F2 => self.run::<2, 4>(&f2::BT, &f2::AT, src, b, h, w, act, avx2),
-            Tile::F4 => self.run::<4, 6>(&f4::BT, &f4::AT, src, b, h, w, act, avx2),
-            Tile::F6 => self.run::<6, 8>(&f6::BT, &f6::AT, src, b, h, w, act, avx2),
+            Tile::F2 => self.run::<2, 4>(&f2::BT, &f2::AT, u, src, b, h, w, act, avx2),
+            Tile::F4 => self.run::<4, 6>(&f4::BT, &f4::AT, u, src, b, h, w, act, avx2),
+            Tile::F6 => self.run::<6, 8>(&f6::BT, &f6::AT, u, src, b, h, w, act, avx2),
         }
     }
 
@@ -321,6 +339,7 @@ impl WinogradConv {
         &self,
         bt: &[[f32; N]; N],
         at: &[[f32; N]; M],
+        u: &[f32],
         src: &[f32],
         b: usize,
         h: usize,
@@ -356,7 +375,7 @@ impl WinogradConv {
         let mut out = vec![0f32; b * self.c_out * h * w];
         let dst = SyncPtr(out.as_mut_ptr());
         let job = |tiles: &std::ops::Range<usize>| {
-            self.block::<M, N>(bt, at, &padded, &t, tiles.clone(), act, avx2, &dst)
+            self.block::<M, N>(bt, at, u, &padded, &t, tiles.clone(), act, avx2, &dst)
         };
         let threads = if is_serial() {
             1
@@ -378,6 +397,7 @@ impl WinogradConv {
         &self,
         bt: &[[f32; N]; N],
         at: &[[f32; N]; M],
+        u: &[f32],
         padded: &[f32],
         t: &Tiling,
         tiles: std::ops::Range<usize>,
@@ -422,7 +442,7 @@ impl WinogradConv {
             let u_size = self.c_out * self.c_in;
             let v = &*v;
             for_each_chunk(prod, m_ps, |p, mp| {
-                let u_p = &self.u[p * u_size..][..u_size];
+                let u_p = &u[p * u_size..][..u_size];
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: AVX2 and FMA are present; V_p's c_in rows of `stride` floats
@@ -1018,7 +1038,7 @@ mod tests {
                     for tile in [Tile::F2, Tile::F4, Tile::F6] {
                         let wg = WinogradConv::new(&weight, &bias, c, c, tile);
                         for avx2 in [false, has_avx2_fma()] {
-                            let got = wg.forward_with(&x, b, side, side, act, avx2);
+                            let got = wg.forward_with(&weight, &x, b, side, side, act, avx2);
                             let err = relative_error(&got, &want);
                             assert!(
                                 err < 2e-5,
@@ -1051,8 +1071,9 @@ mod tests {
             let xt = Tensor::from_vec(x.clone(), (b, c, side, side), &Device::Cpu).unwrap();
             let want = values(&direct.forward_act(&xt, Act::Relu).unwrap());
             let tile = Tile::for_side(side).unwrap();
-            let wg = WinogradConv::new(&values(&w), &values(&bias), c, c, tile);
-            let got = wg.forward(&x, b, side, side, Act::Relu);
+            let weight = values(&w);
+            let wg = WinogradConv::new(&weight, &values(&bias), c, c, tile);
+            let got = wg.forward(&weight, &x, b, side, side, Act::Relu);
             let err = relative_error(&got, &want);
             assert!(err < 2e-5, "layers.{layer} {tile:?}: error {err}");
         }
@@ -1067,15 +1088,22 @@ mod tests {
         let wg = WinogradConv::new(&weight, &random(c, 2), c, c, Tile::F6);
         let b = 16;
         let x = random(b * c * side * side, 3);
-        let all = serial(|| wg.forward(&x, b, side, side, Act::Relu));
+        let all = serial(|| wg.forward(&weight, &x, b, side, side, Act::Relu));
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        assert!(pool.install(|| wg.forward(&x, b, side, side, Act::Relu)) == all);
+        assert!(pool.install(|| wg.forward(&weight, &x, b, side, side, Act::Relu)) == all);
         let per = c * side * side;
         for i in [0, 7, 15] {
-            let one = wg.forward(&x[i * per..(i + 1) * per], 1, side, side, Act::Relu);
+            let one = wg.forward(
+                &weight,
+                &x[i * per..(i + 1) * per],
+                1,
+                side,
+                side,
+                Act::Relu,
+            );
             assert!(
                 one == all[i * per..(i + 1) * per],
                 "image {i} alone differs"
