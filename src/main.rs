@@ -2,6 +2,10 @@
 
 mod cli;
 
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: cli::alloc::Allocator = cli::alloc::Allocator;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }

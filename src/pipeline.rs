@@ -213,31 +213,36 @@ impl PipelineBuilder {
             detector,
             embedder,
         } = self;
-        let detector = match detector {
-            Some(d) => {
-                config.detector = d.config().clone();
-                d
-            }
-            None => Detector::new(&source, config.detector.clone())?,
-        };
+        if let Some(d) = &detector {
+            config.detector = d.config().clone();
+        }
         let dlib_weights = embedder.is_none();
-        let embedder: Box<dyn Embedder> = match embedder {
-            Some(e) => e,
-            None => {
+        // The detector and the ResNet load at the same time (each is mostly memory traffic:
+        // a visible part of a short run such as `verify`).
+        let (detector, embedder) = rayon::join(
+            || match detector {
+                Some(d) => Ok(d),
+                None => Detector::new(&source, config.detector.clone()),
+            },
+            || -> Result<Box<dyn Embedder>> {
+                if let Some(e) = embedder {
+                    return Ok(e);
+                }
                 let output = match config.head.as_deref().map(|h| h.input) {
                     Some(HeadInput::Pooled) => Output::Pooled,
                     Some(HeadInput::Embedding) => Output::Embedding,
                     None => config.output,
                 };
                 let overrides = config.head.as_deref().map_or(&[][..], |h| &h.backbone[..]);
-                Box::new(DlibEmbedder::load(
+                Ok(Box::new(DlibEmbedder::load(
                     &source,
                     output,
                     overrides,
                     config.precision,
-                )?)
-            }
-        };
+                )?))
+            },
+        );
+        let (detector, embedder) = (detector?, embedder?);
         let aligner = Aligner::new(&source, config.template, embedder.chip_size() as u32)?
             .for_detector(config.detector.kind);
         Ok(Pipeline {

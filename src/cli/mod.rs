@@ -3,6 +3,8 @@
 
 mod about;
 mod align;
+#[cfg(target_os = "linux")]
+pub mod alloc;
 mod cluster;
 mod detect;
 mod embed;
