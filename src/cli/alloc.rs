@@ -2,7 +2,9 @@
 //! weights, activations, patch matrices, decoded photos) are mapped on their own with
 //! transparent huge pages requested (`madvise(MADV_HUGEPAGE)`), so first touching them costs a
 //! page fault per 2 MiB instead of one per 4 KiB. Short runs such as `verify` spent about a
-//! fifth of their time in page faults (measured in README "Speed").
+//! fifth of their time in page faults (measured in README "Speed"). Freed blocks are kept, up
+//! to [`CACHE_BYTES`] in all, and handed out again to later blocks of about the same size, so a
+//! long run's per-photo buffers are not mapped, faulted in and unmapped over and over.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -14,11 +16,87 @@ const HUGE: usize = 2 << 20;
 /// Bytes kept just below each large block: the mapping's base address and length.
 const HEADER: usize = 16;
 
+/// Freed large blocks kept for reuse, at most this many bytes in all.
+const CACHE_BYTES: usize = 96 << 20;
+/// Freed large blocks kept for reuse, at most this many.
+const CACHE_SLOTS: usize = 32;
+
+/// Freed large blocks: (start, usable bytes), `None` for an empty slot. A fixed array, so the
+/// allocator never allocates to manage itself.
+struct Cache {
+    slots: [Option<(usize, usize)>; CACHE_SLOTS],
+    bytes: usize,
+}
+
+static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Cache {
+    slots: [None; CACHE_SLOTS],
+    bytes: 0,
+});
+
+/// A cached block of at least `size` usable bytes and at most twice that, taken out of the
+/// cache.
+fn take_cached(size: usize) -> Option<(usize, usize)> {
+    let mut cache = CACHE.lock().ok()?;
+    let slot = cache
+        .slots
+        .iter_mut()
+        .filter(|s| matches!(s, Some((_, body)) if *body >= size && *body <= 2 * size.max(HUGE)))
+        .min_by_key(|s| s.map_or(usize::MAX, |(_, body)| body))?;
+    let block = slot.take()?;
+    cache.bytes -= block.1;
+    Some(block)
+}
+
+/// Keeps a freed block for reuse; false (nothing kept) when the cache is full.
+fn keep(start: usize, body: usize) -> bool {
+    let Ok(mut cache) = CACHE.lock() else {
+        return false;
+    };
+    if cache.bytes + body > CACHE_BYTES {
+        return false;
+    }
+    match cache.slots.iter_mut().find(|s| s.is_none()) {
+        Some(slot) => {
+            *slot = Some((start, body));
+            cache.bytes += body;
+            true
+        }
+        None => false,
+    }
+}
+
 /// See the module doc.
 pub struct Allocator;
 
 fn is_large(layout: &Layout) -> bool {
     layout.size() >= LARGE && layout.align() <= HEADER
+}
+
+/// A large block of `size` bytes: a cached one, or a new mapping (see [`map`]). Zeroed when
+/// `zeroed` (new mappings always are).
+unsafe fn large(size: usize, zeroed: bool) -> *mut u8 {
+    if let Some((start, _)) = take_cached(size) {
+        if zeroed {
+            // SAFETY: the cached block has at least `size` usable bytes.
+            unsafe { std::ptr::write_bytes(start as *mut u8, 0, size) };
+        }
+        return start as *mut u8;
+    }
+    unsafe { map(size) }
+}
+
+/// Frees a large block: kept in the cache when there is room, else unmapped.
+unsafe fn release(ptr: *mut u8) {
+    // SAFETY: `ptr` came from `map`, which wrote the mapping's base and length below it.
+    let (base, len) = unsafe {
+        let header = (ptr as usize - HEADER) as *const usize;
+        (header.read(), header.add(1).read())
+    };
+    let body = base + len - ptr as usize;
+    if !keep(ptr as usize, body) {
+        // SAFETY: the whole mapping made by `map`, no longer used.
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+    }
 }
 
 /// Maps `size` bytes (zeroed) at a 2 MiB boundary, with the mapping's base and length stored
@@ -55,23 +133,13 @@ unsafe fn map(size: usize) -> *mut u8 {
     start as *mut u8
 }
 
-/// Unmaps a block returned by [`map`].
-unsafe fn unmap(ptr: *mut u8) {
-    // SAFETY: `ptr` came from `map`, which wrote the mapping's base and length below it.
-    unsafe {
-        let header = (ptr as usize - HEADER) as *const usize;
-        let (base, len) = (header.read(), header.add(1).read());
-        libc::munmap(base as *mut libc::c_void, len);
-    }
-}
-
 // SAFETY: large blocks are whole private mappings, disjoint from everything else and at least
 // 16-byte aligned (only layouts with alignment <= 16 take that path); everything else is the
 // system allocator's, chosen by the same test on the same layout at every call.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_large(&layout) {
-            unsafe { map(layout.size()) }
+            unsafe { large(layout.size(), false) }
         } else {
             unsafe { System.alloc(layout) }
         }
@@ -79,7 +147,7 @@ unsafe impl GlobalAlloc for Allocator {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if is_large(&layout) {
-            unsafe { map(layout.size()) } // fresh anonymous memory is zero
+            unsafe { large(layout.size(), true) }
         } else {
             unsafe { System.alloc_zeroed(layout) }
         }
@@ -87,7 +155,7 @@ unsafe impl GlobalAlloc for Allocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if is_large(&layout) {
-            unsafe { unmap(ptr) }
+            unsafe { release(ptr) }
         } else {
             unsafe { System.dealloc(ptr, layout) }
         }
