@@ -40,6 +40,7 @@ fi
 
 field() { python3 -c "import json,sys; v=json.load(sys.stdin).get('$1'); print('%.1f' % v if v is not None else '-')"; }
 ours=$(target/release/examples/bench_embed --threads "$threads" --repeat "$repeat" "${chips[@]}")
+fast=$(target/release/examples/bench_embed --threads "$threads" --repeat "$repeat" --precision fast "${chips[@]}")
 # Whole verify process, wall time, median over repeats of two pairs.
 verify_ms=$(python3 - "$threads" "$repeat" "$a" "$b" "$c" "$d" <<'PY'
 import statistics, subprocess, sys, time
@@ -66,9 +67,13 @@ else
 fi
 o1=$(echo "$ours" | field per_face_ms_batch1)
 o16=$(echo "$ours" | field per_face_ms_batch16)
+f1=$(echo "$fast" | field per_face_ms_batch1)
+f16=$(echo "$fast" | field per_face_ms_batch16)
 ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print('%.2f' % (float(a)/float(b)))" "$1" "$2" 2>/dev/null || echo "-"; }
 printf '%-44s %12s %18s %8s\n' "measure" "facekit ms" "face_recognition ms" "ratio"
 printf '%-44s %12s %18s %8s\n' "ResNet per face, batch 1 (79 dlib chips)" "$o1" "$t1" "$(ratio "$o1" "$t1")"
 printf '%-44s %12s %18s %8s\n' "ResNet per face, batch 16" "$o16" "$t16" "$(ratio "$o16" "$t16")"
+printf '%-44s %12s %18s %8s\n' "ResNet per face, batch 1, --precision fast" "$f1" "$t1" "$(ratio "$f1" "$t1")"
+printf '%-44s %12s %18s %8s\n' "ResNet per face, batch 16, --precision fast" "$f16" "$t16" "$(ratio "$f16" "$t16")"
 printf '%-44s %12s %18s %8s\n' "verify A B, whole process (0.5 MP photos)" "$verify_ms" "$tvp" "$(ratio "$verify_ms" "$tvp")"
 echo "(medians, $threads threads, $repeat repeats; face_recognition's verify = in-process verify + interpreter startup)"
