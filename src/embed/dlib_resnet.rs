@@ -32,6 +32,24 @@ pub const FEATURES: usize = 256;
 /// dlib's own "same person" distance threshold (stored in the model file).
 pub const DLIB_THRESHOLD: f32 = 0.6;
 
+/// (input channels, output channels, down-sampling) of the 14 residual blocks, input to output.
+pub(crate) const PLAN: [(usize, usize, bool); 14] = [
+    (32, 32, false),
+    (32, 32, false),
+    (32, 32, false),
+    (32, 64, true),
+    (64, 64, false),
+    (64, 64, false),
+    (64, 64, false),
+    (64, 128, true),
+    (128, 128, false),
+    (128, 128, false),
+    (128, 256, true),
+    (256, 256, false),
+    (256, 256, false),
+    (256, 256, true),
+];
+
 /// A convolution followed by dlib's affine layer, folded into one convolution:
 /// `gamma * (W x + b) + beta = (gamma W) x + (gamma b + beta)`.
 #[allow(clippy::too_many_arguments)]
@@ -157,25 +175,8 @@ impl DlibResNet {
     /// Builds the network with the given [`Precision`].
     pub fn with_precision(vb: VarBuilder, precision: Precision) -> Result<Self> {
         let conv1 = conv_affine(3, 32, 7, 2, 0, &vb, "conv1", "affine1")?;
-        // (input channels, output channels, down-sampling) of the 14 blocks, input to output.
-        let plan = [
-            (32, 32, false),
-            (32, 32, false),
-            (32, 32, false),
-            (32, 64, true),
-            (64, 64, false),
-            (64, 64, false),
-            (64, 64, false),
-            (64, 128, true),
-            (128, 128, false),
-            (128, 128, false),
-            (128, 256, true),
-            (256, 256, false),
-            (256, 256, false),
-            (256, 256, true),
-        ];
         let mut side = BLOCK_INPUT_SIDE;
-        let layers = plan
+        let layers = PLAN
             .iter()
             .enumerate()
             .map(|(i, &(c_in, c_out, down))| {

@@ -13,27 +13,9 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::stage::{add_padded_relu, avg_pool2};
 use super::Trainable;
-use crate::embed::dlib_resnet::{CHIP_SIZE, FEATURES};
+use crate::embed::dlib_resnet::{CHIP_SIZE, FEATURES, PLAN};
 use crate::models::{ModelSource, DLIB_RESNET};
 use crate::{Error, Result};
-
-/// (input channels, output channels, down-sampling) of the 14 residual blocks.
-const PLAN: [(usize, usize, bool); 14] = [
-    (32, 32, false),
-    (32, 32, false),
-    (32, 32, false),
-    (32, 64, true),
-    (64, 64, false),
-    (64, 64, false),
-    (64, 64, false),
-    (64, 128, true),
-    (128, 128, false),
-    (128, 128, false),
-    (128, 256, true),
-    (256, 256, false),
-    (256, 256, false),
-    (256, 256, true),
-];
 
 /// Values in one chip's input: `3 x 150 x 150`.
 pub const CHIP_VALUES: usize = 3 * CHIP_SIZE * CHIP_SIZE;
@@ -174,19 +156,7 @@ impl ResNet {
 
     /// Every tensor but the fc layer, named as in `dlib_resnet.safetensors`.
     pub fn backbone_tensors(&self) -> Result<Vec<crate::embed::head::NamedTensor>> {
-        self.names
-            .iter()
-            .zip(&self.vars)
-            .filter(|(n, _)| n.as_str() != "fc.weight")
-            .map(|(n, v)| {
-                let t = v.as_tensor();
-                Ok((
-                    n.clone(),
-                    t.dims().to_vec(),
-                    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                ))
-            })
-            .collect()
+        backbone_tensors(&self.names, &self.vars)
     }
 
     /// The fc layer's weight, `[128, 256]` row-major.
@@ -211,4 +181,25 @@ impl Trainable for ResNet {
     fn evaluate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.run(x, true)
     }
+}
+
+/// The variables `vars` named `names` (as in `dlib_resnet.safetensors`), all but the fc layer,
+/// as f32 values: what a trained model saves in place of dlib's backbone.
+pub(crate) fn backbone_tensors(
+    names: &[String],
+    vars: &[Var],
+) -> Result<Vec<crate::embed::head::NamedTensor>> {
+    names
+        .iter()
+        .zip(vars)
+        .filter(|(n, _)| n.as_str() != "fc.weight")
+        .map(|(n, v)| {
+            let t = v.as_tensor();
+            Ok((
+                n.clone(),
+                t.dims().to_vec(),
+                t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            ))
+        })
+        .collect()
 }

@@ -143,19 +143,7 @@ impl Stage {
 
     /// The trained tensors other than the fc layer, named as in `dlib_resnet.safetensors`.
     pub fn backbone_tensors(&self) -> Result<Vec<crate::embed::head::NamedTensor>> {
-        self.names
-            .iter()
-            .zip(&self.vars)
-            .filter(|(n, _)| n.as_str() != "fc.weight")
-            .map(|(n, v)| {
-                let t = v.as_tensor();
-                Ok((
-                    n.clone(),
-                    t.dims().to_vec(),
-                    t.flatten_all()?.to_vec1::<f32>()?,
-                ))
-            })
-            .collect()
+        super::resnet::backbone_tensors(&self.names, &self.vars)
     }
 
     /// The fc layer's weight, `[128, 256]` row-major.
