@@ -715,10 +715,11 @@ fn cluster_killed_at_random_moments() {
             // library), while photos are placed (analysed library); then a random few ms.
             let delay = kill_delay(&mut rng, duration);
             let aimed = round % 3 == 2;
-            let jitter =
-                Duration::from_micros(
-                    rng.below(if start.is_some() { 50_000 } else { 300_000 }) as u64
-                );
+            // The aimed windows shrink as the runs get faster: the jitter stays within an
+            // eighth of the measured run (placing photos takes a few ms of a ~100 ms run).
+            let cap: u64 = if start.is_some() { 50_000 } else { 300_000 };
+            let cap = cap.min(duration.as_micros() as u64 / 8).max(1);
+            let jitter = Duration::from_micros(rng.below(cap as _) as u64);
             let killed = match (aimed, start) {
                 (false, _) => kill_when(run(&db, &killed_out), |t| t >= delay, Duration::ZERO),
                 (true, None) => kill_when(run(&db, &killed_out), |_| analyses_now(&db) > 0, jitter),
