@@ -557,14 +557,20 @@ fn im2col(
                     dst[lo..hi].copy_from_slice(&src[lo + kx - pad..hi + kx - pad]);
                     dst[hi..].fill(0.0);
                 } else {
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - pad as isize;
-                        *d = if ix >= 0 && ix < w as isize {
-                            src[ix as usize]
-                        } else {
-                            0.0
-                        };
+                    // ix = ox * stride + kx - pad must lie in [0, w): a strided gather between
+                    // two zero runs.
+                    let s = g.stride;
+                    let lo = pad.saturating_sub(kx).div_ceil(s).min(g.ow);
+                    let hi = (w + pad).saturating_sub(kx).div_ceil(s).min(g.ow).max(lo);
+                    dst[..lo].fill(0.0);
+                    if hi > lo {
+                        let first = lo * s + kx - pad;
+                        let taps = src[first..].iter().step_by(s);
+                        for (d, &v) in dst[lo..hi].iter_mut().zip(taps) {
+                            *d = v;
+                        }
                     }
+                    dst[hi..].fill(0.0);
                 }
             }
         }
@@ -752,6 +758,9 @@ mod tests {
             (3, 1, 1),
             (3, 2, 0),
             (7, 2, 0),
+            (7, 2, 3),
+            (3, 2, 1),
+            (5, 3, 2),
             (2, 1, 0),
             (1, 1, 0),
         ] {
