@@ -99,12 +99,20 @@ pub fn current() -> Device {
             return device.clone();
         }
     }
+    default_device()
+}
+
+/// The device used without a choice: the CPU, or with the `cuda` feature the first GPU when
+/// one opens. Found once per process (opening a GPU context per network would be slow).
+fn default_device() -> Device {
     #[cfg(feature = "cuda")]
     {
-        if let Ok(dev) = Device::new_cuda(0) {
-            return dev;
-        }
+        static DEFAULT: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+        DEFAULT
+            .get_or_init(|| Device::new_cuda(0).unwrap_or(Device::Cpu))
+            .clone()
     }
+    #[cfg(not(feature = "cuda"))]
     Device::Cpu
 }
 
