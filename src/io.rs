@@ -515,7 +515,9 @@ fn decode_jpeg_libjpeg(
     let mut decompress = mozjpeg::Decompress::new_mem(bytes).map_err(fail)?;
     let (w, h) = (decompress.width() as u32, decompress.height() as u32);
     check_pixels(w, h, opts)?;
-    gate_acquire(w as u64 * h as u64);
+    // libjpeg's scaled output: ceil(side * numerator / 8).
+    let scaled = |side: u32| (side as u64 * numerator as u64).div_ceil(8);
+    gate_acquire(scaled(w) * scaled(h));
     if numerator != 8 {
         decompress.scale(numerator);
     }
@@ -557,18 +559,34 @@ fn decode_jpeg_libjpeg(
 
 /// A bound on the pixels of the images being decoded and processed at once across threads, so
 /// that running on several threads cannot multiply the memory one large image takes: a thread
-/// inside [`guard`] that loads an image waits until the images other threads hold leave room
-/// (one image at a time always proceeds; a thread that already holds one never waits).
+/// inside [`guard`] that loads an image waits until the images other threads hold leave room.
+/// What a decode takes is what it holds: a JPEG decoded reduced for detection takes the reduced
+/// copy's pixels, and the full-resolution decode that alignment needs later takes its own. So
+/// camera photos are detected in parallel and only their full-resolution phases queue. One
+/// image at a time always proceeds: a thread that holds pixels already waits only while
+/// another holder is running (so threads never wait for each other in a circle).
 struct Gate {
-    used: Mutex<u64>,
+    state: Mutex<GateState>,
     freed: Condvar,
 }
 
-/// Pixels of images in flight at once (two 16 MP photos, or one larger image alone).
-const GATE_PIXELS: u64 = 40_000_000;
+/// The gate's counters.
+struct GateState {
+    /// Pixels held by all threads.
+    used: u64,
+    /// Threads holding pixels that are not waiting for more.
+    running: usize,
+}
+
+/// Pixels of images in flight at once (two 24 MP photos with their reduced detection copies, or
+/// one larger image alone).
+const GATE_PIXELS: u64 = 56_000_000;
 
 static GATE: Gate = Gate {
-    used: Mutex::new(0),
+    state: Mutex::new(GateState {
+        used: 0,
+        running: 0,
+    }),
     freed: Condvar::new(),
 };
 
@@ -595,8 +613,9 @@ impl Drop for GateScope {
     fn drop(&mut self) {
         let held = HELD.with(|h| h.replace(self.outer)).unwrap_or(0);
         if held > 0 {
-            let mut used = GATE.used.lock().unwrap_or_else(|p| p.into_inner());
-            *used = used.saturating_sub(held);
+            let mut state = GATE.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.used = state.used.saturating_sub(held);
+            state.running = state.running.saturating_sub(1);
             GATE.freed.notify_all();
         }
     }
@@ -609,12 +628,23 @@ fn gate_acquire(pixels: u64) {
         return;
     };
     let pixels = pixels.min(GATE_PIXELS);
-    let mut used = GATE.used.lock().unwrap_or_else(|p| p.into_inner());
-    // A thread holding pixels already never waits (it could be waited for itself).
-    while held == 0 && *used > 0 && *used + pixels > GATE_PIXELS {
-        used = GATE.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+    let mut state = GATE.state.lock().unwrap_or_else(|p| p.into_inner());
+    let full = |s: &GateState| s.used + pixels > GATE_PIXELS;
+    if held == 0 {
+        // Nobody holds anything: go ahead whatever the size.
+        while state.used > 0 && full(&state) {
+            state = GATE.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.running += 1;
+    } else {
+        // A holder waits only while another holder runs and will free pixels.
+        while full(&state) && state.running > 1 {
+            state.running -= 1;
+            state = GATE.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.running += 1;
+        }
     }
-    *used += pixels;
+    state.used += pixels;
     HELD.with(|h| h.set(Some(held + pixels)));
 }
 
@@ -968,6 +998,91 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gate tests share the process-wide gate: one at a time.
+    static GATE_TESTS: Mutex<()> = Mutex::new(());
+
+    /// Holds `first` pixels, reports, then asks for `second` more and reports again; the
+    /// scope (and its pixels) ends when `release` says so.
+    fn gate_user(
+        first: u64,
+        second: u64,
+        go: std::sync::mpsc::Receiver<()>,
+        release: std::sync::mpsc::Receiver<()>,
+        done: std::sync::mpsc::Sender<&'static str>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let _ = guard(Path::new("gate-test"), || {
+                gate_acquire(first);
+                let _ = done.send("first");
+                let _ = go.recv();
+                gate_acquire(second);
+                let _ = done.send("second");
+                let _ = release.recv();
+                Ok(())
+            });
+        })
+    }
+
+    #[test]
+    fn gate_lets_reduced_copies_run_together_and_queues_full_decodes() {
+        let _one = GATE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let wait = Duration::from_secs(20);
+        let big = GATE_PIXELS * 3 / 5;
+        let (a_go, a_go_rx) = channel();
+        let (a_rel, a_rel_rx) = channel();
+        let (a_done, a_done_rx) = channel();
+        let (b_go, b_go_rx) = channel();
+        let (b_rel, b_rel_rx) = channel();
+        let (b_done, b_done_rx) = channel();
+        let a = gate_user(2_000_000, big, a_go_rx, a_rel_rx, a_done);
+        let b = gate_user(2_000_000, big, b_go_rx, b_rel_rx, b_done);
+        // Two small (reduced) copies are held at once.
+        assert_eq!(a_done_rx.recv_timeout(wait), Ok("first"));
+        assert_eq!(b_done_rx.recv_timeout(wait), Ok("first"));
+        // A's full decode fits; B's does not while A holds its own and runs.
+        a_go.send(()).unwrap();
+        assert_eq!(a_done_rx.recv_timeout(wait), Ok("second"));
+        b_go.send(()).unwrap();
+        assert!(b_done_rx.recv_timeout(Duration::from_millis(300)).is_err());
+        // A's photo is done: B goes on.
+        a_rel.send(()).unwrap();
+        assert_eq!(b_done_rx.recv_timeout(wait), Ok("second"));
+        b_rel.send(()).unwrap();
+        a.join().unwrap();
+        b.join().unwrap();
+    }
+
+    #[test]
+    fn gate_holders_asking_for_more_at_once_do_not_wait_for_each_other() {
+        let _one = GATE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let wait = Duration::from_secs(20);
+        let big = GATE_PIXELS * 3 / 5;
+        let (a_go, a_go_rx) = channel();
+        let (a_rel, a_rel_rx) = channel();
+        let (a_done, a_done_rx) = channel();
+        let (b_go, b_go_rx) = channel();
+        let (b_rel, b_rel_rx) = channel();
+        let (b_done, b_done_rx) = channel();
+        let a = gate_user(2_000_000, big, a_go_rx, a_rel_rx, a_done);
+        let b = gate_user(2_000_000, big, b_go_rx, b_rel_rx, b_done);
+        assert_eq!(a_done_rx.recv_timeout(wait), Ok("first"));
+        assert_eq!(b_done_rx.recv_timeout(wait), Ok("first"));
+        // Both holders ask for more than fits together; scopes end as soon as served, so
+        // whichever goes first lets the other through (no circle of waits).
+        a_go.send(()).unwrap();
+        b_go.send(()).unwrap();
+        a_rel.send(()).unwrap();
+        b_rel.send(()).unwrap();
+        assert_eq!(a_done_rx.recv_timeout(wait), Ok("second"));
+        assert_eq!(b_done_rx.recv_timeout(wait), Ok("second"));
+        a.join().unwrap();
+        b.join().unwrap();
+    }
 
     #[test]
     fn jpeg_reduction_keeps_at_least_the_working_size() {
