@@ -1002,86 +1002,92 @@ mod tests {
     /// The gate tests share the process-wide gate: one at a time.
     static GATE_TESTS: Mutex<()> = Mutex::new(());
 
-    /// Holds `first` pixels, reports, then asks for `second` more and reports again; the
-    /// scope (and its pixels) ends when `release` says so.
-    fn gate_user(
-        first: u64,
-        second: u64,
-        go: std::sync::mpsc::Receiver<()>,
-        release: std::sync::mpsc::Receiver<()>,
-        done: std::sync::mpsc::Sender<&'static str>,
-    ) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || {
-            let _ = guard(Path::new("gate-test"), || {
-                gate_acquire(first);
-                let _ = done.send("first");
-                let _ = go.recv();
-                gate_acquire(second);
-                let _ = done.send("second");
-                let _ = release.recv();
-                Ok(())
+    /// A thread inside a fault boundary that holds `first` pixels, reports `first`, then on
+    /// `go` asks for `second` more and reports `second`; its scope (and its pixels) ends on
+    /// `release`.
+    struct GateUser {
+        go: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Sender<()>,
+        done: std::sync::mpsc::Receiver<&'static str>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl GateUser {
+        fn start(first: u64, second: u64) -> GateUser {
+            let (go, go_rx) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel();
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                let _ = guard(Path::new("gate-test"), || {
+                    gate_acquire(first);
+                    let _ = done_tx.send("first");
+                    let _ = go_rx.recv();
+                    gate_acquire(second);
+                    let _ = done_tx.send("second");
+                    let _ = release_rx.recv();
+                    Ok(())
+                });
             });
-        })
+            GateUser {
+                go,
+                release,
+                done,
+                thread,
+            }
+        }
+
+        /// What it reported next, if anything within `secs` seconds.
+        fn next(&self, secs: f64) -> Option<&'static str> {
+            self.done
+                .recv_timeout(std::time::Duration::from_secs_f64(secs))
+                .ok()
+        }
+    }
+
+    /// Two users each holding a reduced copy of 2 MP, each then asking for 60 % of the gate.
+    fn two_gate_users() -> (GateUser, GateUser) {
+        let big = GATE_PIXELS * 3 / 5;
+        let (a, b) = (
+            GateUser::start(2_000_000, big),
+            GateUser::start(2_000_000, big),
+        );
+        // Two small (reduced) copies are held at once.
+        assert_eq!(a.next(20.0), Some("first"));
+        assert_eq!(b.next(20.0), Some("first"));
+        (a, b)
     }
 
     #[test]
     fn gate_lets_reduced_copies_run_together_and_queues_full_decodes() {
         let _one = GATE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
-        use std::sync::mpsc::channel;
-        use std::time::Duration;
-        let wait = Duration::from_secs(20);
-        let big = GATE_PIXELS * 3 / 5;
-        let (a_go, a_go_rx) = channel();
-        let (a_rel, a_rel_rx) = channel();
-        let (a_done, a_done_rx) = channel();
-        let (b_go, b_go_rx) = channel();
-        let (b_rel, b_rel_rx) = channel();
-        let (b_done, b_done_rx) = channel();
-        let a = gate_user(2_000_000, big, a_go_rx, a_rel_rx, a_done);
-        let b = gate_user(2_000_000, big, b_go_rx, b_rel_rx, b_done);
-        // Two small (reduced) copies are held at once.
-        assert_eq!(a_done_rx.recv_timeout(wait), Ok("first"));
-        assert_eq!(b_done_rx.recv_timeout(wait), Ok("first"));
+        let (a, b) = two_gate_users();
         // A's full decode fits; B's does not while A holds its own and runs.
-        a_go.send(()).unwrap();
-        assert_eq!(a_done_rx.recv_timeout(wait), Ok("second"));
-        b_go.send(()).unwrap();
-        assert!(b_done_rx.recv_timeout(Duration::from_millis(300)).is_err());
+        a.go.send(()).unwrap();
+        assert_eq!(a.next(20.0), Some("second"));
+        b.go.send(()).unwrap();
+        assert_eq!(b.next(0.3), None);
         // A's photo is done: B goes on.
-        a_rel.send(()).unwrap();
-        assert_eq!(b_done_rx.recv_timeout(wait), Ok("second"));
-        b_rel.send(()).unwrap();
-        a.join().unwrap();
-        b.join().unwrap();
+        a.release.send(()).unwrap();
+        assert_eq!(b.next(20.0), Some("second"));
+        b.release.send(()).unwrap();
+        a.thread.join().unwrap();
+        b.thread.join().unwrap();
     }
 
     #[test]
     fn gate_holders_asking_for_more_at_once_do_not_wait_for_each_other() {
         let _one = GATE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
-        use std::sync::mpsc::channel;
-        use std::time::Duration;
-        let wait = Duration::from_secs(20);
-        let big = GATE_PIXELS * 3 / 5;
-        let (a_go, a_go_rx) = channel();
-        let (a_rel, a_rel_rx) = channel();
-        let (a_done, a_done_rx) = channel();
-        let (b_go, b_go_rx) = channel();
-        let (b_rel, b_rel_rx) = channel();
-        let (b_done, b_done_rx) = channel();
-        let a = gate_user(2_000_000, big, a_go_rx, a_rel_rx, a_done);
-        let b = gate_user(2_000_000, big, b_go_rx, b_rel_rx, b_done);
-        assert_eq!(a_done_rx.recv_timeout(wait), Ok("first"));
-        assert_eq!(b_done_rx.recv_timeout(wait), Ok("first"));
+        let (a, b) = two_gate_users();
         // Both holders ask for more than fits together; scopes end as soon as served, so
         // whichever goes first lets the other through (no circle of waits).
-        a_go.send(()).unwrap();
-        b_go.send(()).unwrap();
-        a_rel.send(()).unwrap();
-        b_rel.send(()).unwrap();
-        assert_eq!(a_done_rx.recv_timeout(wait), Ok("second"));
-        assert_eq!(b_done_rx.recv_timeout(wait), Ok("second"));
-        a.join().unwrap();
-        b.join().unwrap();
+        for user in [&a, &b] {
+            user.go.send(()).unwrap();
+            user.release.send(()).unwrap();
+        }
+        assert_eq!(a.next(20.0), Some("second"));
+        assert_eq!(b.next(20.0), Some("second"));
+        a.thread.join().unwrap();
+        b.thread.join().unwrap();
     }
 
     #[test]
