@@ -93,13 +93,21 @@ impl Conv {
     }
 
     /// `(dx, dw)` of `x`, `wt` and the output gradient `dy` (all contiguous, row-major).
-    fn backward(&self, g: &Geometry, x: &[f32], wt: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    /// `dx` is skipped (empty) without `need_dx`: the network's input chips take no gradient.
+    fn backward(
+        &self,
+        g: &Geometry,
+        x: &[f32],
+        wt: &[f32],
+        dy: &[f32],
+        need_dx: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
         let n = g.oh * g.ow;
         let kk = g.c_in * g.k * g.k;
         let in_size = g.c_in * g.h * g.w;
         let per = (CHUNK_FLOATS / (kk * n)).clamp(1, g.b.max(1));
         let geom = self.patches(g);
-        let mut dx = vec![0f32; g.b * in_size];
+        let mut dx = vec![0f32; if need_dx { g.b * in_size } else { 0 }];
         let mut dw = vec![0f32; g.c_out * kk];
         let mut dyc = Vec::new();
         for start in (0..g.b).step_by(per) {
@@ -126,6 +134,9 @@ impl Conv {
                         (cols.as_ptr(), 1, gn),
                     )
                 };
+                if !need_dx {
+                    return;
+                }
                 // dcols[kk, gn] = wt^T[kk, c_out] @ dyc[c_out, gn], in the patch buffer.
                 // SAFETY: as above; cols holds kk * gn values and is no longer read.
                 unsafe {
@@ -269,6 +280,7 @@ impl CustomOp2 for Conv {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = self.geometry(x.shape(), w.shape())?;
+        let need_dx = x.track_op();
         let (xd, wd, dy) = (
             x.detach().contiguous()?,
             w.detach().contiguous()?,
@@ -276,7 +288,7 @@ impl CustomOp2 for Conv {
         );
         let out = with_cpu_f32(&xd, |xs| {
             with_cpu_f32(&wd, |ws| {
-                with_cpu_f32(&dy, |dys| self.backward(&g, xs, ws, dys))
+                with_cpu_f32(&dy, |dys| self.backward(&g, xs, ws, dys, need_dx))
             })
         })
         .flatten()
@@ -284,10 +296,12 @@ impl CustomOp2 for Conv {
         let Some((dx, dw)) = out else {
             candle_core::bail!("conv2d: the backward pass needs CPU f32 tensors");
         };
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?),
-            Some(Tensor::from_vec(dw, w.shape(), &Device::Cpu)?),
-        ))
+        let dx = if need_dx {
+            Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?)
+        } else {
+            None
+        };
+        Ok((dx, Some(Tensor::from_vec(dw, w.shape(), &Device::Cpu)?)))
     }
 }
 
@@ -415,6 +429,78 @@ mod tests {
         t[reps / 2]
     }
 
+    /// One training step of the whole ResNet on 64 chips (forward, backward, and the AdamW
+    /// update `facekit train` runs), timed part by part (`--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn timings_of_a_whole_network_step() {
+        use crate::train::resnet::ResNet;
+        use crate::train::Trainable;
+        let net = ResNet::pretrained(&crate::models::ModelSource::Embedded).unwrap();
+        let mut r = Rng::new(2);
+        let x = random(&mut r, &[64, 1, 3, 150, 150]);
+        let weights = random(&mut r, &[64, 128]);
+        let vars = net.vars();
+        let mut m: Vec<Tensor> = vars.iter().map(|v| v.zeros_like().unwrap()).collect();
+        let mut v = m.clone();
+        for rep in 0..3 {
+            let c = std::time::Instant::now();
+            let emb = net.forward(&x).unwrap();
+            let loss = (&emb * &weights).unwrap().sum_all().unwrap();
+            let fwd = c.elapsed().as_secs_f64();
+            let c = std::time::Instant::now();
+            let grads = loss.backward().unwrap();
+            let bwd = c.elapsed().as_secs_f64();
+            let c = std::time::Instant::now();
+            let (b1, b2, eps, lr, t) = (0.9f64, 0.999f64, 1e-8f64, 1e-5f64, rep + 1);
+            for (i, var) in vars.iter().enumerate() {
+                let g = grads.get(var.as_tensor()).unwrap().detach();
+                m[i] = ((&m[i] * b1).unwrap() + (&g * (1.0 - b1)).unwrap())
+                    .unwrap()
+                    .detach();
+                v[i] = ((&v[i] * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap())
+                    .unwrap()
+                    .detach();
+                let m_hat = (&m[i] / (1.0 - b1.powi(t))).unwrap();
+                let v_hat = (&v[i] / (1.0 - b2.powi(t))).unwrap();
+                let update = (m_hat / (v_hat.sqrt().unwrap() + eps).unwrap()).unwrap();
+                let decayed = (var.as_tensor() * (1.0 - lr * 1e-4)).unwrap();
+                var.set(&(decayed - (update * lr).unwrap()).unwrap().detach())
+                    .unwrap();
+            }
+            let opt = c.elapsed().as_secs_f64();
+            eprintln!(
+                "step {rep}: forward {fwd:.2} s, backward {bwd:.2} s, AdamW {opt:.2} s: \
+                 {:.3} s per chip",
+                (fwd + bwd + opt) / 64.0
+            );
+        }
+        // The non-convolution ops' backward at the stem's shapes.
+        let y = Var::from_tensor(&random(&mut r, &[64, 32, 72, 72])).unwrap();
+        let pooled_grad = random(&mut r, &[64, 32, 35, 35]);
+        let t = time(3, || {
+            let p = crate::train::maxpool::max_pool(y.as_tensor(), 3, 2).unwrap();
+            (&p * &pooled_grad)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+        });
+        eprintln!("max-pool 3x3/2 on 64 x 32 x 72 x 72, forward + backward: {t:.3} s");
+        let t = time(3, || {
+            let a = y.as_tensor().relu().unwrap();
+            a.sum_all().unwrap().backward().unwrap();
+        });
+        eprintln!("relu on 64 x 32 x 72 x 72, forward + backward: {t:.3} s");
+        let bias = Var::from_tensor(&random(&mut r, &[1, 32, 1, 1])).unwrap();
+        let t = time(3, || {
+            let a = y.as_tensor().broadcast_add(bias.as_tensor()).unwrap();
+            a.sum_all().unwrap().backward().unwrap();
+        });
+        eprintln!("bias add on 64 x 32 x 72 x 72, forward + backward: {t:.3} s");
+    }
+
     /// Timings at the ResNet's shapes for a batch of 64 chips: candle's convolution against
     /// this one, forward and backward (`cargo test --release --lib train::conv -- --ignored
     /// --nocapture`).
@@ -441,7 +527,7 @@ mod tests {
             let w = Var::from_tensor(&random(&mut r, &[c_out, c_in, k, k])).unwrap();
             let o = (side + 2 * pad - k) / stride + 1;
             let g = random(&mut r, &[b, c_out, o, o]);
-            let mut measure = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| -> [f64; 2] {
+            let measure = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| -> [f64; 2] {
                 let fwd = time(3, || {
                     f(x.as_tensor(), w.as_tensor()).unwrap();
                 });
