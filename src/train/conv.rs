@@ -30,12 +30,26 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tenso
         && w.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32;
-    if fast {
+    if fast && !candle_forced() {
         x.contiguous()?
             .apply_op2(&w.contiguous()?, Conv { stride, pad })
     } else {
         x.conv2d(w, pad, stride, 1, 1)
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by the timing tests to measure candle's own convolution in the same network.
+    static FORCE_CANDLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether [`conv2d`] runs candle's convolution on this thread (timing tests only).
+fn candle_forced() -> bool {
+    #[cfg(test)]
+    return FORCE_CANDLE.with(|f| f.get());
+    #[cfg(not(test))]
+    false
 }
 
 /// The op: stride and padding.
@@ -443,7 +457,10 @@ mod tests {
         let vars = net.vars();
         let mut m: Vec<Tensor> = vars.iter().map(|v| v.zeros_like().unwrap()).collect();
         let mut v = m.clone();
-        for rep in 0..3 {
+        for rep in 0..4 {
+            // Steps 0 and 2 with candle's convolution, 1 and 3 with this one.
+            let candle = rep % 2 == 0;
+            FORCE_CANDLE.with(|f| f.set(candle));
             let c = std::time::Instant::now();
             let emb = net.forward(&x).unwrap();
             let loss = (&emb * &weights).unwrap().sum_all().unwrap();
@@ -470,11 +487,17 @@ mod tests {
             }
             let opt = c.elapsed().as_secs_f64();
             eprintln!(
-                "step {rep}: forward {fwd:.2} s, backward {bwd:.2} s, AdamW {opt:.2} s: \
+                "step {rep} ({}): forward {fwd:.2} s, backward {bwd:.2} s, AdamW {opt:.2} s: \
                  {:.3} s per chip",
+                if candle {
+                    "candle conv2d"
+                } else {
+                    "train::conv"
+                },
                 (fwd + bwd + opt) / 64.0
             );
         }
+        FORCE_CANDLE.with(|f| f.set(false));
         // The non-convolution ops' backward at the stem's shapes.
         let y = Var::from_tensor(&random(&mut r, &[64, 32, 72, 72])).unwrap();
         let pooled_grad = random(&mut r, &[64, 32, 35, 35]);
