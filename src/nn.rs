@@ -48,7 +48,7 @@ pub(crate) fn for_each_chunk<T: Send>(
 }
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor; `None` for other devices or dtypes.
-fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     if !t.device().is_cpu() || t.dtype() != DType::F32 {
         return None;
     }
@@ -326,7 +326,7 @@ impl Conv2d {
     /// im2col + one gemm on CPU for a batch of `b` images `c_in x h x w`: the patch matrix of
     /// the whole batch is `[c_in*k*k, b*oh*ow]`, so small crops still make one large product.
     /// Images whose own patch matrix is large go to [`Self::cpu_forward_tiled`].
-    fn cpu_forward(
+    pub(crate) fn cpu_forward(
         &self,
         src: &[f32],
         wt: &[f32],
@@ -516,20 +516,20 @@ impl SyncPtr {
 }
 
 /// Shape of a convolution's patch extraction.
-struct PatchGeometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ow: usize,
+pub(crate) struct PatchGeometry {
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
+    pub(crate) ow: usize,
 }
 
 /// Patch matrix `[c * k * k, b * rows.len() * ow]` of `b` images `c x h x w` for output rows
 /// `rows`, zero outside the image. Row `(ci, ky, kx)` holds, image after image, the input pixel
 /// under that kernel tap for every output position; with stride 1 each output row is one copy.
-fn im2col(
+pub(crate) fn im2col(
     imgs: &[f32],
     b: usize,
     g: &PatchGeometry,

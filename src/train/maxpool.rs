@@ -8,6 +8,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use crate::nn::for_each_chunk;
+
 /// The op: window side `k`, stride `s`.
 struct MaxPool {
     k: usize,
@@ -44,7 +46,7 @@ impl MaxPool {
     }
 
     /// Calls `f(output index, input index of the window's first maximum, maximum)` for every
-    /// output of `src` (contiguous `[planes, h, w]`).
+    /// output of one plane `src` (contiguous `h x w`; indices within the plane).
     fn for_each_argmax<T: Copy + PartialOrd>(
         &self,
         src: &[T],
@@ -52,26 +54,52 @@ impl MaxPool {
         mut f: impl FnMut(usize, usize, T),
     ) {
         let (k, s) = (self.k, self.s);
-        for p in 0..g.planes {
-            let plane = p * g.h * g.w;
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let mut best = plane + oy * s * g.w + ox * s;
-                    let mut max = src[best];
-                    for dy in 0..k {
-                        let row = plane + (oy * s + dy) * g.w + ox * s;
-                        for (dx, &v) in src[row..row + k].iter().enumerate() {
-                            // Strictly greater: the first maximum wins (NaN never does).
-                            if v > max {
-                                max = v;
-                                best = row + dx;
-                            }
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let mut best = oy * s * g.w + ox * s;
+                let mut max = src[best];
+                for dy in 0..k {
+                    let row = (oy * s + dy) * g.w + ox * s;
+                    for (dx, &v) in src[row..row + k].iter().enumerate() {
+                        // Strictly greater: the first maximum wins (NaN never does).
+                        if v > max {
+                            max = v;
+                            best = row + dx;
                         }
                     }
-                    f((p * g.oh + oy) * g.ow + ox, best, max);
                 }
+                f(oy * g.ow + ox, best, max);
             }
         }
+    }
+
+    /// The pooled planes of `src` (contiguous `[planes, h, w]`), in parallel over planes.
+    fn forward<T: Copy + PartialOrd + Default + Send + Sync>(
+        &self,
+        src: &[T],
+        g: &Geometry,
+    ) -> Vec<T> {
+        let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
+        let mut dst = vec![T::default(); g.planes * ohw];
+        for_each_chunk(&mut dst, ohw, |p, out| {
+            self.for_each_argmax(&src[p * hw..][..hw], g, |o, _, max| out[o] = max)
+        });
+        dst
+    }
+
+    /// The input gradient: each output's gradient `grad` added to its window's first maximum
+    /// in `src`, in output order, in parallel over planes (the same bits for any thread count).
+    fn backward<T>(&self, src: &[T], grad: &[T], g: &Geometry) -> Vec<T>
+    where
+        T: Copy + PartialOrd + Default + Send + Sync + std::ops::AddAssign,
+    {
+        let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
+        let mut dst = vec![T::default(); g.planes * hw];
+        for_each_chunk(&mut dst, hw, |p, plane| {
+            let grad = &grad[p * ohw..][..ohw];
+            self.for_each_argmax(&src[p * hw..][..hw], g, |o, i, _| plane[i] += grad[o])
+        });
+        dst
     }
 }
 
@@ -90,18 +118,9 @@ impl CustomOp1 for MaxPool {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(layout.shape())?;
-        let n = g.planes * g.oh * g.ow;
         let dst = match storage {
-            CpuStorage::F32(v) => {
-                let mut dst = vec![0f32; n];
-                self.for_each_argmax(contiguous(v, layout)?, &g, |o, _, max| dst[o] = max);
-                CpuStorage::F32(dst)
-            }
-            CpuStorage::F64(v) => {
-                let mut dst = vec![0f64; n];
-                self.for_each_argmax(contiguous(v, layout)?, &g, |o, _, max| dst[o] = max);
-                CpuStorage::F64(dst)
-            }
+            CpuStorage::F32(v) => CpuStorage::F32(self.forward(contiguous(v, layout)?, &g)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.forward(contiguous(v, layout)?, &g)),
             _ => candle_core::bail!("max-pool: only f32 and f64 tensors are supported"),
         };
         let (b, c, _, _) = layout.shape().dims4()?;
@@ -110,24 +129,24 @@ impl CustomOp1 for MaxPool {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let g = self.geometry(arg.shape())?;
-        let grad = grad_res
-            .flatten_all()?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
-        let mut out = vec![0f64; arg.elem_count()];
-        let (shape, dtype, device) = (arg.shape().clone(), arg.dtype(), arg.device().clone());
+        let (shape, device) = (arg.shape().clone(), arg.device().clone());
         let arg = arg.detach().flatten_all()?;
+        let grad = grad_res.detach().flatten_all()?.to_dtype(arg.dtype())?;
         // The arg-max on the forward pass's own values and type.
-        if arg.dtype() == DType::F64 {
-            let src = arg.to_vec1::<f64>()?;
-            self.for_each_argmax(&src, &g, |o, i, _| out[i] += grad[o]);
-        } else {
-            let src = arg.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            self.for_each_argmax(&src, &g, |o, i, _| out[i] += grad[o]);
-        }
-        Ok(Some(
-            Tensor::from_vec(out, shape, &device)?.to_dtype(dtype)?,
-        ))
+        let out = match arg.dtype() {
+            DType::F64 => Tensor::from_vec(
+                self.backward(&arg.to_vec1::<f64>()?, &grad.to_vec1::<f64>()?, &g),
+                shape,
+                &device,
+            )?,
+            DType::F32 => Tensor::from_vec(
+                self.backward(&arg.to_vec1::<f32>()?, &grad.to_vec1::<f32>()?, &g),
+                shape,
+                &device,
+            )?,
+            other => candle_core::bail!("max-pool: no backward pass for {other:?}"),
+        };
+        Ok(Some(out))
     }
 }
 

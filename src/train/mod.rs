@@ -6,6 +6,7 @@
 //! model with its calibrated threshold and what that threshold rests on.
 
 pub mod augment;
+pub mod conv;
 pub mod loss;
 pub mod margin;
 pub mod maxpool;

@@ -115,8 +115,7 @@ impl ResNet {
         let c = gamma.dim(0)?;
         let w = w.broadcast_mul(&gamma.reshape((c, 1, 1, 1))?)?;
         let b = ((b * &gamma)? + beta)?;
-        x.conv2d(&w, pad, stride, 1, 1)?
-            .broadcast_add(&b.reshape((1, c, 1, 1))?)
+        super::conv::conv2d(x, &w, stride, pad)?.broadcast_add(&b.reshape((1, c, 1, 1))?)
     }
 
     /// Pooled 256-d features `[N, 256]` of normalised chips `[N, 3, 150, 150]`.

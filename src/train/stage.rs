@@ -121,7 +121,7 @@ impl Stage {
         let col = |t: &Tensor| t.reshape((1, t.dim(0)?, 1, 1));
         let (stride, pad) = if down { (2, 0) } else { (1, 1) };
         let conv_affine = |x: &Tensor, i: usize, stride: usize, pad: usize| {
-            x.conv2d(p(&format!("conv{i}.weight"))?, pad, stride, 1, 1)?
+            super::conv::conv2d(x, p(&format!("conv{i}.weight"))?, stride, pad)?
                 .broadcast_add(&col(p(&format!("conv{i}.bias"))?)?)?
                 .broadcast_mul(&col(p(&format!("affine{i}.weight"))?)?)?
                 .broadcast_add(&col(p(&format!("affine{i}.bias"))?)?)
