@@ -189,9 +189,13 @@ impl EmbeddingArgs {
         min_face: Option<f64>,
     ) -> anyhow::Result<facekit::Pipeline> {
         use anyhow::Context;
-        let head = match &self.model {
-            Some(path) => Some(std::sync::Arc::new(facekit::embed::head::Head::load(path)?)),
-            None => None,
+        use facekit::embed::TrainedModel;
+        let (head, net) = match &self.model {
+            Some(path) => match TrainedModel::load(path)? {
+                TrainedModel::Head(h) => (Some(std::sync::Arc::new(h)), None),
+                TrainedModel::Net(n) => (None, Some(n)),
+            },
+            None => (None, None),
         };
         let config = facekit::PipelineConfig {
             flip: !self.no_flip,
@@ -201,8 +205,11 @@ impl EmbeddingArgs {
             ..Default::default()
         };
         let source = facekit::models::ModelSource::resolve(common.models.as_deref());
-        let pipeline =
-            facekit::Pipeline::with_models(&source, config).context("cannot load the models")?;
+        let mut builder = facekit::Pipeline::builder().models(&source).config(config);
+        if let Some(net) = net {
+            builder = builder.embedder(net);
+        }
+        let pipeline = builder.build().context("cannot load the models")?;
         about::verbose_pipeline(&source, &pipeline);
         Ok(pipeline)
     }
