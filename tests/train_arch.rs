@@ -37,7 +37,7 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
     let data = fixture("lfw"); // 2 people x 2 photos, labeled by file name
     let cache = tmp.path().join("cache");
-    let train = |out: &Path, epochs: &str, extra: &[&str]| {
+    let train = |out: &Path, epochs: &str, seed: &str, extra: &[&str]| {
         let out = facekit(
             &[
                 &[
@@ -54,7 +54,7 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
                     "--per-identity",
                     "2",
                     "--seed",
-                    "5",
+                    seed,
                     "--epochs",
                     epochs,
                     "--json",
@@ -74,7 +74,7 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     let full = tmp.path().join("full.safetensors");
-    let v = train(&full, "3", &[]);
+    let v = train(&full, "3", "5", &[]);
     let epochs = v["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 3);
     assert!(epochs.iter().all(|e| e["loss"].as_f64().unwrap() > 0.0));
@@ -102,9 +102,9 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
 
     // 2 epochs, then 1 more from the checkpoint: the same model and checkpoint, byte for byte.
     let part = tmp.path().join("part.safetensors");
-    train(&part, "2", &[]);
+    train(&part, "2", "5", &[]);
     let ckpt = tmp.path().join("part.ckpt.safetensors");
-    let v = train(&part, "3", &["--resume", s(&ckpt)]);
+    let v = train(&part, "3", "5", &["--resume", s(&ckpt)]);
     assert_eq!(v["epochs"][0]["epoch"], 3);
     let read = |p: &Path| std::fs::read(p).unwrap();
     assert!(read(&part) == read(&full), "resumed model differs");
@@ -114,10 +114,10 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
     );
     // Same seed, same bytes; another seed, another network.
     let again = tmp.path().join("again.safetensors");
-    train(&again, "3", &[]);
+    train(&again, "3", "5", &[]);
     assert!(read(&again) == read(&full), "same seed, different model");
     let other = tmp.path().join("other.safetensors");
-    train(&other, "1", &["--seed", "6"]);
+    train(&other, "3", "6", &[]);
     assert!(read(&other) != read(&full));
     // A checkpoint of the other architecture does not resume this one.
     let out = facekit(&[
@@ -211,6 +211,8 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
         s(&full),
         "--no-cache",
         "--json",
+        "--threshold",
+        meta["threshold"].as_str().unwrap(),
     ]);
     assert!(
         cl.status.success(),
