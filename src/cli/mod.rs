@@ -173,7 +173,8 @@ pub struct FaceSizeArgs {
 /// Options of every subcommand that computes embeddings.
 #[derive(Args, Debug, Clone)]
 pub struct EmbeddingArgs {
-    /// A trained head from `facekit train` (default: dlib's ResNet as published).
+    /// A trained model from `facekit train`: a head on dlib's ResNet, or a network trained
+    /// from scratch with --arch (default: dlib's ResNet as published).
     #[arg(long, value_name = "FILE")]
     pub model: Option<PathBuf>,
     /// Do not average each embedding with its mirror image's.
