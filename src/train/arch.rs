@@ -5,9 +5,12 @@
 //! inference ([`crate::embed::arch::NetEmbedder`] runs [`Net::evaluate`]).
 //!
 //! Normalisation: none in the residual branches; each BasicBlock's branch is scaled by a
-//! learnable scalar gain that starts at zero (SkipInit, De & Smith 2020), so at initialisation
-//! every block is the identity (or its projection shortcut) and the signal neither explodes nor
-//! vanishes with depth. BatchNorm would need batch statistics in training and running statistics
+//! learnable scalar gain (as in SkipInit, De & Smith 2020) that starts at [`GAIN0`] = 0.5, so
+//! the activations' variance grows by about `1 + 0.5^2` per block (x6 over eight blocks, and
+//! the embedding is L2-normalised) instead of doubling. Not at zero, as SkipInit starts: then
+//! every block is the identity or its 1x1 projection, the untrained network sees a few pixels
+//! around each point before global pooling, and on LFW five short epochs did not move its
+//! validation accuracy off the random network's 55.6 %. BatchNorm would need batch statistics in training and running statistics
 //! at inference (two numerical paths, and state that is not a trained variable to checkpoint for
 //! exact resume); with the gains the network computes the same function in training and
 //! inference, whatever the batch, with one bias per convolution in place of BatchNorm's shift.
@@ -21,6 +24,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::Trainable;
 use crate::rng::Rng;
 use crate::{Error, Result};
+
+/// The starting value of every residual branch's gain.
+pub const GAIN0: f64 = 0.5;
 
 /// The model file format tag in the metadata.
 pub const FORMAT: &str = "facekit-net-v1";
@@ -115,21 +121,25 @@ pub struct Net {
 impl Net {
     /// A network of shape `arch` with seeded random weights of type `dtype`: He (Kaiming)
     /// normal convolutions (`std = sqrt(2 / fan_in)`), a LeCun normal fc layer
-    /// (`std = sqrt(1 / fan_in)`), zero biases and zero branch gains.
+    /// (`std = sqrt(1 / fan_in)`), zero biases and branch gains of [`GAIN0`].
     pub fn init(arch: Arch, seed: u64, dtype: DType) -> Result<Self> {
         let mut rng = Rng::new(seed ^ 0xA7C4_0000_0000_0001);
         let mut tensors = HashMap::new();
         for (name, shape) in arch.tensors() {
             let n: usize = shape.iter().product();
             let fan_in: usize = shape[1..].iter().product();
-            let std = if name.ends_with("bias") || name.ends_with("gain") {
+            let std = if name.ends_with("bias") {
                 0.0
             } else if name == "fc.weight" {
                 (1.0 / fan_in as f64).sqrt()
             } else {
                 (2.0 / fan_in as f64).sqrt()
             };
-            let values: Vec<f64> = (0..n).map(|_| rng.normal() * std).collect();
+            let values: Vec<f64> = if name.ends_with("gain") {
+                vec![GAIN0; n]
+            } else {
+                (0..n).map(|_| rng.normal() * std).collect()
+            };
             tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
         }
         Self::from_tensors(arch, &tensors, dtype, "the new network")
