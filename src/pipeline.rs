@@ -322,7 +322,7 @@ impl Pipeline {
     pub fn default_threshold(&self) -> Option<f32> {
         match &self.config.head {
             Some(h) => h.threshold,
-            None => Some(DEFAULT_THRESHOLD),
+            None => self.embedder.threshold().or(Some(DEFAULT_THRESHOLD)),
         }
     }
 
@@ -389,7 +389,7 @@ impl Pipeline {
 
     /// Embeddings of aligned chips (with flip averaging when configured, then the head).
     pub fn embed_chips(&self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
-        let out = if !self.config.flip {
+        let mut out = if !self.config.flip {
             self.embedder.embed(chips)?
         } else {
             let mut all: Vec<RgbImage> = chips.to_vec();
@@ -402,6 +402,7 @@ impl Pipeline {
                 .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect())
                 .collect()
         };
+        out.iter_mut().for_each(|e| self.embedder.finish(e));
         Ok(match &self.config.head {
             Some(h) => out.iter().map(|x| h.apply(x)).collect(),
             None => out,

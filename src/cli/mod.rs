@@ -173,7 +173,8 @@ pub struct FaceSizeArgs {
 /// Options of every subcommand that computes embeddings.
 #[derive(Args, Debug, Clone)]
 pub struct EmbeddingArgs {
-    /// A trained head from `facekit train` (default: dlib's ResNet as published).
+    /// A trained model from `facekit train`: a head on dlib's ResNet, or a network trained
+    /// from scratch with --arch (default: dlib's ResNet as published).
     #[arg(long, value_name = "FILE")]
     pub model: Option<PathBuf>,
     /// Do not average each embedding with its mirror image's.
@@ -189,9 +190,13 @@ impl EmbeddingArgs {
         min_face: Option<f64>,
     ) -> anyhow::Result<facekit::Pipeline> {
         use anyhow::Context;
-        let head = match &self.model {
-            Some(path) => Some(std::sync::Arc::new(facekit::embed::head::Head::load(path)?)),
-            None => None,
+        use facekit::embed::TrainedModel;
+        let (head, net) = match &self.model {
+            Some(path) => match TrainedModel::load(path)? {
+                TrainedModel::Head(h) => (Some(std::sync::Arc::new(h)), None),
+                TrainedModel::Net(n) => (None, Some(n)),
+            },
+            None => (None, None),
         };
         let config = facekit::PipelineConfig {
             flip: !self.no_flip,
@@ -201,8 +206,11 @@ impl EmbeddingArgs {
             ..Default::default()
         };
         let source = facekit::models::ModelSource::resolve(common.models.as_deref());
-        let pipeline =
-            facekit::Pipeline::with_models(&source, config).context("cannot load the models")?;
+        let mut builder = facekit::Pipeline::builder().models(&source).config(config);
+        if let Some(net) = net {
+            builder = builder.embedder(net);
+        }
+        let pipeline = builder.build().context("cannot load the models")?;
         about::verbose_pipeline(&source, &pipeline);
         Ok(pipeline)
     }

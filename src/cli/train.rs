@@ -76,6 +76,31 @@ pub enum AugmentArg {
     None,
 }
 
+/// Networks trained from scratch (`--arch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchArg {
+    /// ResNet-18's [2, 2, 2, 2] BasicBlocks at widths 32-64-128-256 on the centre 128 px of
+    /// the chip, 128-d L2-normalised embedding (2.8 M weights).
+    Resnet18Small,
+    /// The same at widths 16-32-64-128 (0.7 M weights, ~4x fewer multiply-adds).
+    Resnet18Tiny,
+}
+
+impl ArchArg {
+    fn arch(self) -> facekit::train::arch::Arch {
+        let name = match self {
+            ArchArg::Resnet18Small => "resnet18-small",
+            ArchArg::Resnet18Tiny => "resnet18-tiny",
+        };
+        // Every name here is one of facekit's architectures.
+        facekit::train::arch::ARCHS
+            .iter()
+            .copied()
+            .find(|a| a.name == name)
+            .unwrap_or(facekit::train::arch::ARCHS[0])
+    }
+}
+
 /// The head to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum HeadArg {
@@ -121,15 +146,19 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N", value_parser = super::parse::at_least_one)]
     epoch_batches: Option<usize>,
     /// AdamW learning rate (default: 1e-4 fine-tuning the pretrained head or the last stage,
-    /// 1e-3 for a new head, 1e-5 for all layers).
+    /// 1e-3 for a new head, 1e-5 for all layers, 1e-3 for a network from scratch with --arch).
     #[arg(long, value_parser = super::parse::positive_f64)]
     lr: Option<f64>,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 1e-4, value_parser = super::parse::non_negative_f64)]
     weight_decay: f64,
-    /// Which layers train.
-    #[arg(long, value_enum, default_value_t = LayersArg::Head)]
-    train_layers: LayersArg,
+    /// Which layers train (default: head; all with --arch).
+    #[arg(long, value_enum)]
+    train_layers: Option<LayersArg>,
+    /// Train this network from scratch (random initialisation) instead of dlib's ResNet; every
+    /// layer trains, on augmented chips (default loss arcface, learning rate 1e-3).
+    #[arg(long, value_enum)]
+    arch: Option<ArchArg>,
     /// Start from dlib's final layer, or a new projection.
     #[arg(long, value_enum, default_value_t = HeadArg::Pretrained)]
     head: HeadArg,
@@ -255,7 +284,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
 /// The training settings the arguments ask for (refusing combinations that cannot work).
 fn settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
-    let layers = match args.train_layers {
+    let layers = match args.train_layers.unwrap_or(if args.arch.is_some() {
+        LayersArg::All
+    } else {
+        LayersArg::Head
+    }) {
+        _ if args.arch.is_some() && args.train_layers.is_some_and(|l| l != LayersArg::All) => {
+            bail!("--arch trains a network from scratch: every layer trains (--train-layers all)")
+        }
+        LayersArg::All if args.arch.is_some() => Layers::All,
         LayersArg::Head => Layers::Head,
         LayersArg::LastStage if args.head == HeadArg::Pretrained => Layers::LastStage,
         LayersArg::LastStage => {
@@ -324,6 +361,7 @@ fn settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
             epochs: args.epochs,
             epoch_batches: args.epoch_batches,
             lr: args.lr.unwrap_or(match (args.head, layers) {
+                _ if args.arch.is_some() => 1e-3,
                 (_, Layers::All) => 1e-5,
                 (HeadArg::Pretrained, _) => 1e-4,
                 (HeadArg::New, _) => 1e-3,
@@ -333,6 +371,7 @@ fn settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
         },
         init,
         layers,
+        arch: args.arch.map(ArchArg::arch),
         min_images: args.min_images,
         val_split: args.val_split,
         resume: args.resume.clone(),

@@ -3,6 +3,7 @@
 //! An embedder maps aligned face chips (see [`crate::align`]) to vectors whose Euclidean distance
 //! says "same person" below a threshold.
 
+pub mod arch;
 pub mod dlib_resnet;
 pub mod head;
 
@@ -25,6 +26,49 @@ pub trait Embedder: Send + Sync {
     fn chip_size(&self) -> usize;
     /// Embeds chips (each `chip_size` x `chip_size` RGB), one vector per chip, in order.
     fn embed(&self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>>;
+    /// Finishes an embedding after flip averaging (an L2-normalised network normalises the
+    /// average here); nothing by default.
+    fn finish(&self, _embedding: &mut [f32]) {}
+    /// The "same person" distance threshold calibrated for this model, if it has one.
+    fn threshold(&self) -> Option<f32> {
+        None
+    }
+}
+
+/// A model file from `facekit train`, as `--model FILE` loads it.
+pub enum TrainedModel {
+    /// A head on dlib's ResNet (`facekit-head-v1`), possibly with backbone tensors.
+    Head(head::Head),
+    /// A network trained from scratch (`facekit-net-v1`, `facekit train --arch`).
+    Net(arch::NetEmbedder),
+}
+
+impl TrainedModel {
+    /// Reads `path`, telling the formats apart by the `format` in its metadata.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let name = path.display().to_string();
+        let meta = crate::models::safetensors_metadata(&bytes).map_err(|reason| Error::Model {
+            name: name.clone(),
+            reason,
+        })?;
+        match meta.get("format").map(String::as_str) {
+            Some(crate::train::arch::FORMAT) => Ok(TrainedModel::Net(
+                arch::NetEmbedder::from_bytes(&bytes, &name)?,
+            )),
+            Some(head::FORMAT) => Ok(TrainedModel::Head(head::Head::from_bytes(&bytes, &name)?)),
+            other => Err(Error::Model {
+                name,
+                reason: format!(
+                    "not a facekit model: its metadata has format {:?}, expected {} or {} \
+                     (make one with `facekit train`)",
+                    other.unwrap_or("(none)"),
+                    head::FORMAT,
+                    crate::train::arch::FORMAT
+                ),
+            }),
+        }
+    }
 }
 
 /// What a backbone outputs.

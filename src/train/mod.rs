@@ -5,6 +5,7 @@
 //! [`run`] is the whole workflow `facekit train` performs, from a labeled folder to a saved
 //! model with its calibrated threshold and what that threshold rests on.
 
+pub mod arch;
 pub mod augment;
 pub mod conv;
 pub mod loss;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::arch::{Arch, Net};
 use super::augment::{Augment, Chips};
 use super::margin::MarginHead;
 use super::resnet::ResNet;
@@ -69,6 +70,9 @@ pub struct TrainSettings {
     pub init: HeadInit,
     /// Which layers train.
     pub layers: Layers,
+    /// A network trained from scratch in place of dlib's ResNet (`None`: dlib's ResNet);
+    /// needs [`Layers::All`].
+    pub arch: Option<Arch>,
     /// Identities with fewer photos are left out.
     pub min_images: usize,
     /// Fraction of the identities held out for validation, in `[0, 1)`.
@@ -105,6 +109,7 @@ impl TrainSettings {
             },
             init: HeadInit::Pretrained,
             layers: Layers::Head,
+            arch: None,
             min_images: 1,
             val_split: 0.2,
             resume: None,
@@ -125,7 +130,15 @@ impl TrainSettings {
                 "the validation fraction must be in [0, 1)".into(),
             ));
         }
-        if self.layers != Layers::Head && self.init != HeadInit::Pretrained {
+        if let Some(arch) = self.arch {
+            if self.layers != Layers::All {
+                return Err(Error::Config(format!(
+                    "a network trained from scratch ({}) trains all its layers, not the {} layers",
+                    arch.name,
+                    self.layers.name()
+                )));
+            }
+        } else if self.layers != Layers::Head && self.init != HeadInit::Pretrained {
             return Err(Error::Config(format!(
                 "training the {} layers trains dlib's own final layer: it needs the pretrained \
                  head",
@@ -148,6 +161,9 @@ impl TrainSettings {
 
     /// The head's name in metadata (`head`).
     fn head_name(&self) -> String {
+        if let Some(arch) = self.arch {
+            return format!("net-{}", arch.name);
+        }
         match self.init {
             HeadInit::Pretrained => "pretrained-fc".into(),
             HeadInit::New { dim } => format!("new-projection-{dim}"),
@@ -300,7 +316,8 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-/// What trains: a linear head on cached features, the last stage of the ResNet, or all of it.
+/// What trains: a linear head on cached features, the last stage of the ResNet, all of it, or
+/// a network from scratch.
 enum Model {
     Head {
         head: LinearHead,
@@ -309,6 +326,7 @@ enum Model {
     },
     Stage(Stage),
     All(ResNet),
+    Net(Net),
 }
 
 impl Model {
@@ -317,12 +335,37 @@ impl Model {
             Model::Head { head, .. } => head,
             Model::Stage(st) => st,
             Model::All(net) => net,
+            Model::Net(net) => net,
         }
     }
 
-    /// The saved model from the weights the model holds now.
+    /// The saved model file from the weights the model holds now, with `metadata` and
+    /// `threshold`.
+    fn file(
+        &self,
+        weights: &[f32],
+        input: HeadInput,
+        normalize: bool,
+        metadata: BTreeMap<String, String>,
+        threshold: f32,
+    ) -> Result<Vec<u8>> {
+        if let Model::Net(net) = self {
+            return net.to_bytes(&metadata, normalize, Some(threshold));
+        }
+        let mut head = self.head(weights, input, normalize)?;
+        head.threshold = Some(threshold);
+        head.metadata = metadata;
+        head.to_bytes()
+    }
+
+    /// The saved head from the weights the model holds now (not for [`Model::Net`]).
     fn head(&self, weights: &[f32], input: HeadInput, normalize: bool) -> Result<Head> {
         Ok(match self {
+            Model::Net(_) => {
+                return Err(Error::Config(
+                    "a network from scratch saves no head on dlib's ResNet".into(),
+                ))
+            }
             Model::Stage(st) => {
                 let mut h = Head::new(st.fc_weight()?, FEATURES, DIM, HeadInput::Pooled, normalize);
                 h.backbone = st.backbone_tensors()?;
@@ -395,7 +438,13 @@ pub fn run(
 
     // The model and its starting point: fresh, or a checkpoint.
     let fc = dlib.fc_weight()?;
-    let model = if settings.layers == Layers::All {
+    let model = if let Some(arch) = settings.arch {
+        Model::Net(Net::init(
+            arch,
+            settings.config.seed,
+            candle_core::DType::F32,
+        )?)
+    } else if settings.layers == Layers::All {
         Model::All(ResNet::pretrained(&settings.models)?)
     } else if stage {
         Model::Stage(Stage::pretrained(&settings.models, settings.flip)?)
@@ -412,16 +461,24 @@ pub fn run(
         .transpose()?;
     // ArcFace / CosFace: class weights from the training identities' mean directions.
     let margin = if settings.config.loss.is_margin_softmax() {
-        let emb = if settings.layers == Layers::All {
-            // The cached features are dlib's embedding, which the network starts from.
-            train_rows.iter().map(|&i| data.row(i).to_vec()).collect()
+        if let Model::Net(net) = &model {
+            Some(random_classes(
+                &labels_of(data, &train_rows),
+                net.arch().dim,
+                settings.config.seed,
+            )?)
         } else {
-            embed_rows(model.trainable(), data, &train_rows, normalize)?
-        };
-        Some(MarginHead::from_centres(
-            &emb,
-            &labels_of(data, &train_rows),
-        )?)
+            let emb = if settings.layers == Layers::All {
+                // The cached features are dlib's embedding, which the network starts from.
+                train_rows.iter().map(|&i| data.row(i).to_vec()).collect()
+            } else {
+                embed_rows(model.trainable(), data, &train_rows, normalize)?
+            };
+            Some(MarginHead::from_centres(
+                &emb,
+                &labels_of(data, &train_rows),
+            )?)
+        }
     } else {
         None
     };
@@ -495,8 +552,14 @@ pub fn run(
         identities: identities_of(data, rows),
         pairs: best.pairs,
     };
-    let head = model.head(&trained.best_weights, input, normalize)?;
-    let checkpoint = save(settings, head, &trained, best, threshold_basis)?;
+    let checkpoint = save(
+        settings,
+        &model,
+        (input, normalize),
+        &trained,
+        best,
+        threshold_basis,
+    )?;
     Ok(TrainReport {
         out: settings.out.clone(),
         checkpoint,
@@ -518,19 +581,19 @@ pub fn run(
     })
 }
 
-/// Writes the model (`head` with the best epoch's `best` validation, its threshold and what it
-/// rests on) and the checkpoint; returns the checkpoint's path.
+/// Writes the model (`model` holding the best epoch's weights, with its `best` validation, its
+/// threshold and what it rests on) and the checkpoint; returns the checkpoint's path.
 fn save(
     settings: &TrainSettings,
-    mut head: Head,
+    model: &Model,
+    (input, normalize): (HeadInput, bool),
     trained: &super::Trained,
     best: Validation,
     basis: ThresholdBasis,
 ) -> Result<PathBuf> {
-    head.threshold = Some(best.threshold);
     let meta = settings.metadata();
-    head.metadata = meta.clone();
-    let m = &mut head.metadata;
+    let mut file_meta = meta.clone();
+    let m = &mut file_meta;
     m.insert("best_epoch".into(), trained.best_epoch.to_string());
     let accuracy = match basis.from {
         Calibration::Validation => "val_accuracy",
@@ -541,7 +604,14 @@ fn save(
     m.insert("threshold_identities".into(), basis.identities.to_string());
     m.insert("threshold_pairs".into(), basis.pairs.to_string());
     let checkpoint = checkpoint_path(&settings.out);
-    crate::io::write_file_atomic(&settings.out, &head.to_bytes()?, true)?;
+    let bytes = model.file(
+        &trained.best_weights,
+        input,
+        normalize,
+        file_meta,
+        best.threshold,
+    )?;
+    crate::io::write_file_atomic(&settings.out, &bytes, true)?;
     crate::io::write_file_atomic(&checkpoint, &trained.checkpoint.to_bytes(&meta)?, true)?;
     Ok(checkpoint)
 }
@@ -617,7 +687,7 @@ fn baseline(
     Ok(match model {
         _ if input == HeadInput::Embedding => validate(data, val_rows, |x| x.to_vec()),
         // The cached features are dlib's embedding.
-        Model::All(_) => validate(data, val_rows, |x| x.to_vec()),
+        Model::All(_) | Model::Net(_) => validate(data, val_rows, |x| x.to_vec()),
         Model::Stage(_) => {
             let emb = embed_rows(model.trainable(), data, val_rows, false)?;
             validate_embeddings(&emb, &labels_of(data, val_rows))
@@ -672,6 +742,25 @@ fn start_state(
         )));
     }
     Ok(ck)
+}
+
+/// ArcFace / CosFace class weights for a network from scratch: a seeded random unit vector of
+/// size `dim` per training identity (the network's own embeddings say nothing yet).
+fn random_classes(labels: &[u32], dim: usize, seed: u64) -> Result<MarginHead> {
+    let identities: Vec<u32> = labels
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut rng = crate::rng::Rng::new(seed ^ 0x0C1A_55E5);
+    let mut init = Vec::with_capacity(identities.len() * dim);
+    for _ in &identities {
+        let v: Vec<f64> = (0..dim).map(|_| rng.normal()).collect();
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+        init.extend(v.iter().map(|x| (x / n) as f32));
+    }
+    MarginHead::new(init, &identities, dim)
 }
 
 /// The identity of each of `rows`.
