@@ -105,9 +105,10 @@ impl Arch {
 }
 
 /// The one convolution of every layer (no dilation, no groups): `x [B, Cin, H, W]` with
-/// `w [Cout, Cin, k, k]`, stride and zero padding on every side.
+/// `w [Cout, Cin, k, k]`, stride and zero padding on every side; [`super::conv::conv2d`]
+/// (im2col + gemm on the CPU in both directions, candle's own elsewhere).
 pub fn conv(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> candle_core::Result<Tensor> {
-    x.conv2d(w, pad, stride, 1, 1)
+    super::conv::conv2d(x, w, stride, pad)
 }
 
 /// The network, every tensor a variable.
