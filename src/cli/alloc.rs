@@ -5,8 +5,17 @@
 //! fifth of their time in page faults (measured in README "Speed"). Freed blocks are kept, up
 //! to [`CACHE_BYTES`] in all, and handed out again to later blocks of about the same size, so a
 //! long run's per-photo buffers are not mapped, faulted in and unmapped over and over.
+//!
+//! Huge pages pay where a run's working set is small and reused (a model load, a short
+//! `verify`). Camera photos are the opposite: tens of MB per photo in blocks of ever different
+//! sizes, which miss the cache, so every block was a fresh mapping whose huge pages the kernel
+//! zeroes at first touch: up to a third of a 12 MP run's CPU samples on a busy machine
+//! (`perf`), 4-5 % of its CPU time on a quiet one (README "Speed"). So at most
+//! [`MAP_BUDGET`] bytes are ever mapped this way; later large blocks go to the system
+//! allocator, which reuses freed memory without zeroing it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Blocks of at least this many bytes get their own huge-page mapping. Smaller ones go to the
 /// system allocator (a huge page under a small block would waste most of it).
@@ -15,6 +24,14 @@ const LARGE: usize = 1 << 20;
 const HUGE: usize = 2 << 20;
 /// Bytes kept just below each large block: the mapping's base address and length.
 const HEADER: usize = 16;
+
+/// Bytes mapped with huge pages over the whole run, at most (see the module doc): a `verify`
+/// maps ~60 MB, an `embed` of small photos keeps reusing its first blocks (64 MB slowed
+/// `verify` by ~10 %, 256 MB gained less on camera photos).
+const MAP_BUDGET: usize = 128 << 20;
+
+/// Bytes mapped with huge pages so far.
+static MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Freed large blocks kept for reuse, at most this many bytes in all.
 const CACHE_BYTES: usize = 96 << 20;
@@ -82,16 +99,59 @@ unsafe fn large(size: usize, zeroed: bool) -> *mut u8 {
         }
         return start as *mut u8;
     }
-    unsafe { map(size) }
+    let body = size.div_ceil(HUGE) * HUGE;
+    let budget = MAPPED.fetch_update(Relaxed, Relaxed, |m| {
+        (m + body <= MAP_BUDGET).then_some(m + body)
+    });
+    if budget.is_ok() {
+        unsafe { map(size) }
+    } else {
+        unsafe { from_system(size, zeroed) }
+    }
+}
+
+/// A large block from the system allocator, behind a header of two zeros (no mapping) so that
+/// [`release`] hands it back there.
+unsafe fn from_system(size: usize, zeroed: bool) -> *mut u8 {
+    let Ok(layout) = Layout::from_size_align(size + HEADER, HEADER) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: a non-zero size.
+    let block = unsafe {
+        if zeroed {
+            System.alloc_zeroed(layout)
+        } else {
+            System.alloc(layout)
+        }
+    };
+    if block.is_null() {
+        return block;
+    }
+    // SAFETY: the block has HEADER bytes before the returned address, 16-byte aligned.
+    unsafe {
+        let header = block as *mut usize;
+        header.write(0);
+        header.add(1).write(size);
+        block.add(HEADER)
+    }
 }
 
 /// Frees a large block: kept in the cache when there is room, else unmapped.
 unsafe fn release(ptr: *mut u8) {
-    // SAFETY: `ptr` came from `map`, which wrote the mapping's base and length below it.
+    // SAFETY: `ptr` came from `map`, which wrote the mapping's base and length below it, or
+    // from `from_system`, which wrote a zero base and the block's size.
     let (base, len) = unsafe {
         let header = (ptr as usize - HEADER) as *const usize;
         (header.read(), header.add(1).read())
     };
+    if base == 0 {
+        // SAFETY: the layout `from_system` allocated with.
+        unsafe {
+            let layout = Layout::from_size_align_unchecked(len + HEADER, HEADER);
+            System.dealloc(ptr.sub(HEADER), layout);
+        }
+        return;
+    }
     let body = base + len - ptr as usize;
     if !keep(ptr as usize, body) {
         // SAFETY: the whole mapping made by `map`, no longer used.
