@@ -291,6 +291,21 @@ impl Net {
         pooled.matmul(&fc.t()?)?.broadcast_add(&bias.unsqueeze(0)?)
     }
 
+    /// Data-dependent start of the output layer: shifts `fc.bias` so that the embeddings of
+    /// `x` (an evaluation batch `[B, V, 3, H, W]` of training faces) average to zero. An
+    /// untrained network's pooled features are ReLU averages, all positive, so every face's
+    /// embedding shares one large direction; L2-normalised, all faces then lie within ~0.01 of
+    /// each other and the loss's gradients on what tells them apart are ~100 times too small
+    /// (measured: ArcFace from the plain random start did not move validation accuracy in 3
+    /// epochs). Centred, the start keeps only what differs between faces.
+    pub fn center_output(&self, x: &Tensor) -> Result<()> {
+        let mean = self.run(x, true)?.mean(0)?;
+        let i = self.index["fc.bias"];
+        let bias = (self.vars[i].as_tensor() - mean.to_dtype(self.vars[i].dtype())?)?;
+        self.vars[i].set(&bias)?;
+        Ok(())
+    }
+
     /// Every tensor as f32 values, named as [`Arch::tensors`] names them.
     pub fn named_tensors(&self) -> Result<Vec<crate::embed::head::NamedTensor>> {
         self.names

@@ -456,6 +456,15 @@ pub fn run(
             out_dim,
         }
     };
+    if let Model::Net(net) = &model {
+        // Centre the new network's output on up to 64 training faces spread over the
+        // identities (a resumed run then loads its checkpoint over it).
+        let step = train_rows.len().div_ceil(64).max(1);
+        let sample: Vec<usize> = train_rows.iter().step_by(step).copied().collect();
+        if !sample.is_empty() {
+            net.center_output(&inputs.eval_input(&sample)?)?;
+        }
+    }
     let base = has_val
         .then(|| baseline(data, &val_rows, &model, input, &fc))
         .transpose()?;
