@@ -631,7 +631,8 @@ fn gate_acquire(pixels: u64) {
     let mut state = GATE.state.lock().unwrap_or_else(|p| p.into_inner());
     let full = |s: &GateState| s.used + pixels > GATE_PIXELS;
     if held == 0 {
-        // Nobody holds anything: go ahead whatever the size.
+        // This thread holds nothing yet: wait for room, unless nobody holds anything (then
+        // any size goes ahead).
         while state.used > 0 && full(&state) {
             state = GATE.freed.wait(state).unwrap_or_else(|p| p.into_inner());
         }

@@ -89,7 +89,8 @@ fn is_large(layout: &Layout) -> bool {
     layout.size() >= LARGE && layout.align() <= HEADER
 }
 
-/// A large block of `size` bytes: a cached one, or a new mapping (see [`map`]). Zeroed when
+/// A large block of `size` bytes: a cached one, a new mapping (see [`map`]) while the
+/// [`MAP_BUDGET`] lasts, else one from the system allocator ([`from_system`]). Zeroed when
 /// `zeroed` (new mappings always are).
 unsafe fn large(size: usize, zeroed: bool) -> *mut u8 {
     if let Some((start, _)) = take_cached(size) {
@@ -136,7 +137,8 @@ unsafe fn from_system(size: usize, zeroed: bool) -> *mut u8 {
     }
 }
 
-/// Frees a large block: kept in the cache when there is room, else unmapped.
+/// Frees a large block: the system allocator's back to it; a mapping kept in the cache when
+/// there is room, else unmapped.
 unsafe fn release(ptr: *mut u8) {
     // SAFETY: `ptr` came from `map`, which wrote the mapping's base and length below it, or
     // from `from_system`, which wrote a zero base and the block's size.
