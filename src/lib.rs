@@ -20,6 +20,7 @@
 pub mod album;
 pub mod align;
 pub mod cluster;
+pub(crate) mod dconv;
 pub mod detect;
 pub mod device;
 pub mod distance;

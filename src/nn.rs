@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Shape, Stor
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use crate::dconv::DirectConv;
 use crate::winograd::{Tile, WinogradConv};
 
 thread_local! {
@@ -166,6 +167,8 @@ pub struct Conv2d {
     cpu_weight: bool,
     /// The Winograd form of a 3x3 stride-1 convolution, when switched on ([`Self::winograd`]).
     winograd: Option<WinogradConv>,
+    /// The direct kernels, when switched on ([`Self::direct`]).
+    direct: Option<DirectConv>,
     c_in: usize,
     c_out: usize,
     k: usize,
@@ -215,6 +218,7 @@ impl Conv2d {
             bias_values,
             cpu_weight,
             winograd: None,
+            direct: None,
             c_in,
             c_out,
             k: kh,
@@ -233,6 +237,20 @@ impl Conv2d {
             });
         }
         self
+    }
+
+    /// Runs this convolution with the direct kernels on the CPU (see [`crate::dconv`]) where
+    /// Winograd does not apply: only weights that live on the CPU, on CPUs with AVX2 and FMA.
+    pub(crate) fn direct(mut self) -> Self {
+        if self.cpu_weight {
+            self.direct = DirectConv::new(self.c_in, self.c_out, self.k, self.stride, self.padding);
+        }
+        self
+    }
+
+    /// Whether this convolution runs on the direct kernels ([`Self::direct`]).
+    pub(crate) fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// The weights, `[c_out, c_in, k, k]`.
@@ -337,6 +355,9 @@ impl Conv2d {
     ) -> Vec<f32> {
         if let Some(wg) = self.winograd.as_ref().filter(|wg| wg.pays(b, h, w)) {
             return wg.forward(wt, src, b, h, w, act);
+        }
+        if let Some(direct) = &self.direct {
+            return direct.forward(wt, &self.bias_values, src, b, h, w, act);
         }
         let (oh, ow) = self.out_size(h, w);
         let n = oh * ow;

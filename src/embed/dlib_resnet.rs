@@ -8,9 +8,12 @@
 //! Each `affine` (batch-norm folded by dlib into `gamma * x + beta`) is folded once more into the
 //! convolution before it, so a block is two fused conv layers.
 //!
-//! With [`Precision::Fast`] the 3x3 stride-1 convolutions of the four stages (35x35, 17x17,
-//! 8x8, 3x3) run with Winograd's minimal filtering (`src/winograd.rs`); the 7x7 and
-//! stride-2 convolutions, and the last block's 1x1 one, stay direct.
+//! On the CPU every convolution whose output map is 8x8 or larger (the 7x7 stem, the
+//! 35x35, 17x17 and 8x8 stages and the stride-2 convolutions into them) runs on the direct
+//! kernels of `src/dconv.rs` (no patch matrix); the 3x3 and 1x1 maps keep im2col + gemm. With
+//! [`Precision::Fast`] the 3x3 stride-1 convolutions of the 17x17, 8x8 and 3x3 stages run
+//! with Winograd's minimal filtering (`src/winograd.rs`); at 35x35 the exact direct kernels
+//! are as fast.
 
 use std::time::Instant;
 
@@ -101,26 +104,48 @@ struct Residual {
     down: bool,
 }
 
+/// The CPU kernel of one convolution whose output is `side x side` (see the module doc):
+/// direct kernels for maps of 8x8 and more, unless `tile` (the block's Winograd tile, fast
+/// path only) is given and the direct kernels are not faster there.
+fn kernel(conv: Conv2d, side: usize, tile: Option<Tile>) -> Conv2d {
+    let conv = if side >= DIRECT_MIN_SIDE {
+        conv.direct()
+    } else {
+        conv
+    };
+    match tile {
+        // At 35x35 (32 channels) the direct kernels are as fast as Winograd and exact.
+        Some(_) if side >= 35 && conv.is_direct() => conv,
+        Some(tile) => conv.winograd(tile),
+        None => conv,
+    }
+}
+
+/// Smallest output side where the direct kernels beat im2col + gemm (`bench_embed --stages`,
+/// one thread: 8x8x128 1.93 -> 1.45 ms per chip, while the 3x3 maps, padded to 16 positions a
+/// row block, were slower: 1.43 -> 1.89 ms).
+const DIRECT_MIN_SIDE: usize = 8;
+
 impl Residual {
-    /// A block whose stride-1 convolutions run on `side x side` images with Winograd `tile`
-    /// (`None`: direct).
+    /// A block on `side_in x side_in` inputs whose stride-1 convolutions run with Winograd
+    /// `tile` (`None`: exact kernels).
     fn new(
         c_in: usize,
         c_out: usize,
         down: bool,
+        side_in: usize,
         tile: Option<Tile>,
         vb: VarBuilder,
     ) -> Result<Self> {
         let (stride, pad) = if down { (2, 0) } else { (1, 1) };
-        let fast = |conv: Conv2d| match tile {
-            Some(tile) => conv.winograd(tile),
-            None => conv,
-        };
+        let conv1 = conv_affine(c_in, c_out, 3, stride, pad, &vb, "conv1", "affine1")?;
+        let side_out = conv1.out_size(side_in, side_in).0;
+        // A down block's stride-2 convolution never uses Winograd.
+        let conv1 = kernel(conv1, side_out, if down { None } else { tile });
+        let conv2 = conv_affine(c_out, c_out, 3, 1, 1, &vb, "conv2", "affine2")?;
         Ok(Residual {
-            conv1: fast(conv_affine(
-                c_in, c_out, 3, stride, pad, &vb, "conv1", "affine1",
-            )?),
-            conv2: fast(conv_affine(c_out, c_out, 3, 1, 1, &vb, "conv2", "affine2")?),
+            conv1,
+            conv2: kernel(conv2, side_out, tile),
             down,
         })
     }
@@ -174,12 +199,13 @@ impl DlibResNet {
 
     /// Builds the network with the given [`Precision`].
     pub fn with_precision(vb: VarBuilder, precision: Precision) -> Result<Self> {
-        let conv1 = conv_affine(3, 32, 7, 2, 0, &vb, "conv1", "affine1")?;
+        let conv1 = conv_affine(3, 32, 7, 2, 0, &vb, "conv1", "affine1")?.direct();
         let mut side = BLOCK_INPUT_SIDE;
         let layers = PLAN
             .iter()
             .enumerate()
             .map(|(i, &(c_in, c_out, down))| {
+                let side_in = side;
                 if down {
                     side = (side - 3) / 2 + 1;
                 }
@@ -187,7 +213,14 @@ impl DlibResNet {
                     Precision::Exact => None,
                     Precision::Fast => Tile::for_side(side),
                 };
-                Residual::new(c_in, c_out, down, tile, vb.pp(format!("layers.{i}")))
+                Residual::new(
+                    c_in,
+                    c_out,
+                    down,
+                    side_in,
+                    tile,
+                    vb.pp(format!("layers.{i}")),
+                )
             })
             .collect::<Result<_>>()?;
         let fc = vb

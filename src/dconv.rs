@@ -1,0 +1,449 @@
+//! Direct convolution on the CPU: the exact path of the ResNet's convolutions on large maps,
+//! without a patch matrix.
+//!
+//! im2col + gemm writes every input pixel `k * k` times into a patch matrix that, for a 35x35x32
+//! map, is larger than a core's L2 cache, and gemm then packs it once more. Here each image is
+//! copied once into a zero-padded buffer and every output is computed straight from it:
+//!
+//! - **Flat positions.** With stride 1 the padded image is `hp x wp`; output `(y, x)` and tap
+//!   `(ci, ky, kx)` read `padded[ci][y + ky][x + kx]`, which is the flat element
+//!   `y * wp + x` shifted by a constant `ci * hp * wp + ky * wp + kx`. So the outputs of an image
+//!   are computed at the flat positions `0 .. oh * wp` (the `wp - ow` positions past each row's
+//!   end are computed and dropped), and for every tap eight consecutive outputs read eight
+//!   consecutive inputs: one unaligned vector load.
+//! - **Stride s.** The padded image is split into `s * s` phase planes (rows `py + s * qy`,
+//!   columns `px + s * qx`), each `hq x wq`; tap `(ci, ky, kx)` then reads phase
+//!   `(ky % s, kx % s)` at the constant shift `(ky / s) * wq + kx / s`, and the same flat scheme
+//!   applies with rows `wq` long.
+//! - **Kernel.** 4 output channels x 24 positions in 12 AVX2 registers, started from the bias;
+//!   per tap 3 loads, 4 broadcasts of the weights (read in place, `[c_out, c_in * k * k]`) and
+//!   12 FMAs. Every output sums its taps in the weight order, so the result does not depend on
+//!   the batch, the thread count or which positions share a block.
+//!
+//! Only x86-64 with AVX2 and FMA runs it ([`usable`]); elsewhere callers keep im2col + gemm.
+
+use rayon::prelude::*;
+
+use crate::nn::{apply_act, for_each_chunk, is_serial, with_scratch, Act, SyncPtr};
+
+/// Floats per AVX register.
+const L: usize = 8;
+/// Registers of output positions per kernel call.
+const V: usize = 2;
+/// Output positions per kernel call.
+const POS: usize = V * L;
+/// Output channels per kernel call (the last call of a convolution may take 2 or 4).
+const CO: usize = 6;
+
+/// Whether the direct kernels can run on this CPU (x86-64 with AVX2 and FMA).
+pub(crate) fn usable() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The geometry of one convolution over one input size.
+struct Plan {
+    c_in: usize,
+    s: usize,
+    pad: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    /// Phase plane size: `hq x wq`.
+    hq: usize,
+    wq: usize,
+    /// Computed positions per output channel (`oh * wq` rounded up to whole kernel calls).
+    npos: usize,
+    /// Floats of the prepared (padded, phase-split) input of one image, reads included.
+    prepared: usize,
+    /// Flat shift of every tap, in weight order `(ci, ky, kx)`.
+    offsets: Vec<usize>,
+}
+
+impl Plan {
+    fn new(c_in: usize, k: usize, s: usize, pad: usize, h: usize, w: usize) -> Plan {
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let (oh, ow) = ((hp - k) / s + 1, (wp - k) / s + 1);
+        let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
+        let plane = hq * wq;
+        let mut offsets = Vec::with_capacity(c_in * k * k);
+        for ci in 0..c_in {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let phase = (ci * s + ky % s) * s + kx % s;
+                    offsets.push(phase * plane + (ky / s) * wq + kx / s);
+                }
+            }
+        }
+        let npos = (oh * wq).div_ceil(POS) * POS;
+        let last_read = offsets.iter().max().copied().unwrap_or(0) + npos;
+        Plan {
+            c_in,
+            s,
+            pad,
+            h,
+            w,
+            oh,
+            ow,
+            hq,
+            wq,
+            npos,
+            prepared: last_read.max(c_in * s * s * plane),
+            offsets,
+        }
+    }
+
+    /// Copies one image `c_in x h x w` into `dst` as zero-padded phase planes.
+    fn prepare(&self, src: &[f32], dst: &mut [f32]) {
+        let (s, pad, h, w, hq, wq) = (self.s, self.pad, self.h, self.w, self.hq, self.wq);
+        dst.fill(0.0);
+        let mut rows = dst.chunks_exact_mut(wq);
+        for ci in 0..self.c_in {
+            let plane = &src[ci * h * w..(ci + 1) * h * w];
+            for py in 0..s {
+                for px in 0..s {
+                    for qy in 0..hq {
+                        let Some(row) = rows.next() else { return };
+                        let iy = (qy * s + py).wrapping_sub(pad);
+                        if iy >= h {
+                            continue;
+                        }
+                        let line = &plane[iy * w..(iy + 1) * w];
+                        // Padded column qx * s + px is input column qx * s + px - pad.
+                        for (qx, d) in row.iter_mut().enumerate() {
+                            let ix = (qx * s + px).wrapping_sub(pad);
+                            if ix < w {
+                                *d = line[ix];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A convolution run by the direct kernels; the weights stay with the caller.
+pub(crate) struct DirectConv {
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl DirectConv {
+    /// A `k x k` convolution `c_in -> c_out` with `stride` and `pad`; `None` when the kernels
+    /// cannot run here or `c_out` is not a multiple of 4.
+    pub(crate) fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Option<Self> {
+        (usable() && c_out.is_multiple_of(2) && stride > 0).then_some(DirectConv {
+            c_in,
+            c_out,
+            k,
+            stride,
+            pad,
+        })
+    }
+
+    /// `b` images `c_in x h x w` -> `b x c_out x oh x ow`, plus `bias` and `act`; `wt` is
+    /// `[c_out, c_in * k * k]`. Images are spread over the pool; a single image spreads its
+    /// output channels ([`crate::nn::serial`] honoured).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        wt: &[f32],
+        bias: &[f32],
+        src: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+        act: Act,
+    ) -> Vec<f32> {
+        let p = Plan::new(self.c_in, self.k, self.stride, self.pad, h, w);
+        debug_assert!(wt.len() == self.c_out * p.offsets.len() && bias.len() == self.c_out);
+        let in_size = self.c_in * h * w;
+        let out_size = self.c_out * p.oh * p.ow;
+        let mut out = vec![0f32; b * out_size];
+        let one_image = |img: usize, o: &mut [f32]| {
+            with_scratch(p.prepared + self.c_out * p.npos, |buf| {
+                let (prep, flat) = buf.split_at_mut(p.prepared);
+                p.prepare(&src[img * in_size..(img + 1) * in_size], prep);
+                let parallel = b == 1 && !is_serial();
+                self.channels(&p, wt, bias, prep, flat, parallel);
+                compact(&p, flat, o);
+            });
+            apply_act(o, self.c_out, p.oh * p.ow, act);
+        };
+        if b == 1 {
+            one_image(0, &mut out);
+        } else {
+            for_each_chunk(&mut out, out_size, |img, o| {
+                crate::nn::serial(|| one_image(img, o))
+            });
+        }
+        out
+    }
+
+    /// All output channels of one prepared image into `flat` (`[c_out, npos]`).
+    fn channels(
+        &self,
+        p: &Plan,
+        wt: &[f32],
+        bias: &[f32],
+        prep: &[f32],
+        flat: &mut [f32],
+        parallel: bool,
+    ) {
+        let taps = p.offsets.len();
+        let groups: Vec<usize> = (0..self.c_out).step_by(CO).collect();
+        let dst = SyncPtr(flat.as_mut_ptr());
+        let run = |&co: &usize| {
+            let rows = CO.min(self.c_out - co);
+            // SAFETY: usable() held when this DirectConv was made; `prep` holds every read
+            // (`Plan::prepared`), `wt` holds rows co..co+rows of `taps` weights, and this
+            // group alone writes rows co..co+rows of `flat` (`npos` each).
+            unsafe {
+                avx::block(
+                    rows,
+                    &p.offsets,
+                    wt.as_ptr().add(co * taps),
+                    taps,
+                    &bias[co..co + rows],
+                    prep.as_ptr(),
+                    p.npos,
+                    dst.get().add(co * p.npos),
+                )
+            }
+        };
+        if parallel {
+            groups.par_iter().for_each(run);
+        } else {
+            groups.iter().for_each(run);
+        }
+    }
+}
+
+/// `flat` `[c_out, npos]` (rows `wq` long) -> `out` `[c_out, oh, ow]`.
+fn compact(p: &Plan, flat: &[f32], out: &mut [f32]) {
+    for (plane, src) in out
+        .chunks_exact_mut(p.oh * p.ow)
+        .zip(flat.chunks_exact(p.npos))
+    {
+        for (row, line) in plane.chunks_exact_mut(p.ow).zip(src.chunks(p.wq)) {
+            row.copy_from_slice(&line[..p.ow]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    use super::{L, POS, V};
+
+    /// Output channels `co .. co + rows` (`rows` 2, 4 or 6) at all `npos` positions.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be present; `w` must hold `rows` rows of `taps` weights; `x` must be
+    /// valid for reads at every `offsets[t] + position` (position < `npos`); `out` for `rows`
+    /// rows of `npos` writes.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block(
+        rows: usize,
+        offsets: &[usize],
+        w: *const f32,
+        taps: usize,
+        bias: &[f32],
+        x: *const f32,
+        npos: usize,
+        out: *mut f32,
+    ) {
+        debug_assert!(bias.len() >= rows && npos.is_multiple_of(POS));
+        let mut pos = 0;
+        while pos < npos {
+            let (x, o) = (x.add(pos), out.add(pos));
+            match rows {
+                6 => kernel::<6>(offsets, w, taps, bias, x, o, npos),
+                4 => kernel::<4>(offsets, w, taps, bias, x, o, npos),
+                _ => kernel::<2>(offsets, w, taps, bias, x, o, npos),
+            }
+            pos += POS;
+        }
+    }
+
+    /// `R` channels x 16 positions: bias, then every tap in order.
+    #[inline(always)]
+    unsafe fn kernel<const R: usize>(
+        offsets: &[usize],
+        w: *const f32,
+        taps: usize,
+        bias: &[f32],
+        x: *const f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc: [[__m256; V]; R] = std::array::from_fn(|r| [_mm256_set1_ps(bias[r]); V]);
+        for (t, &off) in offsets.iter().enumerate() {
+            let p = x.add(off);
+            let v: [__m256; V] = std::array::from_fn(|j| _mm256_loadu_ps(p.add(j * L)));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let a = _mm256_broadcast_ss(&*w.add(r * taps + t));
+                for (s, &vj) in acc_r.iter_mut().zip(&v) {
+                    *s = _mm256_fmadd_ps(a, vj, *s);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (j, &s) in acc_r.iter().enumerate() {
+                _mm256_storeu_ps(out.add(r * stride + j * L), s);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx {
+    /// Never called: [`super::usable`] is false off x86-64.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block(
+        _: usize,
+        _: &[usize],
+        _: *const f32,
+        _: usize,
+        _: &[f32],
+        _: *const f32,
+        _: usize,
+        _: *mut f32,
+    ) {
+        unreachable!("direct convolution kernels need x86-64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{serial, Conv2d};
+    use candle_core::{Device, Tensor};
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..n).map(|_| rng.f64() as f32 * 2.0 - 1.0).collect()
+    }
+
+    /// `(c_in, c_out, k, stride, pad, h, w)`: the ResNet's stem and stage convolutions, and
+    /// odd ones (channel tails of 2 and 4, stride 3, padding 2, non-square maps).
+    const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 10] = [
+        (3, 32, 7, 2, 0, 150, 150),
+        (32, 32, 3, 1, 1, 35, 35),
+        (32, 64, 3, 2, 0, 35, 35),
+        (64, 64, 3, 1, 1, 17, 17),
+        (64, 128, 3, 2, 0, 17, 17),
+        (128, 128, 3, 1, 1, 8, 8),
+        (5, 10, 3, 1, 1, 13, 9),
+        (7, 4, 5, 3, 2, 20, 31),
+        (2, 2, 1, 1, 0, 6, 7),
+        (6, 8, 4, 2, 1, 11, 12),
+    ];
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn matches_im2col_and_gemm() {
+        if !usable() {
+            eprintln!("SKIPPED: no AVX2/FMA on this CPU");
+            return;
+        }
+        for (i, &(c_in, c_out, k, s, pad, h, w)) in SHAPES.iter().enumerate() {
+            let seed = i as u64 * 10;
+            let weight = Tensor::from_vec(
+                random(c_out * c_in * k * k, seed),
+                (c_out, c_in, k, k),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let bias = Tensor::from_vec(random(c_out, seed + 1), c_out, &Device::Cpu).unwrap();
+            let gemm = Conv2d::new(weight.clone(), Some(bias.clone()), s, pad).unwrap();
+            let direct = Conv2d::new(weight, Some(bias), s, pad).unwrap().direct();
+            assert!(direct.is_direct());
+            for b in [1, 3] {
+                let x = Tensor::from_vec(
+                    random(b * c_in * h * w, seed + 2),
+                    (b, c_in, h, w),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let want = values(&gemm.forward_act(&x, Act::Relu).unwrap());
+                let got = direct.forward_act(&x, Act::Relu).unwrap();
+                assert_eq!(
+                    got.dims4().unwrap(),
+                    (b, c_out, gemm.out_size(h, w).0, gemm.out_size(h, w).1)
+                );
+                let got = values(&got);
+                let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    err <= 2e-6 * scale * (c_in * k * k) as f32,
+                    "shape {:?} batch {b}: max error {err} (scale {scale})",
+                    SHAPES[i]
+                );
+                assert!(want.iter().any(|&v| v > 0.0) && want.iter().any(|&v| v == 0.0));
+            }
+        }
+    }
+
+    #[test]
+    fn same_bits_for_any_batch_and_threads() {
+        if !usable() {
+            eprintln!("SKIPPED: no AVX2/FMA on this CPU");
+            return;
+        }
+        for &(c_in, c_out, k, s, pad, h, w) in &SHAPES[..4] {
+            let wt = random(c_out * c_in * k * k, 7);
+            let bias = random(c_out, 8);
+            let conv = DirectConv::new(c_in, c_out, k, s, pad).unwrap();
+            let b = 3;
+            let src = random(b * c_in * h * w, 9);
+            let all = conv.forward(&wt, &bias, &src, b, h, w, Act::Identity);
+            let per = all.len() / b;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            for img in 0..b {
+                let one = &src[img * c_in * h * w..(img + 1) * c_in * h * w];
+                let parallel =
+                    pool.install(|| conv.forward(&wt, &bias, one, 1, h, w, Act::Identity));
+                let single = serial(|| conv.forward(&wt, &bias, one, 1, h, w, Act::Identity));
+                let want = &all[img * per..(img + 1) * per];
+                assert!(parallel
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(single
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
+}
