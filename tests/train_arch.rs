@@ -90,6 +90,25 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
     assert_eq!(meta["lr"], "0.001");
     // The default recipe from scratch: the normalised softmax (CosFace without a margin, s 16).
     assert_eq!(meta["loss"], "CosFace { scale: 16.0, margin: 0.0 }");
+    // Explicit flags win over that recipe.
+    let flagged = tmp.path().join("flagged.safetensors");
+    for (extra, loss) in [
+        (
+            &["--loss", "arcface"][..],
+            "ArcFace { scale: 30.0, margin: 0.3 }",
+        ),
+        (
+            &["--margin-scale", "20"][..],
+            "CosFace { scale: 20.0, margin: 0.0 }",
+        ),
+        (
+            &["--margin", "0.1"][..],
+            "CosFace { scale: 16.0, margin: 0.1 }",
+        ),
+    ] {
+        train(&flagged, "1", "5", extra);
+        assert_eq!(header(&flagged)["__metadata__"]["loss"], loss, "{extra:?}");
+    }
     let threshold: f64 = meta["threshold"].as_str().unwrap().parse().unwrap();
     assert!(threshold > 0.0 && threshold < 2.0, "{threshold}");
     assert_eq!(

@@ -3,7 +3,10 @@
 //! loss, or dlib's pairwise hinge loss — with validation on held-out identities, the best
 //! checkpoint kept, and exact resume (weights, AdamW moments and the epoch are checkpointed).
 //! [`run`] is the whole workflow `facekit train` performs, from a labeled folder to a saved
-//! model with its calibrated threshold and what that threshold rests on.
+//! model with its calibrated threshold and what that threshold rests on. The model trains on
+//! [`TrainSettings::device`] (any candle device); on the CPU through facekit's own convolution
+//! and max-pool kernels, elsewhere through candle ops ([`with_generic_ops`] checks the latter on
+//! the CPU).
 
 pub mod arch;
 pub mod augment;
