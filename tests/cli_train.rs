@@ -552,3 +552,55 @@ fn a_threshold_on_few_identities_says_what_it_rests_on() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("rests on 2 training identities"));
 }
+
+/// `--device`: training runs on the device chosen (`-v` says which); CUDA in a build without it
+/// is an error that says so, exit 2, and nothing is written (never a silent CPU fallback).
+#[test]
+fn train_runs_on_the_chosen_device_or_refuses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("dev.safetensors");
+    let data = fixture("lfw");
+    let args = |device: &str| -> Vec<String> {
+        [
+            "train",
+            "-v",
+            "--device",
+            device,
+            s(&data),
+            "--out",
+            s(&model),
+            "--val-split",
+            "0",
+            "--identities",
+            "2",
+            "--per-identity",
+            "2",
+            "--epochs",
+            "1",
+            "--no-cache",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let run = |device: &str| {
+        let a = args(device);
+        facekit(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run("cpu");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("training on cpu (chosen)"), "{err}");
+    assert!(model.exists());
+    if cfg!(feature = "cuda") {
+        return; // a CUDA build on a machine with a GPU would train there
+    }
+    std::fs::remove_file(&model).unwrap();
+    for device in ["cuda", "cuda:1"] {
+        let out = run(device);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("without CUDA support"), "{err}");
+        assert!(!model.exists());
+    }
+}

@@ -1,7 +1,8 @@
 //! `facekit train --arch`: a network trained from scratch on a handful of real photos resumes
 //! exactly, gives the same bytes for the same seed, records what it is, loads with `--model` in
 //! embed / verify / threshold-sweep / cluster (128-d unit embeddings under its own model id), and
-//! a file that is not a model is refused naming it.
+//! a file that is not a model is refused naming it. A run through the device-generic ops (what a
+//! GPU run computes) trains as the CPU kernels do.
 
 mod common;
 
@@ -87,7 +88,27 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
     assert_eq!(meta["normalize"], "true");
     assert_eq!(meta["head"], "net-resnet18-tiny");
     assert_eq!(meta["lr"], "0.001");
-    assert!(meta["loss"].as_str().unwrap().contains("ArcFace"));
+    // The default recipe from scratch: the normalised softmax (CosFace without a margin, s 16).
+    assert_eq!(meta["loss"], "CosFace { scale: 16.0, margin: 0.0 }");
+    // Explicit flags win over that recipe.
+    let flagged = tmp.path().join("flagged.safetensors");
+    for (extra, loss) in [
+        (
+            &["--loss", "arcface"][..],
+            "ArcFace { scale: 30.0, margin: 0.3 }",
+        ),
+        (
+            &["--margin-scale", "20"][..],
+            "CosFace { scale: 20.0, margin: 0.0 }",
+        ),
+        (
+            &["--margin", "0.1"][..],
+            "CosFace { scale: 16.0, margin: 0.1 }",
+        ),
+    ] {
+        train(&flagged, "1", "5", extra);
+        assert_eq!(header(&flagged)["__metadata__"]["loss"], loss, "{extra:?}");
+    }
     let threshold: f64 = meta["threshold"].as_str().unwrap().parse().unwrap();
     assert!(threshold > 0.0 && threshold < 2.0, "{threshold}");
     assert_eq!(
@@ -245,4 +266,87 @@ fn a_network_from_scratch_trains_resumes_and_loads_everywhere() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--arch"));
+}
+
+/// A whole `facekit train` run (the library call) through the ops a GPU run uses, on the CPU:
+/// for `--arch` (its default normalised softmax) and for `--train-layers all` on dlib's ResNet
+/// (ArcFace), the per-epoch losses and the calibrated threshold equal the CPU kernels' run to
+/// 1e-4 (the first epoch, from the same weights, to 1e-5; AdamW's first steps are nearly sign
+/// steps, so later epochs drift by more than the gradients' 1e-6).
+#[test]
+fn a_run_on_the_generic_ops_trains_as_the_cpu_kernels_do() {
+    use facekit::train::{self, arch::Arch, Layers, LossKind, TrainSettings};
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = |name: &str, arch: Option<Arch>, loss: LossKind, epochs: usize| {
+        let mut s = TrainSettings::new(fixture("lfw"), tmp.path().join(name));
+        s.arch = arch;
+        s.layers = Layers::All;
+        s.val_split = 0.0;
+        s.config.loss = loss;
+        s.config.identities = 2;
+        s.config.per_identity = 2;
+        s.config.epochs = epochs;
+        s.config.seed = 3;
+        s.config.lr = if arch.is_some() { 1e-3 } else { 1e-5 };
+        assert!(s.device.is_cpu());
+        s
+    };
+    let tiny = Arch::by_name("resnet18-tiny");
+    for (what, arch, loss, epochs) in [
+        (
+            "resnet18-tiny",
+            tiny,
+            LossKind::CosFace {
+                scale: 16.0,
+                margin: 0.0,
+            },
+            3,
+        ),
+        (
+            "dlib ResNet",
+            None,
+            LossKind::ArcFace {
+                scale: 30.0,
+                margin: 0.3,
+            },
+            2,
+        ),
+    ] {
+        let library = facekit::library::Library::in_memory().unwrap();
+        let cpu = train::run(
+            &settings("cpu.safetensors", arch, loss, epochs),
+            &library,
+            &(),
+        )
+        .unwrap();
+        let generic = train::with_generic_ops(|| {
+            train::run(
+                &settings("generic.safetensors", arch, loss, epochs),
+                &library,
+                &(),
+            )
+        })
+        .unwrap();
+        let losses = |r: &train::TrainReport| r.epochs.iter().map(|e| e.loss).collect::<Vec<_>>();
+        let (a, b) = (losses(&cpu), losses(&generic));
+        eprintln!(
+            "{what}: epoch losses CPU {a:?}, generic {b:?}; threshold {} vs {}",
+            cpu.threshold, generic.threshold
+        );
+        assert_eq!(a.len(), epochs);
+        assert!(((a[0] - b[0]) / a[0]).abs() < 1e-5, "{what}: first epoch");
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-3 * x.abs().max(1.0),
+                "{what}: {a:?} vs {b:?}"
+            );
+        }
+        assert!((cpu.threshold - generic.threshold).abs() < 1e-4, "{what}");
+        // The two paths ran different kernels: the files differ in their last bits.
+        let read = |n: &str| std::fs::read(tmp.path().join(n)).unwrap();
+        assert!(
+            read("cpu.safetensors") != read("generic.safetensors"),
+            "{what}"
+        );
+    }
 }

@@ -1,7 +1,10 @@
 //! The trainable whole dlib ResNet (`facekit train --train-layers all`): it computes what the
 //! inference network computes (to 1e-4 on dlib's chips: the committed ones always, all 79
 //! golden ones with ../shared), and its backward pass, max-pool included, agrees with finite
-//! differences (directional derivatives in f64 for every layer group).
+//! differences (directional derivatives in f64 for every layer group). A training step through
+//! the device-generic ops a GPU run uses (candle's convolution, the generic max-pool), run here
+//! on the CPU, gives the CPU kernels' loss and gradients to rounding, for dlib's ResNet and for
+//! the `--arch` network.
 
 mod common;
 
@@ -9,8 +12,11 @@ use candle_core::{DType, Device, Tensor};
 use common::{fixture, read_json, shared};
 use facekit::embed::dlib_resnet::{normalise_chip, DlibResNet, CHIP_SIZE};
 use facekit::models::{ModelSource, DLIB_RESNET};
+use facekit::train::arch::{Arch, Net};
+use facekit::train::loss::l2_normalize;
+use facekit::train::margin::MarginHead;
 use facekit::train::resnet::ResNet;
-use facekit::train::Trainable;
+use facekit::train::{with_generic_ops, LossKind, Trainable};
 use facekit::Rng;
 
 fn chips_tensor(paths: &[std::path::PathBuf], dtype: DType) -> Tensor {
@@ -183,4 +189,146 @@ fn whole_network_backward_matches_finite_differences() {
         worst = worst.max(rel);
     }
     assert!(worst < 1e-5, "relative error {worst}");
+}
+
+/// The loss and every variable's gradient of one training step of `model` on `x` (the margin
+/// softmax `kind` with `head`, as `facekit train` computes it on L2-normalised embeddings).
+fn step(
+    model: &dyn Trainable,
+    head: &MarginHead,
+    x: &Tensor,
+    labels: &[u32],
+    kind: LossKind,
+) -> (f32, Vec<Vec<f32>>) {
+    let emb = l2_normalize(&model.forward(x).unwrap()).unwrap();
+    let loss = head.loss(&emb, labels, kind).unwrap().loss;
+    let grads = loss.backward().unwrap();
+    let mut vars = model.vars();
+    vars.push(head.var());
+    let g = vars
+        .iter()
+        .map(|v| {
+            grads
+                .get(v.as_tensor())
+                .expect("every variable gets a gradient")
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect();
+    (loss.to_scalar::<f32>().unwrap(), g)
+}
+
+/// The CPU step and the generic one: the same loss, the same gradients to rounding (relative L2
+/// error 1e-5 over all variables, ~1e-4 in each), and not the same bits (the generic ops did
+/// run). Returns the largest error in one variable.
+fn compare_paths(
+    what: &str,
+    model: &dyn Trainable,
+    head: &MarginHead,
+    x: &Tensor,
+    labels: &[u32],
+    kind: LossKind,
+) -> f64 {
+    let (cpu_loss, cpu) = step(model, head, x, labels, kind);
+    let (gen_loss, generic) = with_generic_ops(|| step(model, head, x, labels, kind));
+    let loss_err = ((cpu_loss - gen_loss) / cpu_loss).abs() as f64;
+    let (mut worst, mut diffs, mut norms) = (0f64, 0f64, 0f64);
+    for (a, b) in cpu.iter().zip(&generic) {
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| ((p - q) as f64).powi(2))
+            .sum::<f64>();
+        let norm = a.iter().map(|p| (*p as f64).powi(2)).sum::<f64>();
+        worst = worst.max((diff / norm.max(1e-30)).sqrt());
+        (diffs, norms) = (diffs + diff, norms + norm);
+    }
+    let overall = (diffs / norms).sqrt();
+    eprintln!(
+        "{what}: generic vs CPU ops, loss {cpu_loss:.6} vs {gen_loss:.6} (relative {loss_err:.1e}), \
+         relative gradient error {overall:.2e} overall, at most {worst:.2e} in one of {} \
+         variables",
+        cpu.len()
+    );
+    assert!(loss_err < 1e-5, "{what}: loss {cpu_loss} vs {gen_loss}");
+    assert!(overall < 1e-5, "{what}: gradient error {overall}");
+    // A scalar branch gain's gradient sums a whole activation map, with cancellation: measured
+    // 4.5e-5 for one of resnet18-tiny's.
+    assert!(
+        worst < 2e-4,
+        "{what}: gradient error {worst} in one variable"
+    );
+    assert!(
+        cpu != generic,
+        "{what}: the generic path ran the CPU kernels"
+    );
+    worst
+}
+
+/// Four committed chips of two faces, `[4, 1, 3, 150, 150]` f32, labels `[0, 0, 1, 1]`.
+fn four_chips() -> (Tensor, Vec<u32>) {
+    let paths: Vec<_> = [
+        "2008_001322_0.png",
+        "2008_001322_1.png",
+        "2008_001322_2.png",
+        "Tom_Cruise_avp_2014_4_0.png",
+    ]
+    .iter()
+    .map(|f| fixture(&format!("dlib_chips/{f}")))
+    .collect();
+    let x = chips_tensor(&paths, DType::F32)
+        .reshape((4, 1, 3, CHIP_SIZE, CHIP_SIZE))
+        .unwrap();
+    (x, vec![0, 0, 1, 1])
+}
+
+/// Seeded random unit class weights for identities 0 and 1 of size `dim`.
+fn two_classes(dim: usize) -> MarginHead {
+    let mut rng = Rng::new(23);
+    let mut w = Vec::new();
+    for _ in 0..2 {
+        let v: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        w.extend(v.iter().map(|a| a / n));
+    }
+    MarginHead::new(w, &[0, 1], dim).unwrap()
+}
+
+/// `--train-layers all` (dlib's ResNet, ArcFace, the default there) through the ops a GPU run
+/// uses equals the CPU kernels' step.
+#[test]
+fn generic_ops_train_the_resnet_as_the_cpu_kernels_do() {
+    let net = ResNet::pretrained(&ModelSource::Embedded).unwrap();
+    let (x, labels) = four_chips();
+    let head = two_classes(128);
+    let kind = LossKind::ArcFace {
+        scale: 30.0,
+        margin: 0.3,
+    };
+    compare_paths("dlib ResNet, ArcFace", &net, &head, &x, &labels, kind);
+}
+
+/// `--arch resnet18-tiny` (its default normalised softmax), from its seeded start, through the
+/// ops a GPU run uses equals the CPU kernels' step.
+#[test]
+fn generic_ops_train_the_arch_network_as_the_cpu_kernels_do() {
+    let arch = Arch::by_name("resnet18-tiny").unwrap();
+    let net = Net::init(arch, 5, DType::F32).unwrap();
+    let (x, labels) = four_chips();
+    net.center_output(&x).unwrap();
+    let head = two_classes(arch.dim);
+    let kind = LossKind::CosFace {
+        scale: 16.0,
+        margin: 0.0,
+    };
+    compare_paths(
+        "resnet18-tiny, CosFace m0 s16",
+        &net,
+        &head,
+        &x,
+        &labels,
+        kind,
+    );
 }

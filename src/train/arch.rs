@@ -196,6 +196,14 @@ impl Net {
         })
     }
 
+    /// The network with its variables on `device` (unchanged when they are there already).
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        Ok(Net {
+            vars: super::vars_to_device(self.vars, device)?,
+            ..self
+        })
+    }
+
     /// The architecture.
     pub fn arch(&self) -> Arch {
         self.arch

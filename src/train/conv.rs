@@ -13,8 +13,8 @@
 //! Images go through in chunks whose patch matrix stays within a few MB; the chunks follow
 //! each other and each product is split over the thread pool by its output blocks only, so the
 //! same inputs give the same bits (for a given thread count), as the training's "same seed, same
-//! bytes" guarantee needs. CPU f32 only: other devices and dtypes (the f64 gradient checks) use
-//! candle's own convolution.
+//! bytes" guarantee needs. CPU f32 only: other devices (a GPU) and dtypes (the f64 gradient
+//! checks) use candle's own convolution, as does [`super::with_generic_ops`].
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
@@ -44,12 +44,14 @@ thread_local! {
     static FORCE_CANDLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether [`conv2d`] runs candle's convolution on this thread (timing tests only).
+/// Whether [`conv2d`] runs candle's convolution on this thread: inside
+/// [`super::with_generic_ops`] (the ops of a GPU run, checked on the CPU), or in the timing tests.
 fn candle_forced() -> bool {
     #[cfg(test)]
-    return FORCE_CANDLE.with(|f| f.get());
-    #[cfg(not(test))]
-    false
+    if FORCE_CANDLE.with(|f| f.get()) {
+        return true;
+    }
+    super::generic_ops_forced()
 }
 
 /// The op: stride and padding.

@@ -73,6 +73,14 @@ impl MarginHead {
         Self::new(init, &identities, dim)
     }
 
+    /// The head with its class weights on `device`.
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        Ok(MarginHead {
+            weight: super::var_to_device(self.weight, device)?,
+            ..self
+        })
+    }
+
     /// The class weights (a training variable).
     pub fn var(&self) -> Var {
         self.weight.clone()

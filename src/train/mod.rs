@@ -3,7 +3,10 @@
 //! loss, or dlib's pairwise hinge loss — with validation on held-out identities, the best
 //! checkpoint kept, and exact resume (weights, AdamW moments and the epoch are checkpointed).
 //! [`run`] is the whole workflow `facekit train` performs, from a labeled folder to a saved
-//! model with its calibrated threshold and what that threshold rests on.
+//! model with its calibrated threshold and what that threshold rests on. The model trains on
+//! [`TrainSettings::device`] (any candle device); on the CPU through facekit's own convolution
+//! and max-pool kernels, elsewhere through candle ops ([`with_generic_ops`] checks the latter on
+//! the CPU).
 
 pub mod arch;
 pub mod augment;
@@ -30,6 +33,32 @@ pub use run::{
     checkpoint_path, run, Calibration, Layers, Ready, ThresholdBasis, TrainProgress, TrainReport,
     TrainSettings, MIN_RELIABLE_IDENTITIES,
 };
+
+thread_local! {
+    /// Set inside [`with_generic_ops`].
+    static GENERIC_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the device-generic training ops on the CPU too: candle's own convolution in
+/// place of [`conv::conv2d`]'s CPU kernels and [`maxpool::max_pool_generic`] in place of the
+/// CPU max-pool op, i.e. the ops a run on a GPU uses. For checks (the two paths compute the
+/// same values to rounding); on this thread only, for the forward passes built inside `f`.
+pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the previous setting, also when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GENERIC_OPS.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GENERIC_OPS.with(|g| g.replace(true)));
+    f()
+}
+
+/// Whether this thread is inside [`with_generic_ops`].
+pub(crate) fn generic_ops_forced() -> bool {
+    GENERIC_OPS.with(|g| g.get())
+}
 
 /// Backbone features of labeled faces: the training set.
 #[derive(Debug, Clone)]
@@ -435,12 +464,41 @@ pub struct LinearHead {
 }
 
 impl LinearHead {
-    /// A head with weights `out x in` (row-major).
+    /// A head with weights `out x in` (row-major), on the CPU.
     pub fn new(weight: Vec<f32>, in_dim: usize, out_dim: usize) -> Result<Self> {
         Ok(LinearHead {
             w: Var::from_vec(weight, (out_dim, in_dim), &Device::Cpu)?,
         })
     }
+
+    /// The head with its weights on `device`.
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        Ok(LinearHead {
+            w: var_to_device(self.w, device)?,
+        })
+    }
+}
+
+/// `var` as a variable on `device` (the same variable when it is there already).
+pub(crate) fn var_to_device(var: Var, device: &Device) -> Result<Var> {
+    if var.device().same_device(device) {
+        Ok(var)
+    } else {
+        Ok(Var::from_tensor(&var.as_tensor().to_device(device)?)?)
+    }
+}
+
+/// `vars` as variables on `device` (see [`var_to_device`]).
+pub(crate) fn vars_to_device(vars: Vec<Var>, device: &Device) -> Result<Vec<Var>> {
+    vars.into_iter().map(|v| var_to_device(v, device)).collect()
+}
+
+/// The device a model's variables are on (the CPU for a model without variables).
+pub fn device_of(model: &dyn Trainable) -> Device {
+    model
+        .vars()
+        .first()
+        .map_or(Device::Cpu, |v| v.device().clone())
 }
 
 impl Trainable for LinearHead {
@@ -485,11 +543,7 @@ fn unflat(values: &[f32], vars: &[Var]) -> Result<Vec<Tensor>> {
         let part = values
             .get(at..at + n)
             .ok_or_else(|| Error::Config("checkpoint does not match the model".into()))?;
-        out.push(Tensor::from_slice(
-            part,
-            v.as_tensor().shape(),
-            &Device::Cpu,
-        )?);
+        out.push(Tensor::from_slice(part, v.as_tensor().shape(), v.device())?);
         at += n;
     }
     if at != values.len() {
@@ -505,9 +559,10 @@ pub fn embed_rows(
     rows: &[usize],
     normalize: bool,
 ) -> Result<Vec<Vec<f32>>> {
+    let device = device_of(model);
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(inputs.eval_batch().max(1)) {
-        let x = inputs.eval_input(chunk)?;
+        let x = inputs.eval_input(chunk)?.to_device(&device)?;
         let mut y = model.evaluate(&x)?;
         if normalize {
             y = loss::l2_normalize(&y)?;
@@ -558,6 +613,8 @@ pub fn train(
         )));
     }
     let model_len = flat_weights(model)?.len();
+    // Batches are made on the CPU and go to the model's device (a no-op on the CPU).
+    let device = device_of(model);
     let mut vars = model.vars();
     vars.extend(margin.map(|h| h.var()));
     for (var, value) in vars.iter().zip(unflat(&start.weight, &vars)?) {
@@ -623,7 +680,7 @@ pub fn train(
                     .recv()
                     .map_err(|_| Error::Config("the batch preparation stopped".into()))??;
                 let labels: Vec<u32> = batch.iter().map(|&i| data.labels[i]).collect();
-                let mut emb = model.forward(&x)?;
+                let mut emb = model.forward(&x.to_device(&device)?)?;
                 if normalize {
                     emb = loss::l2_normalize(&emb)?;
                 }

@@ -84,6 +84,14 @@ impl ResNet {
         Ok(ResNet { names, vars, index })
     }
 
+    /// The network with its variables on `device` (unchanged when they are there already).
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        Ok(ResNet {
+            vars: super::vars_to_device(self.vars, device)?,
+            ..self
+        })
+    }
+
     /// A variable's value; `detached` cuts it from the graph (evaluation keeps no activations).
     fn get(&self, name: &str, detached: bool) -> candle_core::Result<Tensor> {
         let i = *self

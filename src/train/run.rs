@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::Device;
+
 use super::arch::{Arch, Net};
 use super::augment::{Augment, Chips};
 use super::margin::MarginHead;
@@ -94,11 +96,15 @@ pub struct TrainSettings {
     pub load: LoadOptions,
     /// Worker threads for detecting and embedding (`None`: one per core).
     pub threads: Option<usize>,
+    /// Where the trained model's tensors live and its forward and backward passes run (batches
+    /// are made on the CPU and copied there; weights come back through the CPU to be saved).
+    pub device: Device,
 }
 
 impl TrainSettings {
     /// The defaults of `facekit train DATA --out OUT` (a pretrained head, triplet loss with
-    /// semi-hard mining, 16 x 4 batches, 20 epochs, learning rate 1e-4, 20 % validation).
+    /// semi-hard mining, 16 x 4 batches, 20 epochs, learning rate 1e-4, 20 % validation, on
+    /// [`crate::default_device`]).
     pub fn new(data: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
         TrainSettings {
             data: data.into(),
@@ -120,6 +126,7 @@ impl TrainSettings {
             detector: DetectorConfig::default(),
             load: LoadOptions::default(),
             threads: None,
+            device: crate::default_device(),
         }
     }
 
@@ -436,22 +443,22 @@ pub fn run(
     let (train_rows, val_rows) = data.split(settings.val_split, settings.config.seed);
     let has_val = !val_rows.is_empty();
 
-    // The model and its starting point: fresh, or a checkpoint.
+    // The model and its starting point: fresh, or a checkpoint. Made on the CPU (seeded
+    // initialisation, weight files), then moved to the device.
+    let device = &settings.device;
     let fc = dlib.fc_weight()?;
     let model = if let Some(arch) = settings.arch {
-        Model::Net(Net::init(
-            arch,
-            settings.config.seed,
-            candle_core::DType::F32,
-        )?)
+        Model::Net(
+            Net::init(arch, settings.config.seed, candle_core::DType::F32)?.to_device(device)?,
+        )
     } else if settings.layers == Layers::All {
-        Model::All(ResNet::pretrained(&settings.models)?)
+        Model::All(ResNet::pretrained(&settings.models)?.to_device(device)?)
     } else if stage {
-        Model::Stage(Stage::pretrained(&settings.models, settings.flip)?)
+        Model::Stage(Stage::pretrained(&settings.models, settings.flip)?.to_device(device)?)
     } else {
         let (w0, in_dim, out_dim) = initial_weights(settings.init, &fc, settings.config.seed);
         Model::Head {
-            head: LinearHead::new(w0, in_dim, out_dim)?,
+            head: LinearHead::new(w0, in_dim, out_dim)?.to_device(device)?,
             in_dim,
             out_dim,
         }
@@ -462,7 +469,7 @@ pub fn run(
         let step = train_rows.len().div_ceil(64).max(1);
         let sample: Vec<usize> = train_rows.iter().step_by(step).copied().collect();
         if !sample.is_empty() {
-            net.center_output(&inputs.eval_input(&sample)?)?;
+            net.center_output(&inputs.eval_input(&sample)?.to_device(device)?)?;
         }
     }
     let base = has_val
@@ -471,11 +478,14 @@ pub fn run(
     // ArcFace / CosFace: class weights from the training identities' mean directions.
     let margin = if settings.config.loss.is_margin_softmax() {
         if let Model::Net(net) = &model {
-            Some(random_classes(
-                &labels_of(data, &train_rows),
-                net.arch().dim,
-                settings.config.seed,
-            )?)
+            Some(
+                random_classes(
+                    &labels_of(data, &train_rows),
+                    net.arch().dim,
+                    settings.config.seed,
+                )?
+                .to_device(device)?,
+            )
         } else {
             let emb = if settings.layers == Layers::All {
                 // The cached features are dlib's embedding, which the network starts from.
@@ -483,10 +493,7 @@ pub fn run(
             } else {
                 embed_rows(model.trainable(), data, &train_rows, normalize)?
             };
-            Some(MarginHead::from_centres(
-                &emb,
-                &labels_of(data, &train_rows),
-            )?)
+            Some(MarginHead::from_centres(&emb, &labels_of(data, &train_rows))?.to_device(device)?)
         }
     } else {
         None
@@ -496,10 +503,11 @@ pub fn run(
     set_weights(model.trainable(), &start_state.weight[..n_model])?;
     if let Some(h) = &margin {
         let w = &start_state.weight[n_model..];
-        h.var().set(&candle_core::Tensor::from_slice(
+        let var = h.var();
+        var.set(&candle_core::Tensor::from_slice(
             w,
-            h.var().as_tensor().shape(),
-            &candle_core::Device::Cpu,
+            var.as_tensor().shape(),
+            var.device(),
         )?)?;
     }
     let measure = |rows: &[usize]| -> Result<Validation> {

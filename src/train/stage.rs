@@ -106,6 +106,14 @@ impl Stage {
         Ok(Stage { names, vars, flip })
     }
 
+    /// The stage with its variables on `device` (unchanged when they are there already).
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        Ok(Stage {
+            vars: super::vars_to_device(self.vars, device)?,
+            ..self
+        })
+    }
+
     fn get(&self, name: &str) -> candle_core::Result<&Tensor> {
         self.names
             .iter()
