@@ -1,6 +1,7 @@
 //! A network trained from scratch by `facekit train --arch` as an [`Embedder`]: the same
 //! forward pass as in training ([`crate::train::arch::Net::evaluate`]), on the pipeline's
-//! 150 x 150 aligned chips, L2-normalised after flip averaging ([`Embedder::finish`]).
+//! 150 x 150 aligned chips, L2-normalised after flip averaging ([`Embedder::finish`]), on
+//! [`crate::default_device`].
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -23,7 +24,9 @@ impl NetEmbedder {
     /// The model in `bytes` (a file written by `facekit train --arch`); `name` names it in
     /// errors.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
-        let file = NetFile::from_bytes(bytes, name)?;
+        let mut file = NetFile::from_bytes(bytes, name)?;
+        // Inference runs where the other networks do (`--device`, or the default device).
+        file.net = file.net.to_device(&crate::default_device())?;
         // The weights and settings decide the embeddings: the face library keys them by this.
         let id = format!(
             "facekit_net_v1:{}:{}",
@@ -73,7 +76,8 @@ impl Embedder for NetEmbedder {
                 data,
                 (batch.len(), 1, 3, CHIP_SIZE, CHIP_SIZE),
                 &Device::Cpu,
-            )?;
+            )?
+            .to_device(&crate::default_device())?;
             out.extend(self.file.net.evaluate(&x)?.to_vec2::<f32>()?);
         }
         Ok(out)
