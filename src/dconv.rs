@@ -102,25 +102,37 @@ impl Plan {
 
     /// Copies one image `c_in x h x w` into `dst` as zero-padded phase planes.
     fn prepare(&self, src: &[f32], dst: &mut [f32]) {
-        let (s, pad, h, w, hq, wq) = (self.s, self.pad, self.h, self.w, self.hq, self.wq);
-        dst.fill(0.0);
-        let mut rows = dst.chunks_exact_mut(wq);
+        let (s, pad, h, w, wq) = (self.s, self.pad, self.h, self.w, self.wq);
+        let planes = self.c_in * s * s * self.hq * wq;
+        // Past the planes: only read by the dropped positions of the last rows.
+        dst[planes..].fill(0.0);
+        let mut rows = dst[..planes].chunks_exact_mut(wq);
         for ci in 0..self.c_in {
             let plane = &src[ci * h * w..(ci + 1) * h * w];
             for py in 0..s {
                 for px in 0..s {
-                    for qy in 0..hq {
+                    // Phase columns qx in lo..hi hold input columns qx * s + px - pad.
+                    let lo = pad.saturating_sub(px).div_ceil(s).min(wq);
+                    let hi = (w + pad).saturating_sub(px).div_ceil(s).clamp(lo, wq);
+                    for qy in 0..self.hq {
                         let Some(row) = rows.next() else { return };
                         let iy = (qy * s + py).wrapping_sub(pad);
                         if iy >= h {
+                            row.fill(0.0);
                             continue;
                         }
                         let line = &plane[iy * w..(iy + 1) * w];
-                        // Padded column qx * s + px is input column qx * s + px - pad.
-                        for (qx, d) in row.iter_mut().enumerate() {
-                            let ix = (qx * s + px).wrapping_sub(pad);
-                            if ix < w {
-                                *d = line[ix];
+                        row[..lo].fill(0.0);
+                        row[hi..].fill(0.0);
+                        if hi > lo {
+                            let first = lo * s + px - pad;
+                            if s == 1 {
+                                row[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
+                            } else {
+                                let taps = line[first..].iter().step_by(s);
+                                for (d, &v) in row[lo..hi].iter_mut().zip(taps) {
+                                    *d = v;
+                                }
                             }
                         }
                     }
@@ -183,9 +195,8 @@ impl DirectConv {
                 p.prepare(&src[img * in_size..(img + 1) * in_size], prep);
                 let parallel = b == 1 && !is_serial();
                 self.channels(&p, wt, bias, prep, flat, parallel);
-                compact(&p, flat, o);
+                compact(&p, flat, o, act);
             });
-            apply_act(o, self.c_out, p.oh * p.ow, act);
         };
         if b == 1 {
             one_image(0, &mut out);
@@ -249,15 +260,17 @@ impl DirectConv {
     }
 }
 
-/// `flat` `[c_out, npos]` (rows `wq` long) -> `out` `[c_out, oh, ow]`.
-fn compact(p: &Plan, flat: &[f32], out: &mut [f32]) {
-    for (plane, src) in out
+/// `flat` `[c_out, npos]` (rows `wq` long) -> `out` `[c_out, oh, ow]`, with `act`.
+fn compact(p: &Plan, flat: &[f32], out: &mut [f32], act: Act) {
+    for (co, (plane, src)) in out
         .chunks_exact_mut(p.oh * p.ow)
         .zip(flat.chunks_exact(p.npos))
+        .enumerate()
     {
         for (row, line) in plane.chunks_exact_mut(p.ow).zip(src.chunks(p.wq)) {
             row.copy_from_slice(&line[..p.ow]);
         }
+        apply_act(plane, 1, plane.len(), act.for_channel(co));
     }
 }
 
