@@ -6,7 +6,10 @@
 //! Prints one JSON object: {"tool": "facekit", "precision", "threads", "chips",
 //! "per_face_ms_batch1", "per_face_ms_batch16"}. With `--stages`, also a table on stderr: per
 //! group of layers at batch 16, median ms per face, direct and actual multiply-adds per face,
-//! and the achieved GFLOP/s counted both ways (2 FLOPs per multiply-add).
+//! and the achieved GFLOP/s counted both ways (2 FLOPs per multiply-add), then the machine's
+//! limits measured in the same run on the same threads: the fp32 FMA peak (independent AVX2 FMAs
+//! in registers), a large fp32 gemm, and whether the CPU has bf16 / int8 dot-product
+//! instructions at all.
 
 use std::time::Instant;
 
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         }
         if stages {
             print_stages(&embedder, &chips, repeat)?;
+            print_peaks();
         }
         println!(
             "{}",
@@ -151,4 +155,115 @@ fn print_stages(
         2.0 * total.2 as f64 / (total.0 * 1e6)
     );
     Ok(())
+}
+
+/// The machine's limits on the pool's threads (see the module doc), on stderr.
+fn print_peaks() {
+    let threads = rayon::current_num_threads();
+    let mut fma: Vec<f64> = (0..5).map(|_| fma_peak_gflops()).collect();
+    let mut gemm: Vec<f64> = (0..5).map(|_| gemm_gflops(768)).collect();
+    eprintln!("machine, {threads} threads (median of 5):");
+    eprintln!(
+        "  fp32 FMA peak (AVX2, registers only)   {:>7.1} GFLOP/s",
+        median(&mut fma)
+    );
+    eprintln!(
+        "  fp32 gemm 768x768x768 (gemm crate)     {:>7.1} GFLOP/s",
+        median(&mut gemm)
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |f: bool| if f { "present (no facekit kernel yet)" } else { "not on this CPU" };
+        eprintln!(
+            "  bf16 dot products (avx512_bf16)        {}",
+            has(std::arch::is_x86_feature_detected!("avx512bf16"))
+        );
+        eprintln!(
+            "  int8 dot products (avx512_vnni)        {}",
+            has(std::arch::is_x86_feature_detected!("avx512vnni"))
+        );
+    }
+}
+
+/// GFLOP/s of independent 8-lane FMAs on every pool thread at once (0 without AVX2/FMA).
+fn fma_peak_gflops() -> f64 {
+    use rayon::prelude::*;
+    const ITERS: usize = 20_000_000;
+    let threads = rayon::current_num_threads();
+    let t = Instant::now();
+    let sums: Vec<f32> = (0..threads)
+        .into_par_iter()
+        .map(|i| fma_loop(ITERS, i as f32))
+        .collect();
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(sums);
+    // 12 FMAs of 8 lanes, 2 FLOPs each, per iteration.
+    (threads * ITERS * 12 * 8 * 2) as f64 / secs / 1e9
+}
+
+/// `iters` rounds of 12 independent FMA chains; returns a sum so nothing is optimised away.
+fn fma_loop(iters: usize, seed: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: AVX2 and FMA were detected.
+            return unsafe { fma_loop_avx2(iters, seed) };
+        }
+    }
+    let _ = (iters, seed);
+    0.0
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(iters: usize, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc: [__m256; 12] = std::array::from_fn(|i| _mm256_set1_ps(seed + i as f32));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut out = [0f32; 8];
+    let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &v| _mm256_add_ps(s, v));
+    _mm256_storeu_ps(out.as_mut_ptr(), sum);
+    out.iter().sum()
+}
+
+/// GFLOP/s of one `n x n x n` fp32 product with the gemm crate on the pool's threads.
+fn gemm_gflops(n: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0f32; n * n];
+    let t = Instant::now();
+    // SAFETY: the three buffers hold n x n values, row-major, and do not overlap.
+    unsafe {
+        gemm::gemm(
+            n,
+            n,
+            n,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            n as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(&c);
+    2.0 * (n * n * n) as f64 / secs / 1e9
 }
