@@ -173,7 +173,13 @@ fn print_peaks() {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let has = |f: bool| if f { "present (no facekit kernel yet)" } else { "not on this CPU" };
+        let has = |f: bool| {
+            if f {
+                "present (no facekit kernel yet)"
+            } else {
+                "not on this CPU"
+            }
+        };
         eprintln!(
             "  bf16 dot products (avx512_bf16)        {}",
             has(std::arch::is_x86_feature_detected!("avx512bf16"))
@@ -228,7 +234,9 @@ unsafe fn fma_loop_avx2(iters: usize, seed: f32) -> f32 {
         }
     }
     let mut out = [0f32; 8];
-    let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &v| _mm256_add_ps(s, v));
+    let sum = acc
+        .iter()
+        .fold(_mm256_setzero_ps(), |s, &v| _mm256_add_ps(s, v));
     _mm256_storeu_ps(out.as_mut_ptr(), sum);
     out.iter().sum()
 }
