@@ -379,7 +379,7 @@ impl Planes {
 /// A stride-1 unpadded convolution with bias and optional PReLU (`nn::Conv2d` + `Act`).
 pub(super) struct Conv {
     weight: Vec<f32>,
-    /// The weights regrouped for [`direct`]: `[c_out / 4 (rounded up)][tap][4]`, zero-padded.
+    /// The weights regrouped for [`direct`] (`direct::group`).
     grouped: Vec<f32>,
     bias: Vec<f32>,
     slopes: Option<Vec<f32>>,
@@ -401,14 +401,7 @@ impl Conv {
         let vc = vb.pp(name);
         let weight = values(&vc.get((c_out, c_in, k, k), "weight")?)?;
         let kk = c_in * k * k;
-        let blocks = c_out.div_ceil(direct::CO);
-        let mut grouped = vec![0f32; blocks * kk * direct::CO];
-        for (co, filter) in weight.chunks_exact(kk).enumerate() {
-            let (blk, j) = (co / direct::CO, co % direct::CO);
-            for (t, &v) in filter.iter().enumerate() {
-                grouped[(blk * kk + t) * direct::CO + j] = v;
-            }
-        }
+        let grouped = direct::group(&weight, c_out, kk);
         Ok(Conv {
             weight,
             grouped,
@@ -528,15 +521,45 @@ fn fill_bias(dst: &mut [f32], bias: &[f32]) {
 ///
 /// Vectorised over output positions: a position `p = oy * w + ox` of the input grid reads tap
 /// `(ky, kx)` at `p + ky * w + kx`, so 8 consecutive positions are one unaligned load even
-/// across rows; positions with `ox >= ow` are computed and dropped. Each step holds 4 output
-/// channels x 16 positions in 8 registers.
+/// across rows; positions with `ox >= ow` are computed and dropped. Each step holds 6 output
+/// channels x 16 positions in 12 registers (2 loads and 6 broadcasts per 12 FMAs); a layer's
+/// last 2 or 4 channels take a narrower block. Which channels share a block does not change
+/// any output's arithmetic.
 mod direct {
     use super::Planes;
 
-    /// Output channels per register block.
-    pub const CO: usize = 4;
-    /// Output positions per register block (two vectors: 8 accumulators, so nothing spills).
+    /// Output channels per full register block.
+    const CO: usize = 6;
+    /// Output positions per register block (two vectors: with 6 channels 12 accumulators,
+    /// 2 input vectors and a broadcast weight fill 15 of the 16 registers, so nothing spills).
     const POS: usize = 16;
+
+    /// The register blocks of `c_out` channels as `(first channel, channels, width)`: blocks
+    /// of [`CO`], then the rest in one block whose width is rounded up to an even 2 or 4 (6
+    /// for 5), its extra rows zero weights whose outputs are dropped.
+    fn blocks(c_out: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        (0..c_out).step_by(CO).map(move |co| {
+            let n = CO.min(c_out - co);
+            (co, n, n.next_multiple_of(2))
+        })
+    }
+
+    /// `weight` (`[c_out, kk]`) regrouped for [`conv`]: per block of [`blocks`] (the block of
+    /// channel `co` at `co * kk`), `[tap][width]`, zero-padded.
+    pub fn group(weight: &[f32], c_out: usize, kk: usize) -> Vec<f32> {
+        assert_eq!(weight.len(), c_out * kk, "conv weight size");
+        let mut grouped = vec![0f32; c_out.next_multiple_of(2) * kk];
+        for (co, n, width) in blocks(c_out) {
+            let g = &mut grouped[co * kk..][..kk * width];
+            for j in 0..n {
+                let filter = &weight[(co + j) * kk..][..kk];
+                for (t, &v) in filter.iter().enumerate() {
+                    g[t * width + j] = v;
+                }
+            }
+        }
+        grouped
+    }
 
     /// Whether the direct kernel reproduces `gemm` for a `k x k` convolution with `kk` taps on
     /// `h x w` planes (and the CPU can run it).
@@ -556,7 +579,7 @@ mod direct {
         }
     }
 
-    /// `dst[c_out, b, oh, ow] = bias + conv(x)`; `grouped` from `Conv::load`. Only call when
+    /// `dst[c_out, b, oh, ow] = bias + conv(x)`; `grouped` from [`group`]. Only call when
     /// [`usable`].
     pub fn conv(
         x: &Planes,
@@ -570,7 +593,8 @@ mod direct {
         {
             assert!(usable(x.c * k * k, x.h, x.w, k));
             assert_eq!(dst.len(), c_out * x.b * (x.h + 1 - k) * (x.w + 1 - k));
-            assert!(grouped.len() >= c_out.div_ceil(CO) * x.c * k * k * CO);
+            assert!(grouped.len() >= c_out.next_multiple_of(2) * x.c * k * k);
+            assert!(bias.len() >= c_out);
             assert!(x.data.len() >= x.c * x.b * x.h * x.w);
             // SAFETY: usable() checked AVX2 and FMA; the sizes are checked above.
             unsafe { conv_avx2(x, k, c_out, grouped, bias, dst) }
@@ -592,61 +616,106 @@ mod direct {
         bias: &[f32],
         dst: &mut [f32],
     ) {
-        use std::arch::x86_64::*;
         let (c_in, b, h, w) = (x.c, x.b, x.h, x.w);
-        let (oh, ow) = (h + 1 - k, w + 1 - k);
-        let (n, hw, kk) = (oh * ow, h * w, c_in * k * k);
-        let bn = b * n;
-        let positions = (oh - 1) * w + ow;
+        let hw = h * w;
+        let kk = c_in * k * k;
+        // Each tap's shift from a position of image 0, in patch-row order (ci, ky, kx).
+        let mut offsets = Vec::with_capacity(kk);
+        for ci in 0..c_in {
+            for ky in 0..k {
+                for kx in 0..k {
+                    offsets.push(ci * b * hw + ky * w + kx);
+                }
+            }
+        }
         let src = x.data.as_ptr();
-        let mut lanes = [[0f32; POS]; CO];
-        for blk in 0..c_out.div_ceil(CO) {
-            let wb = grouped.as_ptr().add(blk * kk * CO);
-            for img in 0..b {
-                let mut start = 0;
-                loop {
-                    // The last block ends at the last position (recomputing a few: same values).
-                    let s = start.min(positions - POS);
-                    let mut acc = [[_mm256_setzero_ps(); 2]; CO];
-                    let mut t = 0;
-                    for ci in 0..c_in {
-                        // Highest read: s + POS - 1 + (k - 1) * (w + 1) <= h * w - 1.
-                        let plane = src.add((ci * b + img) * hw + s);
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let p = plane.add(ky * w + kx);
-                                let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
-                                let wt = wb.add(t * CO);
-                                for (j, row) in acc.iter_mut().enumerate() {
-                                    let wj = _mm256_broadcast_ss(&*wt.add(j));
-                                    for (a, &vv) in row.iter_mut().zip(&v) {
-                                        *a = _mm256_fmadd_ps(vv, wj, *a);
-                                    }
-                                }
-                                t += 1;
-                            }
+        let out = dst.as_mut_ptr();
+        for (co, n, width) in blocks(c_out) {
+            let wb = grouped.as_ptr().add(co * kk);
+            let bias = &bias[co..co + n];
+            let out = out.add(co * b * (h + 1 - k) * (w + 1 - k));
+            match width {
+                6 => channels::<6>(x, k, &offsets, wb, bias, src, out),
+                4 => channels::<4>(x, k, &offsets, wb, bias, src, out),
+                _ => channels::<2>(x, k, &offsets, wb, bias, src, out),
+            }
+        }
+    }
+
+    /// One block of `R` channels (`bias.len()` of them kept) over every image and position.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `wb` holds `offsets.len() * R` weights; `src` every read (`x.data`);
+    /// `out` `bias.len()` planes of `b * oh * ow` floats.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn channels<const R: usize>(
+        x: &Planes,
+        k: usize,
+        offsets: &[usize],
+        wb: *const f32,
+        bias: &[f32],
+        src: *const f32,
+        out: *mut f32,
+    ) {
+        use std::arch::x86_64::*;
+        let (b, h, w) = (x.b, x.h, x.w);
+        let (oh, ow) = (h + 1 - k, w + 1 - k);
+        let (n, hw) = (oh * ow, h * w);
+        let bn = b * n;
+        let keep = bias.len();
+        let positions = (oh - 1) * w + ow;
+        let bias_v: [__m256; R] =
+            std::array::from_fn(|j| _mm256_set1_ps(bias.get(j).copied().unwrap_or(0.0)));
+        let mut lanes = [[0f32; POS]; R];
+        for img in 0..b {
+            let base = src.add(img * hw);
+            let mut start = 0;
+            loop {
+                // The last block ends at the last position (recomputing a few: same values).
+                let s = start.min(positions - POS);
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                let x0 = base.add(s);
+                for (t, &off) in offsets.iter().enumerate() {
+                    // Highest read: s + POS - 1 + (k - 1) * (w + 1) <= h * w - 1 in the last
+                    // channel's plane of this image.
+                    let p = x0.add(off);
+                    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                    let wt = wb.add(t * R);
+                    for (j, row) in acc.iter_mut().enumerate() {
+                        let wj = _mm256_broadcast_ss(&*wt.add(j));
+                        for (a, &vv) in row.iter_mut().zip(&v) {
+                            *a = _mm256_fmadd_ps(vv, wj, *a);
                         }
                     }
-                    let co_n = CO.min(c_out - blk * CO);
-                    for (j, (lane, row)) in lanes.iter_mut().zip(&acc).enumerate().take(co_n) {
+                }
+                let (oy, ox) = (s / w, s % w);
+                if ox + POS <= ow {
+                    // The whole block lies in one output row: store straight into it.
+                    let at = out.add(img * n + oy * ow + ox);
+                    for (j, (row, bj)) in acc.iter().zip(&bias_v).enumerate().take(keep) {
                         // bias + accumulator, as gemm's update of the bias-filled output.
-                        let bj = _mm256_set1_ps(bias[blk * CO + j]);
+                        let o = at.add(j * bn);
+                        _mm256_storeu_ps(o, _mm256_add_ps(*bj, row[0]));
+                        _mm256_storeu_ps(o.add(8), _mm256_add_ps(*bj, row[1]));
+                    }
+                } else {
+                    for ((lane, row), bj) in lanes.iter_mut().zip(&acc).zip(&bias_v).take(keep) {
                         for (q, &a) in row.iter().enumerate() {
-                            _mm256_storeu_ps(lane.as_mut_ptr().add(q * 8), _mm256_add_ps(bj, a));
+                            _mm256_storeu_ps(lane.as_mut_ptr().add(q * 8), _mm256_add_ps(*bj, a));
                         }
                     }
                     // Copy out the valid part of each input-grid row the block spans.
-                    let (mut oy, mut ox) = (s / w, s % w);
+                    let (mut oy, mut ox) = (oy, ox);
                     let mut q = 0;
                     while q < POS {
                         let run = (w - ox).min(POS - q);
                         let valid = ow.saturating_sub(ox).min(run);
                         if valid > 0 {
                             let at = img * n + oy * ow + ox;
-                            for (j, lane) in lanes.iter().enumerate().take(co_n) {
-                                let co = blk * CO + j;
+                            for (j, lane) in lanes.iter().enumerate().take(keep) {
                                 super::copy_short(
-                                    &mut dst[co * bn + at..co * bn + at + valid],
+                                    std::slice::from_raw_parts_mut(out.add(j * bn + at), valid),
                                     &lane[q..q + valid],
                                 );
                             }
@@ -658,11 +727,11 @@ mod direct {
                             oy += 1;
                         }
                     }
-                    if s + POS >= positions {
-                        break;
-                    }
-                    start += POS;
                 }
+                if s + POS >= positions {
+                    break;
+                }
+                start += POS;
             }
         }
     }
