@@ -117,6 +117,43 @@ fn area_bounds(n_in: usize, n_out: usize) -> impl Iterator<Item = (usize, usize)
     (0..n_out).map(move |i| (i * n_in / n_out, ((i + 1) * n_in).div_ceil(n_out)))
 }
 
+/// The RGB means of a row's cells from its prefix sums: cell `j` is
+/// `(prow[hi[j] + c] - prow[lo[j] + c]) / div[j]` for channel `c`, written to `out[j * 3 + c]`
+/// (exact sums: they stay below 2^24, `EXACT_CELL`).
+///
+/// # Safety
+/// `lo[j] <= hi[j]` and `hi[j] + 4 <= prow.len()` for every cell `j < out.len() / 3`; `lo`,
+/// `hi` and `div` hold `out.len() / 3` values.
+#[inline(always)]
+unsafe fn cell_means(prow: &[u32], lo: &[u32], hi: &[u32], div: &[f32], out: &mut [f32]) {
+    let cells = out.len() / 3;
+    debug_assert!(lo.len() >= cells && hi.len() >= cells && div.len() >= cells);
+    #[allow(unused_mut)]
+    let mut j = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // 4 lanes per cell (the 4th is the next prefix entry, its result overwritten by the
+        // next cell's store); the last cell goes below, so no store passes the row's end.
+        let (p, o) = (prow.as_ptr(), out.as_mut_ptr());
+        while j + 1 < cells {
+            let a = _mm_loadu_si128(p.add(*lo.get_unchecked(j) as usize) as *const __m128i);
+            let b = _mm_loadu_si128(p.add(*hi.get_unchecked(j) as usize) as *const __m128i);
+            let sum = _mm_cvtepi32_ps(_mm_sub_epi32(b, a));
+            let mean = _mm_div_ps(sum, _mm_set1_ps(*div.get_unchecked(j)));
+            _mm_storeu_ps(o.add(j * 3), mean);
+            j += 1;
+        }
+    }
+    for j in j..cells {
+        let (a, b, n) = (lo[j] as usize, hi[j] as usize, div[j]);
+        for c in 0..3 {
+            let (pa, pb) = (*prow.get_unchecked(a + c), *prow.get_unchecked(b + c));
+            out[j * 3 + c] = (pb - pa) as i32 as f32 / n;
+        }
+    }
+}
+
 /// Photos up to this many pixels get a prefix-sum table (12 bytes per pixel).
 const PREFIX_MAX_PIXELS: usize = 2_200_000;
 /// Widest averaging cell for which integer sums equal the f32 running sums of the reference
@@ -137,7 +174,8 @@ impl<'a> Source<'a> {
     pub(super) fn new(img: &'a RgbImage, prefix: bool) -> Self {
         let (w, h) = (img.width() as usize, img.height() as usize);
         let prefix = (prefix && w * h <= PREFIX_MAX_PIXELS).then(|| {
-            let mut p = vec![0u32; h * (w + 1) * 3];
+            // One padding entry at the end, for `cell_means`' 4-lane reads.
+            let mut p = vec![0u32; h * (w + 1) * 3 + 1];
             for (row, out) in img
                 .as_raw()
                 .chunks_exact(w * 3)
@@ -175,6 +213,46 @@ impl<'a> Source<'a> {
         dst: &mut [f32],
         plane_stride: usize,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe {
+                self.area_resize_avx2(region, out_w, out_h, out_rows, norm, dst, plane_stride)
+            };
+        }
+        self.area_resize_body(region, out_w, out_h, out_rows, norm, dst, plane_stride)
+    }
+
+    /// [`Source::area_resize`] compiled for AVX2 (the same operations per value, 8 lanes at a
+    /// time).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn area_resize_avx2(
+        &self,
+        region: Region,
+        out_w: usize,
+        out_h: usize,
+        out_rows: Range<usize>,
+        norm: impl Fn(f32) -> f32,
+        dst: &mut [f32],
+        plane_stride: usize,
+    ) {
+        self.area_resize_body(region, out_w, out_h, out_rows, norm, dst, plane_stride)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn area_resize_body(
+        &self,
+        region: Region,
+        out_w: usize,
+        out_h: usize,
+        out_rows: Range<usize>,
+        norm: impl Fn(f32) -> f32,
+        dst: &mut [f32],
+        plane_stride: usize,
+    ) {
         assert!(region.width() > 0 && region.height() > 0, "empty region");
         assert!(region.x1 <= self.img.width() as usize && region.y1 <= self.img.height() as usize);
         assert!(out_rows.start < out_rows.end && out_rows.end <= out_h);
@@ -196,34 +274,24 @@ impl<'a> Source<'a> {
         match &self.prefix {
             Some(p) if widest <= EXACT_CELL => {
                 // Per output value: the prefix entries that bound its cell, and its width.
-                let mut lo = Vec::with_capacity(row_len);
-                let mut hi = Vec::with_capacity(row_len);
-                let mut div = take(row_len);
-                for (j, &(c0, c1)) in cols.iter().enumerate() {
-                    for c in 0..3 {
-                        lo.push((region.x0 + c0) * 3 + c);
-                        hi.push((region.x0 + c1) * 3 + c);
-                        div[j * 3 + c] = (c1 - c0) as f32;
-                    }
+                let mut lo = Vec::with_capacity(out_w);
+                let mut hi = Vec::with_capacity(out_w);
+                let mut div = Vec::with_capacity(out_w);
+                for &(c0, c1) in &cols {
+                    lo.push(((region.x0 + c0) * 3) as u32);
+                    hi.push(((region.x0 + c1) * 3) as u32);
+                    div.push((c1 - c0) as f32);
                 }
-                // Every index is inside a prefix row: hi <= (x1 * 3 + 2) < (w + 1) * 3.
-                let top = hi.iter().copied().max().unwrap_or(0);
-                assert!(top < (w + 1) * 3 && lo.iter().zip(&hi).all(|(a, b)| a <= b));
+                // Every cell's 4 reads are inside a prefix row and the padding float after the
+                // table: hi + 3 <= x1 * 3 + 3 <= (w + 1) * 3 (and far below 2^32).
+                let top = hi.iter().copied().max().unwrap_or(0) as usize;
+                assert!(top <= w * 3 && lo.iter().zip(&hi).all(|(a, b)| a <= b));
                 for (r, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
                     let y = region.y0 + src0 + r;
-                    let prow = &p[y * (w + 1) * 3..(y + 1) * (w + 1) * 3];
-                    for ((t, &a), &b) in tmp_row.iter_mut().zip(&lo).zip(&hi) {
-                        // SAFETY: a <= b <= top < prow.len(), checked above.
-                        let (pa, pb) = unsafe { (*prow.get_unchecked(a), *prow.get_unchecked(b)) };
-                        // Sums stay below 2^24 (EXACT_CELL), so i32 and the f32 are exact.
-                        *t = (pb - pa) as i32 as f32;
-                    }
-                    // Separate pass, so the divisions vectorise.
-                    for (t, &n) in tmp_row.iter_mut().zip(div.iter()) {
-                        *t /= n;
-                    }
+                    let prow = &p[y * (w + 1) * 3..(y + 1) * (w + 1) * 3 + 1];
+                    // SAFETY: every cell reads at most prow[top + 3], top + 4 <= prow.len().
+                    unsafe { cell_means(prow, &lo, &hi, &div, tmp_row) };
                 }
-                give(div);
             }
             _ => {
                 let raw = self.img.as_raw();
@@ -873,16 +941,26 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
                 }
             }
             let (inside, edge) = out_row.split_at_mut(full);
+            // Outputs the 8-lane kernels did (the rest below, one at a time).
+            #[allow(unused_mut)]
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if s == 2 && (k == 2 || k == 3) && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                done = unsafe { pool_row_s2_avx2(&row, inside, k == 3) };
+            }
+            let inside = &mut inside[done..];
             match (k, s) {
                 (3, 2) => {
                     for (ox, m) in inside.iter_mut().enumerate() {
+                        let ox = ox + done;
                         let win = &row[2 * ox..2 * ox + 3];
                         let a = keep_max(f32::NEG_INFINITY, win[0]);
                         *m = keep_max(keep_max(a, win[1]), win[2]);
                     }
                 }
                 (2, 2) => {
-                    for (m, win) in inside.iter_mut().zip(row.chunks_exact(2)) {
+                    for (m, win) in inside.iter_mut().zip(row[2 * done..].chunks_exact(2)) {
                         *m = keep_max(keep_max(f32::NEG_INFINITY, win[0]), win[1]);
                     }
                 }
@@ -912,6 +990,46 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
         h: oh,
         w: ow,
     }
+}
+
+/// The leading outputs of a max-pool row with stride 2 and a window of 2 (or 3 if `three`)
+/// inside the row, 8 at a time: `nn::max_pool`'s comparisons per output (from -inf, window
+/// left to right; `_mm256_max_ps(v, m)` is `if v > m { v } else { m }`, as [`keep_max`]).
+/// Returns how many of `out` it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool_row_s2_avx2(row: &[f32], out: &mut [f32], three: bool) -> usize {
+    use std::arch::x86_64::*;
+    // The even and odd elements of row[at..at + 16], in order.
+    let split = |at: usize| {
+        let a = _mm256_loadu_ps(row.as_ptr().add(at));
+        let b = _mm256_loadu_ps(row.as_ptr().add(at + 8));
+        let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+        (
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                even,
+            ))),
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                odd,
+            ))),
+        )
+    };
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    // Highest read for outputs ox..ox + 8: row[2 * ox + 17] (window of 3) or row[2 * ox + 15].
+    let reach = if three { 18 } else { 16 };
+    let mut ox = 0;
+    while ox + 8 <= out.len() && 2 * ox + reach <= row.len() {
+        let (w0, w1) = split(2 * ox);
+        let mut m = _mm256_max_ps(w1, _mm256_max_ps(w0, ninf));
+        if three {
+            let (w2, _) = split(2 * ox + 2);
+            m = _mm256_max_ps(w2, m);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr().add(ox), m);
+        ox += 8;
+    }
+    ox
 }
 
 /// `[c, b, h, w]` flattened per image in (W, H, C) order, as facenet-pytorch's
