@@ -484,6 +484,28 @@ impl Conv {
         })
     }
 
+    /// The output channels of `a` then those of `b` in one convolution (same input and kernel
+    /// size, no PReLU): each output's arithmetic is its own layer's on the direct path.
+    fn stack(a: &Conv, b: &Conv) -> Conv {
+        assert!(a.c_in == b.c_in && a.k == b.k && a.slopes.is_none() && b.slopes.is_none());
+        let weight = [&a.weight[..], &b.weight[..]].concat();
+        let c_out = a.c_out + b.c_out;
+        Conv {
+            grouped: direct::group(&weight, c_out, a.c_in * a.k * a.k),
+            weight,
+            bias: [&a.bias[..], &b.bias[..]].concat(),
+            slopes: None,
+            c_in: a.c_in,
+            c_out,
+            k: a.k,
+        }
+    }
+
+    /// Whether [`Conv::forward`] on `h x w` planes runs the [`direct`] kernel.
+    fn is_direct(&self, h: usize, w: usize) -> bool {
+        direct::usable(self.c_in * self.k * self.k, h, w, self.k)
+    }
+
     /// The convolution (and PReLU) of `x`; `parallel` as `nn`'s "not serial".
     fn forward(&self, x: &Planes, parallel: bool) -> Planes {
         assert_eq!(x.c, self.c_in, "conv input channels");
@@ -494,7 +516,7 @@ impl Conv {
         let kk = self.c_in * k * k;
         let mut dst = take(self.c_out * bn);
         let direct = b == 1 && k == 1;
-        if direct::usable(kk, h, w, k) {
+        if self.is_direct(h, w) {
             direct::conv(x, k, self.c_out, &self.grouped, &self.bias, &mut dst);
         } else if !direct && kk * n > TILE_FLOATS {
             // nn's tiled path: per image, blocks of output rows, one serial product each.
@@ -591,7 +613,7 @@ fn fill_bias(dst: &mut [f32], bias: &[f32]) {
 /// `(ky, kx)` at `p + ky * w + kx`, so 8 consecutive positions are one unaligned load even
 /// across rows; positions with `ox >= ow` are computed and dropped. Each step holds 6 output
 /// channels x 16 positions in 12 registers (2 loads and 6 broadcasts per 12 FMAs); a layer's
-/// last 2 or 4 channels take a narrower block. Which channels share a block does not change
+/// last 2 to 8 channels take narrower blocks. Which channels share a block does not change
 /// any output's arithmetic.
 mod direct {
     use super::Planes;
@@ -603,12 +625,20 @@ mod direct {
     const POS: usize = 16;
 
     /// The register blocks of `c_out` channels as `(first channel, channels, width)`: blocks
-    /// of [`CO`], then the rest in one block whose width is rounded up to an even 2 or 4 (6
-    /// for 5), its extra rows zero weights whose outputs are dropped.
+    /// of [`CO`], and the rest in blocks of 4 (8 left: two, as a block of 2 has too few
+    /// accumulators to hide the FMA latency) or one of the last 2 to 5. A width is the channel
+    /// count rounded up to even, the extra row zero weights whose outputs are dropped.
     fn blocks(c_out: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-        (0..c_out).step_by(CO).map(move |co| {
-            let n = CO.min(c_out - co);
-            (co, n, n.next_multiple_of(2))
+        let mut co = 0;
+        std::iter::from_fn(move || {
+            let rest = c_out - co;
+            let n = match rest {
+                0 => return None,
+                8 => 4,
+                r => r.min(CO),
+            };
+            co += n;
+            Some((co - n, n, n.next_multiple_of(2)))
         })
     }
 
@@ -1145,6 +1175,8 @@ pub(super) struct FastPNet {
     conv3: Conv,
     conv4_1: Conv,
     conv4_2: Conv,
+    /// `conv4_1`'s 2 channels then `conv4_2`'s 4: one 6-channel block on the direct path.
+    conv4: Conv,
 }
 
 /// P-Net's output for one input: face probability per cell and the 4 regression maps.
@@ -1161,12 +1193,15 @@ pub(super) struct PNetOut {
 
 impl FastPNet {
     fn load(vb: &VarBuilder) -> Result<Self> {
+        let conv4_1 = Conv::load(vb, "conv4_1", None, 32, 2, 1)?;
+        let conv4_2 = Conv::load(vb, "conv4_2", None, 32, 4, 1)?;
         Ok(FastPNet {
             conv1: Conv::load(vb, "conv1", Some("prelu1"), 3, 10, 3)?,
             conv2: Conv::load(vb, "conv2", Some("prelu2"), 10, 16, 3)?,
             conv3: Conv::load(vb, "conv3", Some("prelu3"), 16, 32, 3)?,
-            conv4_1: Conv::load(vb, "conv4_1", None, 32, 2, 1)?,
-            conv4_2: Conv::load(vb, "conv4_2", None, 32, 4, 1)?,
+            conv4: Conv::stack(&conv4_1, &conv4_2),
+            conv4_1,
+            conv4_2,
         })
     }
 
@@ -1179,23 +1214,27 @@ impl FastPNet {
         y.recycle();
         let y = self.conv3.forward(&z, parallel);
         z.recycle();
-        let logits = self.conv4_1.forward(&y, parallel);
-        let reg = self.conv4_2.forward(&y, parallel);
         let (h, w) = (y.h, y.w);
+        let n = (h + 1 - self.conv4.k) * (w + 1 - self.conv4.k);
+        // The heads in one pass where the direct kernel runs (the same values per output as
+        // two passes); elsewhere the two products nn makes.
+        let (logits, reg) = if self.conv4.is_direct(h, w) {
+            let both = self.conv4.forward(&y, parallel);
+            let mut reg = take(4 * n);
+            reg.copy_from_slice(&both.data[2 * n..6 * n]);
+            (both, reg)
+        } else {
+            let logits = self.conv4_1.forward(&y, parallel);
+            (logits, self.conv4_2.forward(&y, parallel).data)
+        };
         y.recycle();
-        let n = h * w;
         let mut prob = take(n);
-        let (l0, l1) = logits.data.split_at(n);
+        let (l0, l1) = logits.data[..2 * n].split_at(n);
         for ((p, &a), &b) in prob.iter_mut().zip(l0).zip(l1) {
             *p = face_prob(a, b);
         }
         logits.recycle();
-        PNetOut {
-            h,
-            w,
-            prob,
-            reg: reg.data,
-        }
+        PNetOut { h, w, prob, reg }
     }
 }
 
