@@ -516,8 +516,19 @@ impl Conv {
         let kk = self.c_in * k * k;
         let mut dst = take(self.c_out * bn);
         let direct = b == 1 && k == 1;
+        let mut act_done = false;
         if self.is_direct(h, w) {
-            direct::conv(x, k, self.c_out, &self.grouped, &self.bias, &mut dst);
+            let slopes = self.slopes.as_deref();
+            direct::conv(
+                x,
+                k,
+                self.c_out,
+                &self.grouped,
+                &self.bias,
+                slopes,
+                &mut dst,
+            );
+            act_done = true;
         } else if !direct && kk * n > TILE_FLOATS {
             // nn's tiled path: per image, blocks of output rows, one serial product each.
             fill_bias(&mut dst, &self.bias);
@@ -582,7 +593,7 @@ impl Conv {
             };
             give(cols);
         }
-        if let Some(slopes) = &self.slopes {
+        if let (Some(slopes), false) = (&self.slopes, act_done) {
             prelu_planes(&mut dst, slopes);
         }
         Planes {
@@ -677,14 +688,15 @@ mod direct {
         }
     }
 
-    /// `dst[c_out, b, oh, ow] = bias + conv(x)`; `grouped` from [`group`]. Only call when
-    /// [`usable`].
+    /// `dst[c_out, b, oh, ow] = bias + conv(x)`, then PReLU with `slopes` if given (`nn`'s
+    /// expression on each value); `grouped` from [`group`]. Only call when [`usable`].
     pub fn conv(
         x: &Planes,
         k: usize,
         c_out: usize,
         grouped: &[f32],
         bias: &[f32],
+        slopes: Option<&[f32]>,
         dst: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
@@ -692,14 +704,14 @@ mod direct {
             assert!(usable(x.c * k * k, x.h, x.w, k));
             assert_eq!(dst.len(), c_out * x.b * (x.h + 1 - k) * (x.w + 1 - k));
             assert!(grouped.len() >= c_out.next_multiple_of(2) * x.c * k * k);
-            assert!(bias.len() >= c_out);
+            assert!(bias.len() >= c_out && slopes.is_none_or(|s| s.len() >= c_out));
             assert!(x.data.len() >= x.c * x.b * x.h * x.w);
             // SAFETY: usable() checked AVX2 and FMA; the sizes are checked above.
-            unsafe { conv_avx2(x, k, c_out, grouped, bias, dst) }
+            unsafe { conv_avx2(x, k, c_out, grouped, bias, slopes, dst) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, k, c_out, grouped, bias, dst);
+            let _ = (x, k, c_out, grouped, bias, slopes, dst);
             unreachable!("direct::conv without direct::usable");
         }
     }
@@ -712,6 +724,7 @@ mod direct {
         c_out: usize,
         grouped: &[f32],
         bias: &[f32],
+        slopes: Option<&[f32]>,
         dst: &mut [f32],
     ) {
         let (c_in, b, h, w) = (x.c, x.b, x.h, x.w);
@@ -731,28 +744,38 @@ mod direct {
         for (co, n, width) in blocks(c_out) {
             let wb = grouped.as_ptr().add(co * kk);
             let bias = &bias[co..co + n];
+            let slopes = slopes.map(|s| &s[co..co + n]);
             let out = out.add(co * b * (h + 1 - k) * (w + 1 - k));
             match width {
-                6 => channels::<6>(x, k, &offsets, wb, bias, src, out),
-                4 => channels::<4>(x, k, &offsets, wb, bias, src, out),
-                _ => channels::<2>(x, k, &offsets, wb, bias, src, out),
+                6 => channels::<6>(x, k, &offsets, wb, bias, slopes, src, out),
+                4 => channels::<4>(x, k, &offsets, wb, bias, slopes, src, out),
+                _ => channels::<2>(x, k, &offsets, wb, bias, slopes, src, out),
             }
         }
     }
 
     /// One block of `R` channels (`bias.len()` of them kept) over every image and position.
     ///
+    /// PReLU (with `slopes`) is `nn`'s `max(x, 0) + a * min(x, 0)` as separate max, min,
+    /// multiply and add (no FMA), so the same values: `_mm256_max_ps(x, 0)` and
+    /// `_mm256_min_ps(x, 0)` can differ from `f32::max`/`min` only for a NaN or a -0.0 `x`, and
+    /// neither occurs here: inputs are finite, and `bias + acc` is -0.0 only if the bias is
+    /// -0.0 and the FMA chain from +0.0 underflows to -0.0 (even then, a zero's sign changes
+    /// no later sum).
+    ///
     /// # Safety
     /// AVX2 and FMA; `wb` holds `offsets.len() * R` weights; `src` every read (`x.data`);
     /// `out` `bias.len()` planes of `b * oh * ow` floats.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn channels<const R: usize>(
         x: &Planes,
         k: usize,
         offsets: &[usize],
         wb: *const f32,
         bias: &[f32],
+        slopes: Option<&[f32]>,
         src: *const f32,
         out: *mut f32,
     ) {
@@ -765,6 +788,20 @@ mod direct {
         let positions = (oh - 1) * w + ow;
         let bias_v: [__m256; R] =
             std::array::from_fn(|j| _mm256_set1_ps(bias.get(j).copied().unwrap_or(0.0)));
+        let slope_v: Option<[__m256; R]> = slopes
+            .map(|s| std::array::from_fn(|j| _mm256_set1_ps(s.get(j).copied().unwrap_or(0.0))));
+        let zero = _mm256_setzero_ps();
+        // bias + accumulator (as gemm's update of the bias-filled output), then the PReLU.
+        let finish = |j: usize, a: __m256| {
+            let v = _mm256_add_ps(bias_v[j], a);
+            match &slope_v {
+                Some(sl) => _mm256_add_ps(
+                    _mm256_max_ps(v, zero),
+                    _mm256_mul_ps(sl[j], _mm256_min_ps(v, zero)),
+                ),
+                None => v,
+            }
+        };
         let mut lanes = [[0f32; POS]; R];
         for img in 0..b {
             let base = src.add(img * hw);
@@ -791,16 +828,15 @@ mod direct {
                 if ox + POS <= ow {
                     // The whole block lies in one output row: store straight into it.
                     let at = out.add(img * n + oy * ow + ox);
-                    for (j, (row, bj)) in acc.iter().zip(&bias_v).enumerate().take(keep) {
-                        // bias + accumulator, as gemm's update of the bias-filled output.
+                    for (j, row) in acc.iter().enumerate().take(keep) {
                         let o = at.add(j * bn);
-                        _mm256_storeu_ps(o, _mm256_add_ps(*bj, row[0]));
-                        _mm256_storeu_ps(o.add(8), _mm256_add_ps(*bj, row[1]));
+                        _mm256_storeu_ps(o, finish(j, row[0]));
+                        _mm256_storeu_ps(o.add(8), finish(j, row[1]));
                     }
                 } else {
-                    for ((lane, row), bj) in lanes.iter_mut().zip(&acc).zip(&bias_v).take(keep) {
+                    for (j, (lane, row)) in lanes.iter_mut().zip(&acc).enumerate().take(keep) {
                         for (q, &a) in row.iter().enumerate() {
-                            _mm256_storeu_ps(lane.as_mut_ptr().add(q * 8), _mm256_add_ps(*bj, a));
+                            _mm256_storeu_ps(lane.as_mut_ptr().add(q * 8), finish(j, a));
                         }
                     }
                     // Copy out the valid part of each input-grid row the block spans.
