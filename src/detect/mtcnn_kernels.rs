@@ -971,7 +971,12 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
     let (oh, ow) = ((h - k).div_ceil(s) + 1, (w - k).div_ceil(s) + 1);
     let planes = x.c * x.b;
     let mut dst = take(planes * oh * ow);
-    let mut row = take(w);
+    // A row's maxima over the window's rows, then -inf padding that the 8-lane kernel reads
+    // past the row's end (it leaves every maximum as it is: `keep_max(m, -inf)` is `m`).
+    let mut row_buf = take(w + 24);
+    row_buf[w..].fill(f32::NEG_INFINITY);
+    #[cfg(target_arch = "x86_64")]
+    let lanes = s == 2 && (k == 2 || k == 3) && std::arch::is_x86_feature_detected!("avx2");
     // Output columns whose window lies inside the row.
     let full = ((w - k) / s + 1).min(ow);
     for (plane, out) in x
@@ -980,6 +985,7 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
         .zip(dst.chunks_exact_mut(oh * ow))
     {
         for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let row = &mut row_buf[..w];
             let y0 = oy * s;
             let y1 = (y0 + k).min(h);
             let r0 = &plane[y0 * w..(y0 + 1) * w];
@@ -1006,27 +1012,24 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
                     }
                 }
             }
-            let (inside, edge) = out_row.split_at_mut(full);
-            // Outputs the 8-lane kernels did (the rest below, one at a time).
-            #[allow(unused_mut)]
-            let mut done = 0;
             #[cfg(target_arch = "x86_64")]
-            if s == 2 && (k == 2 || k == 3) && std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                done = unsafe { pool_row_s2_avx2(&row, inside, k == 3) };
+            if lanes {
+                // SAFETY: the CPU has AVX2 (`lanes`).
+                unsafe { pool_row_s2_avx2(&row_buf, out_row, k == 3) };
+                continue;
             }
-            let inside = &mut inside[done..];
+            let row = &row_buf[..w];
+            let (inside, edge) = out_row.split_at_mut(full);
             match (k, s) {
                 (3, 2) => {
                     for (ox, m) in inside.iter_mut().enumerate() {
-                        let ox = ox + done;
                         let win = &row[2 * ox..2 * ox + 3];
                         let a = keep_max(f32::NEG_INFINITY, win[0]);
                         *m = keep_max(keep_max(a, win[1]), win[2]);
                     }
                 }
                 (2, 2) => {
-                    for (m, win) in inside.iter_mut().zip(row[2 * done..].chunks_exact(2)) {
+                    for (m, win) in inside.iter_mut().zip(row.chunks_exact(2)) {
                         *m = keep_max(keep_max(f32::NEG_INFINITY, win[0]), win[1]);
                     }
                 }
@@ -1046,7 +1049,7 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
             }
         }
     }
-    give(row);
+    give(row_buf);
     let (c, b) = (x.c, x.b);
     x.recycle();
     Planes {
@@ -1058,14 +1061,17 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
     }
 }
 
-/// The leading outputs of a max-pool row with stride 2 and a window of 2 (or 3 if `three`)
-/// inside the row, 8 at a time: `nn::max_pool`'s comparisons per output (from -inf, window
-/// left to right; `_mm256_max_ps(v, m)` is `if v > m { v } else { m }`, as [`keep_max`]).
-/// Returns how many of `out` it wrote.
+/// A max-pool row with stride 2 and a window of 2 (or 3 if `three`), 8 outputs at a time:
+/// `nn::max_pool`'s comparisons per output (from -inf, window left to right;
+/// `_mm256_max_ps(v, m)` is `if v > m { v } else { m }`, as [`keep_max`]). `row` holds the
+/// row's maxima then -inf padding: a window cut by the row's end (`ceil_mode`) reads the
+/// padding, which changes no maximum.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn pool_row_s2_avx2(row: &[f32], out: &mut [f32], three: bool) -> usize {
+unsafe fn pool_row_s2_avx2(row: &[f32], out: &mut [f32], three: bool) {
     use std::arch::x86_64::*;
+    // Highest read for outputs ox..ox + 8: row[2 * ox + 17].
+    assert!(row.len() >= 2 * out.len() + 16, "max-pool row padding");
     // The even and odd elements of row[at..at + 16], in order.
     let split = |at: usize| {
         let a = _mm256_loadu_ps(row.as_ptr().add(at));
@@ -1082,20 +1088,24 @@ unsafe fn pool_row_s2_avx2(row: &[f32], out: &mut [f32], three: bool) -> usize {
         )
     };
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
-    // Highest read for outputs ox..ox + 8: row[2 * ox + 17] (window of 3) or row[2 * ox + 15].
-    let reach = if three { 18 } else { 16 };
     let mut ox = 0;
-    while ox + 8 <= out.len() && 2 * ox + reach <= row.len() {
+    while ox < out.len() {
         let (w0, w1) = split(2 * ox);
         let mut m = _mm256_max_ps(w1, _mm256_max_ps(w0, ninf));
         if three {
             let (w2, _) = split(2 * ox + 2);
             m = _mm256_max_ps(w2, m);
         }
-        _mm256_storeu_ps(out.as_mut_ptr().add(ox), m);
+        if ox + 8 <= out.len() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(ox), m);
+        } else {
+            // The first `out.len() - ox` lanes only.
+            let rest = _mm256_set1_epi32((out.len() - ox) as i32);
+            let mask = _mm256_cmpgt_epi32(rest, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            _mm256_maskstore_ps(out.as_mut_ptr().add(ox), mask, m);
+        }
         ox += 8;
     }
-    ox
 }
 
 /// `[c, b, h, w]` flattened per image in (W, H, C) order, as facenet-pytorch's
