@@ -117,6 +117,43 @@ fn area_bounds(n_in: usize, n_out: usize) -> impl Iterator<Item = (usize, usize)
     (0..n_out).map(move |i| (i * n_in / n_out, ((i + 1) * n_in).div_ceil(n_out)))
 }
 
+/// The RGB means of a row's cells from its prefix sums: cell `j` is
+/// `(prow[hi[j] + c] - prow[lo[j] + c]) / div[j]` for channel `c`, written to `out[j * 3 + c]`
+/// (exact sums: they stay below 2^24, `EXACT_CELL`).
+///
+/// # Safety
+/// `lo[j] <= hi[j]` and `hi[j] + 4 <= prow.len()` for every cell `j < out.len() / 3`; `lo`,
+/// `hi` and `div` hold `out.len() / 3` values.
+#[inline(always)]
+unsafe fn cell_means(prow: &[u32], lo: &[u32], hi: &[u32], div: &[f32], out: &mut [f32]) {
+    let cells = out.len() / 3;
+    debug_assert!(lo.len() >= cells && hi.len() >= cells && div.len() >= cells);
+    #[allow(unused_mut)]
+    let mut j = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // 4 lanes per cell (the 4th is the next prefix entry, its result overwritten by the
+        // next cell's store); the last cell goes below, so no store passes the row's end.
+        let (p, o) = (prow.as_ptr(), out.as_mut_ptr());
+        while j + 1 < cells {
+            let a = _mm_loadu_si128(p.add(*lo.get_unchecked(j) as usize) as *const __m128i);
+            let b = _mm_loadu_si128(p.add(*hi.get_unchecked(j) as usize) as *const __m128i);
+            let sum = _mm_cvtepi32_ps(_mm_sub_epi32(b, a));
+            let mean = _mm_div_ps(sum, _mm_set1_ps(*div.get_unchecked(j)));
+            _mm_storeu_ps(o.add(j * 3), mean);
+            j += 1;
+        }
+    }
+    for j in j..cells {
+        let (a, b, n) = (lo[j] as usize, hi[j] as usize, div[j]);
+        for c in 0..3 {
+            let (pa, pb) = (*prow.get_unchecked(a + c), *prow.get_unchecked(b + c));
+            out[j * 3 + c] = (pb - pa) as i32 as f32 / n;
+        }
+    }
+}
+
 /// Photos up to this many pixels get a prefix-sum table (12 bytes per pixel).
 const PREFIX_MAX_PIXELS: usize = 2_200_000;
 /// Widest averaging cell for which integer sums equal the f32 running sums of the reference
@@ -137,7 +174,8 @@ impl<'a> Source<'a> {
     pub(super) fn new(img: &'a RgbImage, prefix: bool) -> Self {
         let (w, h) = (img.width() as usize, img.height() as usize);
         let prefix = (prefix && w * h <= PREFIX_MAX_PIXELS).then(|| {
-            let mut p = vec![0u32; h * (w + 1) * 3];
+            // One padding entry at the end, for `cell_means`' 4-lane reads.
+            let mut p = vec![0u32; h * (w + 1) * 3 + 1];
             for (row, out) in img
                 .as_raw()
                 .chunks_exact(w * 3)
@@ -175,6 +213,46 @@ impl<'a> Source<'a> {
         dst: &mut [f32],
         plane_stride: usize,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe {
+                self.area_resize_avx2(region, out_w, out_h, out_rows, norm, dst, plane_stride)
+            };
+        }
+        self.area_resize_body(region, out_w, out_h, out_rows, norm, dst, plane_stride)
+    }
+
+    /// [`Source::area_resize`] compiled for AVX2 (the same operations per value, 8 lanes at a
+    /// time).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn area_resize_avx2(
+        &self,
+        region: Region,
+        out_w: usize,
+        out_h: usize,
+        out_rows: Range<usize>,
+        norm: impl Fn(f32) -> f32,
+        dst: &mut [f32],
+        plane_stride: usize,
+    ) {
+        self.area_resize_body(region, out_w, out_h, out_rows, norm, dst, plane_stride)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn area_resize_body(
+        &self,
+        region: Region,
+        out_w: usize,
+        out_h: usize,
+        out_rows: Range<usize>,
+        norm: impl Fn(f32) -> f32,
+        dst: &mut [f32],
+        plane_stride: usize,
+    ) {
         assert!(region.width() > 0 && region.height() > 0, "empty region");
         assert!(region.x1 <= self.img.width() as usize && region.y1 <= self.img.height() as usize);
         assert!(out_rows.start < out_rows.end && out_rows.end <= out_h);
@@ -196,34 +274,24 @@ impl<'a> Source<'a> {
         match &self.prefix {
             Some(p) if widest <= EXACT_CELL => {
                 // Per output value: the prefix entries that bound its cell, and its width.
-                let mut lo = Vec::with_capacity(row_len);
-                let mut hi = Vec::with_capacity(row_len);
-                let mut div = take(row_len);
-                for (j, &(c0, c1)) in cols.iter().enumerate() {
-                    for c in 0..3 {
-                        lo.push((region.x0 + c0) * 3 + c);
-                        hi.push((region.x0 + c1) * 3 + c);
-                        div[j * 3 + c] = (c1 - c0) as f32;
-                    }
+                let mut lo = Vec::with_capacity(out_w);
+                let mut hi = Vec::with_capacity(out_w);
+                let mut div = Vec::with_capacity(out_w);
+                for &(c0, c1) in &cols {
+                    lo.push(((region.x0 + c0) * 3) as u32);
+                    hi.push(((region.x0 + c1) * 3) as u32);
+                    div.push((c1 - c0) as f32);
                 }
-                // Every index is inside a prefix row: hi <= (x1 * 3 + 2) < (w + 1) * 3.
-                let top = hi.iter().copied().max().unwrap_or(0);
-                assert!(top < (w + 1) * 3 && lo.iter().zip(&hi).all(|(a, b)| a <= b));
+                // Every cell's 4 reads are inside a prefix row and the padding float after the
+                // table: hi + 3 <= x1 * 3 + 3 <= (w + 1) * 3 (and far below 2^32).
+                let top = hi.iter().copied().max().unwrap_or(0) as usize;
+                assert!(top <= w * 3 && lo.iter().zip(&hi).all(|(a, b)| a <= b));
                 for (r, tmp_row) in tmp.chunks_exact_mut(row_len).enumerate() {
                     let y = region.y0 + src0 + r;
-                    let prow = &p[y * (w + 1) * 3..(y + 1) * (w + 1) * 3];
-                    for ((t, &a), &b) in tmp_row.iter_mut().zip(&lo).zip(&hi) {
-                        // SAFETY: a <= b <= top < prow.len(), checked above.
-                        let (pa, pb) = unsafe { (*prow.get_unchecked(a), *prow.get_unchecked(b)) };
-                        // Sums stay below 2^24 (EXACT_CELL), so i32 and the f32 are exact.
-                        *t = (pb - pa) as i32 as f32;
-                    }
-                    // Separate pass, so the divisions vectorise.
-                    for (t, &n) in tmp_row.iter_mut().zip(div.iter()) {
-                        *t /= n;
-                    }
+                    let prow = &p[y * (w + 1) * 3..(y + 1) * (w + 1) * 3 + 1];
+                    // SAFETY: every cell reads at most prow[top + 3], top + 4 <= prow.len().
+                    unsafe { cell_means(prow, &lo, &hi, &div, tmp_row) };
                 }
-                give(div);
             }
             _ => {
                 let raw = self.img.as_raw();
@@ -379,7 +447,7 @@ impl Planes {
 /// A stride-1 unpadded convolution with bias and optional PReLU (`nn::Conv2d` + `Act`).
 pub(super) struct Conv {
     weight: Vec<f32>,
-    /// The weights regrouped for [`direct`]: `[c_out / 4 (rounded up)][tap][4]`, zero-padded.
+    /// The weights regrouped for [`direct`] (`direct::group`).
     grouped: Vec<f32>,
     bias: Vec<f32>,
     slopes: Option<Vec<f32>>,
@@ -401,14 +469,7 @@ impl Conv {
         let vc = vb.pp(name);
         let weight = values(&vc.get((c_out, c_in, k, k), "weight")?)?;
         let kk = c_in * k * k;
-        let blocks = c_out.div_ceil(direct::CO);
-        let mut grouped = vec![0f32; blocks * kk * direct::CO];
-        for (co, filter) in weight.chunks_exact(kk).enumerate() {
-            let (blk, j) = (co / direct::CO, co % direct::CO);
-            for (t, &v) in filter.iter().enumerate() {
-                grouped[(blk * kk + t) * direct::CO + j] = v;
-            }
-        }
+        let grouped = direct::group(&weight, c_out, kk);
         Ok(Conv {
             weight,
             grouped,
@@ -423,6 +484,28 @@ impl Conv {
         })
     }
 
+    /// The output channels of `a` then those of `b` in one convolution (same input and kernel
+    /// size, no PReLU): each output's arithmetic is its own layer's on the direct path.
+    fn stack(a: &Conv, b: &Conv) -> Conv {
+        assert!(a.c_in == b.c_in && a.k == b.k && a.slopes.is_none() && b.slopes.is_none());
+        let weight = [&a.weight[..], &b.weight[..]].concat();
+        let c_out = a.c_out + b.c_out;
+        Conv {
+            grouped: direct::group(&weight, c_out, a.c_in * a.k * a.k),
+            weight,
+            bias: [&a.bias[..], &b.bias[..]].concat(),
+            slopes: None,
+            c_in: a.c_in,
+            c_out,
+            k: a.k,
+        }
+    }
+
+    /// Whether [`Conv::forward`] on `h x w` planes runs the [`direct`] kernel.
+    fn is_direct(&self, h: usize, w: usize) -> bool {
+        direct::usable(self.c_in * self.k * self.k, h, w, self.k)
+    }
+
     /// The convolution (and PReLU) of `x`; `parallel` as `nn`'s "not serial".
     fn forward(&self, x: &Planes, parallel: bool) -> Planes {
         assert_eq!(x.c, self.c_in, "conv input channels");
@@ -433,8 +516,19 @@ impl Conv {
         let kk = self.c_in * k * k;
         let mut dst = take(self.c_out * bn);
         let direct = b == 1 && k == 1;
-        if direct::usable(kk, h, w, k) {
-            direct::conv(x, k, self.c_out, &self.grouped, &self.bias, &mut dst);
+        let mut act_done = false;
+        if self.is_direct(h, w) {
+            let slopes = self.slopes.as_deref();
+            direct::conv(
+                x,
+                k,
+                self.c_out,
+                &self.grouped,
+                &self.bias,
+                slopes,
+                &mut dst,
+            );
+            act_done = true;
         } else if !direct && kk * n > TILE_FLOATS {
             // nn's tiled path: per image, blocks of output rows, one serial product each.
             fill_bias(&mut dst, &self.bias);
@@ -499,7 +593,7 @@ impl Conv {
             };
             give(cols);
         }
-        if let Some(slopes) = &self.slopes {
+        if let (Some(slopes), false) = (&self.slopes, act_done) {
             prelu_planes(&mut dst, slopes);
         }
         Planes {
@@ -528,15 +622,53 @@ fn fill_bias(dst: &mut [f32], bias: &[f32]) {
 ///
 /// Vectorised over output positions: a position `p = oy * w + ox` of the input grid reads tap
 /// `(ky, kx)` at `p + ky * w + kx`, so 8 consecutive positions are one unaligned load even
-/// across rows; positions with `ox >= ow` are computed and dropped. Each step holds 4 output
-/// channels x 16 positions in 8 registers.
+/// across rows; positions with `ox >= ow` are computed and dropped. Each step holds 6 output
+/// channels x 16 positions in 12 registers (2 loads and 6 broadcasts per 12 FMAs); a layer's
+/// last 2 to 8 channels take narrower blocks. Which channels share a block does not change
+/// any output's arithmetic.
 mod direct {
     use super::Planes;
 
-    /// Output channels per register block.
-    pub const CO: usize = 4;
-    /// Output positions per register block (two vectors: 8 accumulators, so nothing spills).
+    /// Output channels per full register block.
+    const CO: usize = 6;
+    /// Output positions per register block (two vectors: with 6 channels 12 accumulators,
+    /// 2 input vectors and a broadcast weight fill 15 of the 16 registers, so nothing spills).
     const POS: usize = 16;
+
+    /// The register blocks of `c_out` channels as `(first channel, channels, width)`: blocks
+    /// of [`CO`], and the rest in blocks of 4 (8 left: two, as a block of 2 has too few
+    /// accumulators to hide the FMA latency) or one of the last 2 to 5. A width is the channel
+    /// count rounded up to even, the extra row zero weights whose outputs are dropped.
+    fn blocks(c_out: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        let mut co = 0;
+        std::iter::from_fn(move || {
+            let rest = c_out - co;
+            let n = match rest {
+                0 => return None,
+                8 => 4,
+                r => r.min(CO),
+            };
+            co += n;
+            Some((co - n, n, n.next_multiple_of(2)))
+        })
+    }
+
+    /// `weight` (`[c_out, kk]`) regrouped for [`conv`]: per block of [`blocks`] (the block of
+    /// channel `co` at `co * kk`), `[tap][width]`, zero-padded.
+    pub fn group(weight: &[f32], c_out: usize, kk: usize) -> Vec<f32> {
+        assert_eq!(weight.len(), c_out * kk, "conv weight size");
+        let mut grouped = vec![0f32; c_out.next_multiple_of(2) * kk];
+        for (co, n, width) in blocks(c_out) {
+            let g = &mut grouped[co * kk..][..kk * width];
+            for j in 0..n {
+                let filter = &weight[(co + j) * kk..][..kk];
+                for (t, &v) in filter.iter().enumerate() {
+                    g[t * width + j] = v;
+                }
+            }
+        }
+        grouped
+    }
 
     /// Whether the direct kernel reproduces `gemm` for a `k x k` convolution with `kk` taps on
     /// `h x w` planes (and the CPU can run it).
@@ -556,28 +688,30 @@ mod direct {
         }
     }
 
-    /// `dst[c_out, b, oh, ow] = bias + conv(x)`; `grouped` from `Conv::load`. Only call when
-    /// [`usable`].
+    /// `dst[c_out, b, oh, ow] = bias + conv(x)`, then PReLU with `slopes` if given (`nn`'s
+    /// expression on each value); `grouped` from [`group`]. Only call when [`usable`].
     pub fn conv(
         x: &Planes,
         k: usize,
         c_out: usize,
         grouped: &[f32],
         bias: &[f32],
+        slopes: Option<&[f32]>,
         dst: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(usable(x.c * k * k, x.h, x.w, k));
             assert_eq!(dst.len(), c_out * x.b * (x.h + 1 - k) * (x.w + 1 - k));
-            assert!(grouped.len() >= c_out.div_ceil(CO) * x.c * k * k * CO);
+            assert!(grouped.len() >= c_out.next_multiple_of(2) * x.c * k * k);
+            assert!(bias.len() >= c_out && slopes.is_none_or(|s| s.len() >= c_out));
             assert!(x.data.len() >= x.c * x.b * x.h * x.w);
             // SAFETY: usable() checked AVX2 and FMA; the sizes are checked above.
-            unsafe { conv_avx2(x, k, c_out, grouped, bias, dst) }
+            unsafe { conv_avx2(x, k, c_out, grouped, bias, slopes, dst) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, k, c_out, grouped, bias, dst);
+            let _ = (x, k, c_out, grouped, bias, slopes, dst);
             unreachable!("direct::conv without direct::usable");
         }
     }
@@ -590,63 +724,132 @@ mod direct {
         c_out: usize,
         grouped: &[f32],
         bias: &[f32],
+        slopes: Option<&[f32]>,
         dst: &mut [f32],
     ) {
-        use std::arch::x86_64::*;
         let (c_in, b, h, w) = (x.c, x.b, x.h, x.w);
-        let (oh, ow) = (h + 1 - k, w + 1 - k);
-        let (n, hw, kk) = (oh * ow, h * w, c_in * k * k);
-        let bn = b * n;
-        let positions = (oh - 1) * w + ow;
+        let hw = h * w;
+        let kk = c_in * k * k;
+        // Each tap's shift from a position of image 0, in patch-row order (ci, ky, kx).
+        let mut offsets = Vec::with_capacity(kk);
+        for ci in 0..c_in {
+            for ky in 0..k {
+                for kx in 0..k {
+                    offsets.push(ci * b * hw + ky * w + kx);
+                }
+            }
+        }
         let src = x.data.as_ptr();
-        let mut lanes = [[0f32; POS]; CO];
-        for blk in 0..c_out.div_ceil(CO) {
-            let wb = grouped.as_ptr().add(blk * kk * CO);
-            for img in 0..b {
-                let mut start = 0;
-                loop {
-                    // The last block ends at the last position (recomputing a few: same values).
-                    let s = start.min(positions - POS);
-                    let mut acc = [[_mm256_setzero_ps(); 2]; CO];
-                    let mut t = 0;
-                    for ci in 0..c_in {
-                        // Highest read: s + POS - 1 + (k - 1) * (w + 1) <= h * w - 1.
-                        let plane = src.add((ci * b + img) * hw + s);
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let p = plane.add(ky * w + kx);
-                                let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
-                                let wt = wb.add(t * CO);
-                                for (j, row) in acc.iter_mut().enumerate() {
-                                    let wj = _mm256_broadcast_ss(&*wt.add(j));
-                                    for (a, &vv) in row.iter_mut().zip(&v) {
-                                        *a = _mm256_fmadd_ps(vv, wj, *a);
-                                    }
-                                }
-                                t += 1;
-                            }
+        let out = dst.as_mut_ptr();
+        for (co, n, width) in blocks(c_out) {
+            let wb = grouped.as_ptr().add(co * kk);
+            let bias = &bias[co..co + n];
+            let slopes = slopes.map(|s| &s[co..co + n]);
+            let out = out.add(co * b * (h + 1 - k) * (w + 1 - k));
+            match width {
+                6 => channels::<6>(x, k, &offsets, wb, bias, slopes, src, out),
+                4 => channels::<4>(x, k, &offsets, wb, bias, slopes, src, out),
+                _ => channels::<2>(x, k, &offsets, wb, bias, slopes, src, out),
+            }
+        }
+    }
+
+    /// One block of `R` channels (`bias.len()` of them kept) over every image and position.
+    ///
+    /// PReLU (with `slopes`) is `nn`'s `max(x, 0) + a * min(x, 0)` as separate max, min,
+    /// multiply and add (no FMA), so the same values: `_mm256_max_ps(x, 0)` and
+    /// `_mm256_min_ps(x, 0)` can differ from `f32::max`/`min` only for a NaN or a -0.0 `x`, and
+    /// neither occurs here: inputs are finite, and `bias + acc` is -0.0 only if the bias is
+    /// -0.0 and the FMA chain from +0.0 underflows to -0.0 (even then, a zero's sign changes
+    /// no later sum).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `wb` holds `offsets.len() * R` weights; `src` every read (`x.data`);
+    /// `out` `bias.len()` planes of `b * oh * ow` floats.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn channels<const R: usize>(
+        x: &Planes,
+        k: usize,
+        offsets: &[usize],
+        wb: *const f32,
+        bias: &[f32],
+        slopes: Option<&[f32]>,
+        src: *const f32,
+        out: *mut f32,
+    ) {
+        use std::arch::x86_64::*;
+        let (b, h, w) = (x.b, x.h, x.w);
+        let (oh, ow) = (h + 1 - k, w + 1 - k);
+        let (n, hw) = (oh * ow, h * w);
+        let bn = b * n;
+        let keep = bias.len();
+        let positions = (oh - 1) * w + ow;
+        let bias_v: [__m256; R] =
+            std::array::from_fn(|j| _mm256_set1_ps(bias.get(j).copied().unwrap_or(0.0)));
+        let slope_v: Option<[__m256; R]> = slopes
+            .map(|s| std::array::from_fn(|j| _mm256_set1_ps(s.get(j).copied().unwrap_or(0.0))));
+        let zero = _mm256_setzero_ps();
+        // bias + accumulator (as gemm's update of the bias-filled output), then the PReLU.
+        let finish = |j: usize, a: __m256| {
+            let v = _mm256_add_ps(bias_v[j], a);
+            match &slope_v {
+                Some(sl) => _mm256_add_ps(
+                    _mm256_max_ps(v, zero),
+                    _mm256_mul_ps(sl[j], _mm256_min_ps(v, zero)),
+                ),
+                None => v,
+            }
+        };
+        let mut lanes = [[0f32; POS]; R];
+        for img in 0..b {
+            let base = src.add(img * hw);
+            let mut start = 0;
+            loop {
+                // The last block ends at the last position (recomputing a few: same values).
+                let s = start.min(positions - POS);
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                let x0 = base.add(s);
+                for (t, &off) in offsets.iter().enumerate() {
+                    // Highest read: s + POS - 1 + (k - 1) * (w + 1) <= h * w - 1 in the last
+                    // channel's plane of this image.
+                    let p = x0.add(off);
+                    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                    let wt = wb.add(t * R);
+                    for (j, row) in acc.iter_mut().enumerate() {
+                        let wj = _mm256_broadcast_ss(&*wt.add(j));
+                        for (a, &vv) in row.iter_mut().zip(&v) {
+                            *a = _mm256_fmadd_ps(vv, wj, *a);
                         }
                     }
-                    let co_n = CO.min(c_out - blk * CO);
-                    for (j, (lane, row)) in lanes.iter_mut().zip(&acc).enumerate().take(co_n) {
-                        // bias + accumulator, as gemm's update of the bias-filled output.
-                        let bj = _mm256_set1_ps(bias[blk * CO + j]);
+                }
+                let (oy, ox) = (s / w, s % w);
+                if ox + POS <= ow {
+                    // The whole block lies in one output row: store straight into it.
+                    let at = out.add(img * n + oy * ow + ox);
+                    for (j, row) in acc.iter().enumerate().take(keep) {
+                        let o = at.add(j * bn);
+                        _mm256_storeu_ps(o, finish(j, row[0]));
+                        _mm256_storeu_ps(o.add(8), finish(j, row[1]));
+                    }
+                } else {
+                    for (j, (lane, row)) in lanes.iter_mut().zip(&acc).enumerate().take(keep) {
                         for (q, &a) in row.iter().enumerate() {
-                            _mm256_storeu_ps(lane.as_mut_ptr().add(q * 8), _mm256_add_ps(bj, a));
+                            _mm256_storeu_ps(lane.as_mut_ptr().add(q * 8), finish(j, a));
                         }
                     }
                     // Copy out the valid part of each input-grid row the block spans.
-                    let (mut oy, mut ox) = (s / w, s % w);
+                    let (mut oy, mut ox) = (oy, ox);
                     let mut q = 0;
                     while q < POS {
                         let run = (w - ox).min(POS - q);
                         let valid = ow.saturating_sub(ox).min(run);
                         if valid > 0 {
                             let at = img * n + oy * ow + ox;
-                            for (j, lane) in lanes.iter().enumerate().take(co_n) {
-                                let co = blk * CO + j;
+                            for (j, lane) in lanes.iter().enumerate().take(keep) {
                                 super::copy_short(
-                                    &mut dst[co * bn + at..co * bn + at + valid],
+                                    std::slice::from_raw_parts_mut(out.add(j * bn + at), valid),
                                     &lane[q..q + valid],
                                 );
                             }
@@ -658,11 +861,11 @@ mod direct {
                             oy += 1;
                         }
                     }
-                    if s + POS >= positions {
-                        break;
-                    }
-                    start += POS;
                 }
+                if s + POS >= positions {
+                    break;
+                }
+                start += POS;
             }
         }
     }
@@ -768,7 +971,12 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
     let (oh, ow) = ((h - k).div_ceil(s) + 1, (w - k).div_ceil(s) + 1);
     let planes = x.c * x.b;
     let mut dst = take(planes * oh * ow);
-    let mut row = take(w);
+    // A row's maxima over the window's rows, then -inf padding that the 8-lane kernel reads
+    // past the row's end (it leaves every maximum as it is: `keep_max(m, -inf)` is `m`).
+    let mut row_buf = take(w + 24);
+    row_buf[w..].fill(f32::NEG_INFINITY);
+    #[cfg(target_arch = "x86_64")]
+    let lanes = s == 2 && (k == 2 || k == 3) && std::arch::is_x86_feature_detected!("avx2");
     // Output columns whose window lies inside the row.
     let full = ((w - k) / s + 1).min(ow);
     for (plane, out) in x
@@ -777,6 +985,7 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
         .zip(dst.chunks_exact_mut(oh * ow))
     {
         for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let row = &mut row_buf[..w];
             let y0 = oy * s;
             let y1 = (y0 + k).min(h);
             let r0 = &plane[y0 * w..(y0 + 1) * w];
@@ -803,6 +1012,13 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
                     }
                 }
             }
+            #[cfg(target_arch = "x86_64")]
+            if lanes {
+                // SAFETY: the CPU has AVX2 (`lanes`).
+                unsafe { pool_row_s2_avx2(&row_buf, out_row, k == 3) };
+                continue;
+            }
+            let row = &row_buf[..w];
             let (inside, edge) = out_row.split_at_mut(full);
             match (k, s) {
                 (3, 2) => {
@@ -833,7 +1049,7 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
             }
         }
     }
-    give(row);
+    give(row_buf);
     let (c, b) = (x.c, x.b);
     x.recycle();
     Planes {
@@ -842,6 +1058,53 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
         b,
         h: oh,
         w: ow,
+    }
+}
+
+/// A max-pool row with stride 2 and a window of 2 (or 3 if `three`), 8 outputs at a time:
+/// `nn::max_pool`'s comparisons per output (from -inf, window left to right;
+/// `_mm256_max_ps(v, m)` is `if v > m { v } else { m }`, as [`keep_max`]). `row` holds the
+/// row's maxima then -inf padding: a window cut by the row's end (`ceil_mode`) reads the
+/// padding, which changes no maximum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool_row_s2_avx2(row: &[f32], out: &mut [f32], three: bool) {
+    use std::arch::x86_64::*;
+    // Highest read for outputs ox..ox + 8: row[2 * ox + 17].
+    assert!(row.len() >= 2 * out.len() + 16, "max-pool row padding");
+    // The even and odd elements of row[at..at + 16], in order.
+    let split = |at: usize| {
+        let a = _mm256_loadu_ps(row.as_ptr().add(at));
+        let b = _mm256_loadu_ps(row.as_ptr().add(at + 8));
+        let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+        (
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                even,
+            ))),
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                odd,
+            ))),
+        )
+    };
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut ox = 0;
+    while ox < out.len() {
+        let (w0, w1) = split(2 * ox);
+        let mut m = _mm256_max_ps(w1, _mm256_max_ps(w0, ninf));
+        if three {
+            let (w2, _) = split(2 * ox + 2);
+            m = _mm256_max_ps(w2, m);
+        }
+        if ox + 8 <= out.len() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(ox), m);
+        } else {
+            // The first `out.len() - ox` lanes only.
+            let rest = _mm256_set1_epi32((out.len() - ox) as i32);
+            let mask = _mm256_cmpgt_epi32(rest, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            _mm256_maskstore_ps(out.as_mut_ptr().add(ox), mask, m);
+        }
+        ox += 8;
     }
 }
 
@@ -958,6 +1221,8 @@ pub(super) struct FastPNet {
     conv3: Conv,
     conv4_1: Conv,
     conv4_2: Conv,
+    /// `conv4_1`'s 2 channels then `conv4_2`'s 4: one 6-channel block on the direct path.
+    conv4: Conv,
 }
 
 /// P-Net's output for one input: face probability per cell and the 4 regression maps.
@@ -974,12 +1239,15 @@ pub(super) struct PNetOut {
 
 impl FastPNet {
     fn load(vb: &VarBuilder) -> Result<Self> {
+        let conv4_1 = Conv::load(vb, "conv4_1", None, 32, 2, 1)?;
+        let conv4_2 = Conv::load(vb, "conv4_2", None, 32, 4, 1)?;
         Ok(FastPNet {
             conv1: Conv::load(vb, "conv1", Some("prelu1"), 3, 10, 3)?,
             conv2: Conv::load(vb, "conv2", Some("prelu2"), 10, 16, 3)?,
             conv3: Conv::load(vb, "conv3", Some("prelu3"), 16, 32, 3)?,
-            conv4_1: Conv::load(vb, "conv4_1", None, 32, 2, 1)?,
-            conv4_2: Conv::load(vb, "conv4_2", None, 32, 4, 1)?,
+            conv4: Conv::stack(&conv4_1, &conv4_2),
+            conv4_1,
+            conv4_2,
         })
     }
 
@@ -992,23 +1260,27 @@ impl FastPNet {
         y.recycle();
         let y = self.conv3.forward(&z, parallel);
         z.recycle();
-        let logits = self.conv4_1.forward(&y, parallel);
-        let reg = self.conv4_2.forward(&y, parallel);
         let (h, w) = (y.h, y.w);
+        let n = (h + 1 - self.conv4.k) * (w + 1 - self.conv4.k);
+        // The heads in one pass where the direct kernel runs (the same values per output as
+        // two passes); elsewhere the two products nn makes.
+        let (logits, reg) = if self.conv4.is_direct(h, w) {
+            let both = self.conv4.forward(&y, parallel);
+            let mut reg = take(4 * n);
+            reg.copy_from_slice(&both.data[2 * n..6 * n]);
+            (both, reg)
+        } else {
+            let logits = self.conv4_1.forward(&y, parallel);
+            (logits, self.conv4_2.forward(&y, parallel).data)
+        };
         y.recycle();
-        let n = h * w;
         let mut prob = take(n);
-        let (l0, l1) = logits.data.split_at(n);
+        let (l0, l1) = logits.data[..2 * n].split_at(n);
         for ((p, &a), &b) in prob.iter_mut().zip(l0).zip(l1) {
             *p = face_prob(a, b);
         }
         logits.recycle();
-        PNetOut {
-            h,
-            w,
-            prob,
-            reg: reg.data,
-        }
+        PNetOut { h, w, prob, reg }
     }
 }
 
