@@ -275,7 +275,7 @@ fn compact(p: &Plan, flat: &[f32], out: &mut [f32], act: Act) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx {
+pub(crate) mod avx {
     use std::arch::x86_64::*;
 
     use super::{L, POS, V};
@@ -322,12 +322,38 @@ mod avx {
         out: *mut f32,
         stride: usize,
     ) {
-        let mut acc: [[__m256; V]; R] = std::array::from_fn(|r| [_mm256_set1_ps(bias[r]); V]);
-        for (t, &off) in offsets.iter().enumerate() {
-            let p = x.add(off);
+        let init: [f32; R] = std::array::from_fn(|r| bias[r]);
+        // SAFETY (of the index): `t < taps == offsets.len()`.
+        let row = |t: usize| *offsets.get_unchecked(t);
+        rows_kernel::<R, V>(taps, row, w, taps, init, x, out, stride);
+    }
+
+    /// The register block both direct and Winograd products use: `R x 8V` outputs
+    /// `out[r * out_rs + p] = init[r] + sum over i < n of w[r * w_rs + i] * x[row(i) + p]`,
+    /// `p < 8V`, each sum in `R * V` registers, one FMA per term, `i` in order.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be present (callers are `avx2,fma` functions it inlines into); `w`
+    /// must hold `R` rows of `n` values `w_rs` apart, `x` `8V` values at every `row(i)`, `out`
+    /// `R` rows of `8V` values `out_rs` apart.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn rows_kernel<const R: usize, const V: usize>(
+        n: usize,
+        row: impl Fn(usize) -> usize,
+        w: *const f32,
+        w_rs: usize,
+        init: [f32; R],
+        x: *const f32,
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        let mut acc: [[__m256; V]; R] = std::array::from_fn(|r| [_mm256_set1_ps(init[r]); V]);
+        for i in 0..n {
+            let p = x.add(row(i));
             let v: [__m256; V] = std::array::from_fn(|j| _mm256_loadu_ps(p.add(j * L)));
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let a = _mm256_broadcast_ss(&*w.add(r * taps + t));
+                let a = _mm256_broadcast_ss(&*w.add(r * w_rs + i));
                 for (s, &vj) in acc_r.iter_mut().zip(&v) {
                     *s = _mm256_fmadd_ps(a, vj, *s);
                 }
@@ -335,7 +361,7 @@ mod avx {
         }
         for (r, acc_r) in acc.iter().enumerate() {
             for (j, &s) in acc_r.iter().enumerate() {
-                _mm256_storeu_ps(out.add(r * stride + j * L), s);
+                _mm256_storeu_ps(out.add(r * out_rs + j * L), s);
             }
         }
     }

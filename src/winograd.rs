@@ -922,7 +922,8 @@ mod avx2 {
         }
     }
 
-    /// `R x 8V` outputs: `R * V` accumulators, one FMA per (row, vector) per input channel.
+    /// `R x 8V` outputs: `R * V` accumulators, one FMA per (row, vector) per input channel
+    /// (the register block of [`crate::dconv`], rows `v_rs` apart, started from zero).
     #[inline(always)]
     unsafe fn kernel<const R: usize, const V: usize>(
         u: *const f32,
@@ -932,21 +933,7 @@ mod avx2 {
         m: *mut f32,
         m_rs: usize,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); V]; R];
-        for ci in 0..c_in {
-            let x: [__m256; V] = std::array::from_fn(|j| _mm256_loadu_ps(v.add(ci * v_rs + j * L)));
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let a = _mm256_broadcast_ss(&*u.add(r * c_in + ci));
-                for (s, &xj) in acc_r.iter_mut().zip(&x) {
-                    *s = _mm256_fmadd_ps(a, xj, *s);
-                }
-            }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (j, &s) in acc_r.iter().enumerate() {
-                _mm256_storeu_ps(m.add(r * m_rs + j * L), s);
-            }
-        }
+        crate::dconv::avx::rows_kernel::<R, V>(c_in, |ci| ci * v_rs, u, c_in, [0.0; R], v, m, m_rs);
     }
 }
 
