@@ -15,10 +15,11 @@
 //!   columns `px + s * qx`), each `hq x wq`; tap `(ci, ky, kx)` then reads phase
 //!   `(ky % s, kx % s)` at the constant shift `(ky / s) * wq + kx / s`, and the same flat scheme
 //!   applies with rows `wq` long.
-//! - **Kernel.** 4 output channels x 24 positions in 12 AVX2 registers, started from the bias;
-//!   per tap 3 loads, 4 broadcasts of the weights (read in place, `[c_out, c_in * k * k]`) and
-//!   12 FMAs. Every output sums its taps in the weight order, so the result does not depend on
-//!   the batch, the thread count or which positions share a block.
+//! - **Kernel.** 6 output channels x 16 positions in 12 AVX2 registers, started from the bias
+//!   (a last group of 2 or 4 channels takes fewer); per tap 2 loads, 6 broadcasts of the
+//!   weights (read in place, `[c_out, c_in * k * k]`) and 12 FMAs. (4 x 24 needed 17 registers
+//!   and spilled one.) Every output sums its taps in the weight order, so the result does not
+//!   depend on the batch, the thread count or which positions share a block.
 //!
 //! Only x86-64 with AVX2 and FMA runs it ([`usable`]); elsewhere callers keep im2col + gemm.
 
@@ -172,7 +173,7 @@ impl DirectConv {
 
     /// `b` images `c_in x h x w` -> `b x c_out x oh x ow`, plus `bias` and `act`; `wt` is
     /// `[c_out, c_in * k * k]`. Images are spread over the pool; a single image spreads its
-    /// output channels ([`crate::nn::serial`] honoured).
+    /// output positions ([`crate::nn::serial`] honoured).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
