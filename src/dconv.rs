@@ -36,7 +36,8 @@ const POS: usize = V * L;
 /// Output channels per kernel call (the last call of a convolution may take 2 or 4).
 const CO: usize = 6;
 
-/// Whether the direct kernels can run on this CPU (x86-64 with AVX2 and FMA).
+/// Whether the direct kernels (and Winograd's AVX2 transforms and products, which share
+/// [`avx::rows_kernel`]) can run on this CPU: x86-64 with AVX2 and FMA.
 pub(crate) fn usable() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -154,7 +155,7 @@ pub(crate) struct DirectConv {
 
 impl DirectConv {
     /// A `k x k` convolution `c_in -> c_out` with `stride` and `pad`; `None` when the kernels
-    /// cannot run here or `c_out` is not a multiple of 4.
+    /// cannot run here or `c_out` is odd (groups of 6 channels, the last one of 2 or 4).
     pub(crate) fn new(
         c_in: usize,
         c_out: usize,

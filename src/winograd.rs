@@ -307,7 +307,7 @@ impl WinogradConv {
         w: usize,
         act: Act,
     ) -> Vec<f32> {
-        self.forward_with(weight, src, b, h, w, act, has_avx2_fma())
+        self.forward_with(weight, src, b, h, w, act, crate::dconv::usable())
     }
 
     /// [`Self::forward`], with the AVX2 kernels or the portable ones.
@@ -552,18 +552,6 @@ impl Post<'_> {
             Act::PReluSlope(a) => x.max(0.0) + a * x.min(0.0),
             Act::PRelu(p) => x.max(0.0) + p.slope(self.co) * x.min(0.0),
         }
-    }
-}
-
-/// Whether the AVX2 builds of the transforms can run here.
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -1024,7 +1012,7 @@ mod tests {
                     let want = values(&direct.forward_act(&xt, act).unwrap());
                     for tile in [Tile::F2, Tile::F4, Tile::F6] {
                         let wg = WinogradConv::new(&weight, &bias, c, c, tile);
-                        for avx2 in [false, has_avx2_fma()] {
+                        for avx2 in [false, crate::dconv::usable()] {
                             let got = wg.forward_with(&weight, &x, b, side, side, act, avx2);
                             let err = relative_error(&got, &want);
                             assert!(

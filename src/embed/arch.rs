@@ -1,5 +1,5 @@
 //! A network trained from scratch by `facekit train --arch` as an [`Embedder`]: the same
-//! forward pass as in training ([`crate::train::arch::Net::evaluate`]), on the pipeline's
+//! forward pass as in training ([`crate::train::Trainable::evaluate`]), on the pipeline's
 //! 150 x 150 aligned chips, L2-normalised after flip averaging ([`Embedder::finish`]), on
 //! [`crate::default_device`].
 

@@ -140,8 +140,8 @@ impl Residual {
         let (stride, pad) = if down { (2, 0) } else { (1, 1) };
         let conv1 = conv_affine(c_in, c_out, 3, stride, pad, &vb, "conv1", "affine1")?;
         let side_out = conv1.out_size(side_in, side_in).0;
-        // A down block's stride-2 convolution never uses Winograd.
-        let conv1 = kernel(conv1, side_out, if down { None } else { tile });
+        // (`Conv2d::winograd` leaves a down block's stride-2 convolution as it is.)
+        let conv1 = kernel(conv1, side_out, tile);
         let conv2 = conv_affine(c_out, c_out, 3, 1, 1, &vb, "conv2", "affine2")?;
         Ok(Residual {
             conv1,
