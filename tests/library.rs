@@ -682,16 +682,24 @@ fn cluster_killed_at_random_moments() {
         conn.execute_batch("DELETE FROM assignments; DELETE FROM people;")
             .unwrap();
     }
-    let (db, out) = (root.join("warm-run.db"), root.join("warm-run"));
-    std::fs::copy(&warm, &db).unwrap();
-    let started = Instant::now();
-    let summary = json(&run_ok(run(&db, &out)));
-    let warm_duration = started.elapsed();
-    assert_eq!(summary["analysed"], 0, "{summary}");
-    assert_eq!(
-        faces_of(&common::read_json(&out.join("clusters.json"))),
-        reference
-    );
+    // The shortest of three runs: one run can be slowed by the other tests of this binary, and
+    // kill moments past the end of the real run never land mid-run.
+    let mut warm_duration = Duration::MAX;
+    for i in 0..3 {
+        let (db, out) = (
+            root.join(format!("warm-run{i}.db")),
+            root.join(format!("warm-run{i}")),
+        );
+        std::fs::copy(&warm, &db).unwrap();
+        let started = Instant::now();
+        let summary = json(&run_ok(run(&db, &out)));
+        warm_duration = warm_duration.min(started.elapsed());
+        assert_eq!(summary["analysed"], 0, "{summary}");
+        assert_eq!(
+            faces_of(&common::read_json(&out.join("clusters.json"))),
+            reference
+        );
+    }
 
     let mut rng = facekit::Rng::new(0xc1_0575);
     let (mut mid_run, mut rounds) = (0, 0);
