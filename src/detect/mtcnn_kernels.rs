@@ -214,12 +214,37 @@ impl<'a> Source<'a> {
         plane_stride: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            // SAFETY: the CPU has AVX-512F and AVX2.
+            return unsafe {
+                self.area_resize_avx512(region, out_w, out_h, out_rows, norm, dst, plane_stride)
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
             return unsafe {
                 self.area_resize_avx2(region, out_w, out_h, out_rows, norm, dst, plane_stride)
             };
         }
+        self.area_resize_body(region, out_w, out_h, out_rows, norm, dst, plane_stride)
+    }
+
+    /// [`Source::area_resize`] compiled for AVX-512 (the same operations per value, 16 lanes
+    /// at a time: every step is element-wise, so the lane count changes no result).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn area_resize_avx512(
+        &self,
+        region: Region,
+        out_w: usize,
+        out_h: usize,
+        out_rows: Range<usize>,
+        norm: impl Fn(f32) -> f32,
+        dst: &mut [f32],
+        plane_stride: usize,
+    ) {
         self.area_resize_body(region, out_w, out_h, out_rows, norm, dst, plane_stride)
     }
 
@@ -706,13 +731,246 @@ mod direct {
             assert!(grouped.len() >= c_out.next_multiple_of(2) * x.c * k * k);
             assert!(bias.len() >= c_out && slopes.is_none_or(|s| s.len() >= c_out));
             assert!(x.data.len() >= x.c * x.b * x.h * x.w);
-            // SAFETY: usable() checked AVX2 and FMA; the sizes are checked above.
-            unsafe { conv_avx2(x, k, c_out, grouped, bias, slopes, dst) }
+            if super::has_avx512() {
+                // SAFETY: the CPU has AVX-512F (and, by usable(), AVX2 and FMA); the sizes are
+                // checked above.
+                unsafe { conv_avx512(x, k, c_out, grouped, bias, slopes, dst) }
+            } else {
+                // SAFETY: usable() checked AVX2 and FMA; the sizes are checked above.
+                unsafe { conv_avx2(x, k, c_out, grouped, bias, slopes, dst) }
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = (x, k, c_out, grouped, bias, slopes, dst);
             unreachable!("direct::conv without direct::usable");
+        }
+    }
+
+    /// [`conv`] on the AVX2 kernel whatever the CPU (for tests comparing the two kernels).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the arguments satisfy [`conv`]'s size checks.
+    #[cfg(all(test, target_arch = "x86_64"))]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn conv_avx2_only(
+        x: &Planes,
+        k: usize,
+        c_out: usize,
+        grouped: &[f32],
+        bias: &[f32],
+        slopes: Option<&[f32]>,
+        dst: &mut [f32],
+    ) {
+        conv_avx2(x, k, c_out, grouped, bias, slopes, dst)
+    }
+
+    /// Each tap's shift from a position of image 0, in patch-row order (ci, ky, kx).
+    fn tap_offsets(x: &Planes, k: usize) -> Vec<usize> {
+        let (b, hw) = (x.b, x.h * x.w);
+        let mut offsets = Vec::with_capacity(x.c * k * k);
+        for ci in 0..x.c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    offsets.push(ci * b * hw + ky * x.w + kx);
+                }
+            }
+        }
+        offsets
+    }
+
+    /// [`conv`] on AVX-512: the same per-output arithmetic as [`conv_avx2`] (one FMA chain
+    /// per output over the taps in patch-row order, then `bias + acc`, then the PReLU as
+    /// separate max, min, multiply and add), with 16 positions per register and blocks of up
+    /// to 4 registers (64 positions) per channel: 6 channels hold 24 accumulators of the 32
+    /// registers. Stores are masked per output row, so no staging buffer.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; the sizes checked in [`conv`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn conv_avx512(
+        x: &Planes,
+        k: usize,
+        c_out: usize,
+        grouped: &[f32],
+        bias: &[f32],
+        slopes: Option<&[f32]>,
+        dst: &mut [f32],
+    ) {
+        let kk = x.c * k * k;
+        let offsets = tap_offsets(x, k);
+        let src = x.data.as_ptr();
+        let out = dst.as_mut_ptr();
+        for (co, n, width) in blocks(c_out) {
+            let wb = grouped.as_ptr().add(co * kk);
+            let bias = &bias[co..co + n];
+            let slopes = slopes.map(|s| &s[co..co + n]);
+            let out = out.add(co * x.b * (x.h + 1 - k) * (x.w + 1 - k));
+            match width {
+                6 => wide::channels::<6>(x, k, &offsets, wb, bias, slopes, src, out),
+                4 => wide::channels::<4>(x, k, &offsets, wb, bias, slopes, src, out),
+                _ => wide::channels::<2>(x, k, &offsets, wb, bias, slopes, src, out),
+            }
+        }
+    }
+
+    /// The AVX-512 register blocks of [`conv_avx512`].
+    #[cfg(target_arch = "x86_64")]
+    mod wide {
+        use super::super::Planes;
+        use std::arch::x86_64::*;
+
+        /// Positions per register.
+        const L: usize = 16;
+        /// Most registers (of [`L`] positions) per channel in one block.
+        const VMAX: usize = 4;
+
+        /// Where a block's outputs go: the input grid's width, the output's width, floats
+        /// per output plane of one image and of all images, channels kept.
+        struct Geo {
+            w: usize,
+            ow: usize,
+            bn: usize,
+            keep: usize,
+        }
+
+        /// One block of `R` channels (`bias.len()` of them kept) over every image and position:
+        /// per image, blocks of [`VMAX`] registers, the last one narrowed to the registers the
+        /// remaining positions need and ending at the last position (recomputing a few: the
+        /// same values).
+        ///
+        /// # Safety
+        /// AVX-512F and FMA; `wb` holds `offsets.len() * R` weights; `src` every read
+        /// (`x.data`); `out` `bias.len()` planes of `b * oh * ow` floats; at least [`L`]
+        /// positions (`direct::usable`).
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn channels<const R: usize>(
+            x: &Planes,
+            k: usize,
+            offsets: &[usize],
+            wb: *const f32,
+            bias: &[f32],
+            slopes: Option<&[f32]>,
+            src: *const f32,
+            out: *mut f32,
+        ) {
+            let (b, h, w) = (x.b, x.h, x.w);
+            let (oh, ow) = (h + 1 - k, w + 1 - k);
+            let (n, hw) = (oh * ow, h * w);
+            let positions = (oh - 1) * w + ow;
+            debug_assert!(positions >= L);
+            let mut bias_v = [_mm512_setzero_ps(); R];
+            let mut slope_v = [_mm512_setzero_ps(); R];
+            for j in 0..bias.len().min(R) {
+                bias_v[j] = _mm512_set1_ps(bias[j]);
+                if let Some(s) = slopes {
+                    slope_v[j] = _mm512_set1_ps(s[j]);
+                }
+            }
+            let slope_v = slopes.map(|_| slope_v);
+            let geo = Geo {
+                w,
+                ow,
+                bn: b * n,
+                keep: bias.len(),
+            };
+            for img in 0..b {
+                let base = src.add(img * hw);
+                let out = out.add(img * n);
+                let mut start = 0;
+                while start < positions {
+                    let regs = (positions - start).div_ceil(L).min(VMAX).min(positions / L);
+                    let s = start.min(positions - regs * L);
+                    // Highest read: s + regs * L - 1 + (k - 1) * (w + 1) <= h * w - 1 in the
+                    // last channel's plane of this image.
+                    let x0 = base.add(s);
+                    let (bv, sv) = (&bias_v, slope_v.as_ref());
+                    match regs {
+                        4 => block::<R, 4>(offsets, wb, x0, s, bv, sv, &geo, out),
+                        3 => block::<R, 3>(offsets, wb, x0, s, bv, sv, &geo, out),
+                        2 => block::<R, 2>(offsets, wb, x0, s, bv, sv, &geo, out),
+                        _ => block::<R, 1>(offsets, wb, x0, s, bv, sv, &geo, out),
+                    }
+                    start = s + regs * L;
+                }
+            }
+        }
+
+        /// `R` channels x `V` registers of positions from input-grid position `s` (read at
+        /// `x0`), finished and stored into the valid output positions (`out`: image 0's
+        /// output of the block's first channel, shifted to this image).
+        ///
+        /// # Safety
+        /// As [`channels`].
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn block<const R: usize, const V: usize>(
+            offsets: &[usize],
+            wb: *const f32,
+            x0: *const f32,
+            s: usize,
+            bias_v: &[__m512; R],
+            slope_v: Option<&[__m512; R]>,
+            geo: &Geo,
+            out: *mut f32,
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            for (t, &off) in offsets.iter().enumerate() {
+                let p = x0.add(off);
+                let mut v = [_mm512_setzero_ps(); V];
+                for (q, vq) in v.iter_mut().enumerate() {
+                    *vq = _mm512_loadu_ps(p.add(q * L));
+                }
+                let wt = wb.add(t * R);
+                for (j, row) in acc.iter_mut().enumerate() {
+                    let wj = _mm512_set1_ps(*wt.add(j));
+                    for (a, &vv) in row.iter_mut().zip(&v) {
+                        *a = _mm512_fmadd_ps(vv, wj, *a);
+                    }
+                }
+            }
+            let zero = _mm512_setzero_ps();
+            let (w, ow) = (geo.w, geo.ow);
+            for q in 0..V {
+                // bias + accumulator, then the PReLU, as the AVX2 kernel's `finish`.
+                let mut vals = [zero; R];
+                for j in 0..geo.keep.min(R) {
+                    let v = _mm512_add_ps(bias_v[j], acc[j][q]);
+                    vals[j] = match slope_v {
+                        Some(sl) => _mm512_add_ps(
+                            _mm512_max_ps(v, zero),
+                            _mm512_mul_ps(sl[j], _mm512_min_ps(v, zero)),
+                        ),
+                        None => v,
+                    };
+                }
+                // Each input-grid row the register spans: its lanes below the output width.
+                let p = s + q * L;
+                let (mut oy, mut ox) = (p / w, p % w);
+                let mut lane = 0;
+                while lane < L {
+                    let run = (w - ox).min(L - lane);
+                    let valid = ow.saturating_sub(ox).min(run);
+                    if valid > 0 {
+                        let mask = ((((1u32 << valid) - 1) << lane) & 0xffff) as __mmask16;
+                        // Lane `lane` lands on output (oy, ox); masked-off lanes touch nothing.
+                        let at = oy * ow + ox;
+                        for (j, &val) in vals.iter().enumerate().take(geo.keep) {
+                            let o = out.wrapping_add(j * geo.bn + at).wrapping_sub(lane);
+                            _mm512_mask_storeu_ps(o, mask, val);
+                        }
+                    }
+                    lane += run;
+                    ox += run;
+                    if ox == w {
+                        ox = 0;
+                        oy += 1;
+                    }
+                }
+            }
         }
     }
 
@@ -728,17 +986,8 @@ mod direct {
         dst: &mut [f32],
     ) {
         let (c_in, b, h, w) = (x.c, x.b, x.h, x.w);
-        let hw = h * w;
         let kk = c_in * k * k;
-        // Each tap's shift from a position of image 0, in patch-row order (ci, ky, kx).
-        let mut offsets = Vec::with_capacity(kk);
-        for ci in 0..c_in {
-            for ky in 0..k {
-                for kx in 0..k {
-                    offsets.push(ci * b * hw + ky * w + kx);
-                }
-            }
-        }
+        let offsets = tap_offsets(x, k);
         let src = x.data.as_ptr();
         let out = dst.as_mut_ptr();
         for (co, n, width) in blocks(c_out) {
@@ -871,6 +1120,14 @@ mod direct {
     }
 }
 
+/// Whether the CPU runs the AVX-512 kernels (AVX-512F on top of AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// A raw output pointer shared by parallel jobs that write disjoint parts of one buffer.
 struct SyncPtr(*mut f32);
 // SAFETY: every user writes a disjoint region (see the call site).
@@ -950,33 +1207,59 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// then its columns left to right from -inf), so ties and signed zeros resolve the same way.
 fn max_pool_ceil(x: Planes, k: usize, s: usize) -> Planes {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F and AVX2.
+        return unsafe { max_pool_ceil_avx512(x, k, s) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
         return unsafe { max_pool_ceil_avx2(x, k, s) };
     }
-    max_pool_ceil_body(x, k, s)
+    max_pool_ceil_body(x, k, s, PoolRows::Scalar)
+}
+
+/// Which kernel pools a row with stride 2 and a window of 2 or 3.
+#[derive(Clone, Copy, PartialEq)]
+enum PoolRows {
+    /// The scalar loop (every other case too).
+    Scalar,
+    /// [`pool_row_s2_avx2`].
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// [`pool_row_s2_avx512`].
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 /// [`max_pool_ceil`] compiled for AVX2 (the same comparisons, 8 lanes at a time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn max_pool_ceil_avx2(x: Planes, k: usize, s: usize) -> Planes {
-    max_pool_ceil_body(x, k, s)
+    max_pool_ceil_body(x, k, s, PoolRows::Avx2)
+}
+
+/// [`max_pool_ceil`] compiled for AVX-512 (the same comparisons, 16 lanes at a time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn max_pool_ceil_avx512(x: Planes, k: usize, s: usize) -> Planes {
+    max_pool_ceil_body(x, k, s, PoolRows::Avx512)
 }
 
 #[inline(always)]
-fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
+fn max_pool_ceil_body(x: Planes, k: usize, s: usize, kernel: PoolRows) -> Planes {
     let (h, w) = (x.h, x.w);
     assert!(h >= k && w >= k, "max-pool window larger than the input");
     let (oh, ow) = ((h - k).div_ceil(s) + 1, (w - k).div_ceil(s) + 1);
     let planes = x.c * x.b;
     let mut dst = take(planes * oh * ow);
-    // A row's maxima over the window's rows, then -inf padding that the 8-lane kernel reads
-    // past the row's end (it leaves every maximum as it is: `keep_max(m, -inf)` is `m`).
-    let mut row_buf = take(w + 24);
+    // A row's maxima over the window's rows, then -inf padding that the 8- and 16-lane
+    // kernels read past the row's end (it leaves every maximum as it is: `keep_max(m, -inf)`
+    // is `m`).
+    let mut row_buf = take(w + 48);
     row_buf[w..].fill(f32::NEG_INFINITY);
     #[cfg(target_arch = "x86_64")]
-    let lanes = s == 2 && (k == 2 || k == 3) && std::arch::is_x86_feature_detected!("avx2");
+    let lanes = s == 2 && (k == 2 || k == 3) && kernel != PoolRows::Scalar;
     // Output columns whose window lies inside the row.
     let full = ((w - k) / s + 1).min(ow);
     for (plane, out) in x
@@ -1014,8 +1297,13 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize) -> Planes {
             }
             #[cfg(target_arch = "x86_64")]
             if lanes {
-                // SAFETY: the CPU has AVX2 (`lanes`).
-                unsafe { pool_row_s2_avx2(&row_buf, out_row, k == 3) };
+                if kernel == PoolRows::Avx512 {
+                    // SAFETY: the CPU has AVX-512F (the caller chose `PoolRows::Avx512`).
+                    unsafe { pool_row_s2_avx512(&row_buf, out_row, k == 3) };
+                } else {
+                    // SAFETY: the CPU has AVX2 (the caller chose `PoolRows::Avx2`).
+                    unsafe { pool_row_s2_avx2(&row_buf, out_row, k == 3) };
+                }
                 continue;
             }
             let row = &row_buf[..w];
@@ -1105,6 +1393,44 @@ unsafe fn pool_row_s2_avx2(row: &[f32], out: &mut [f32], three: bool) {
             _mm256_maskstore_ps(out.as_mut_ptr().add(ox), mask, m);
         }
         ox += 8;
+    }
+}
+
+/// [`pool_row_s2_avx2`] 16 outputs at a time: the same comparisons per output (from -inf,
+/// window left to right; `_mm512_max_ps(v, m)` is `if v > m { v } else { m }`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_row_s2_avx512(row: &[f32], out: &mut [f32], three: bool) {
+    use std::arch::x86_64::*;
+    // Highest read for outputs ox..ox + 16: row[2 * ox + 33].
+    assert!(row.len() >= 2 * out.len() + 32, "max-pool row padding");
+    let even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let p = row.as_ptr();
+    let mut ox = 0;
+    while ox < out.len() {
+        // The even and odd elements of row[2 * ox..2 * ox + 32], in order; with `three`, the
+        // even elements of row[2 * ox + 2..2 * ox + 34] (the odd ones shifted by one).
+        let a = _mm512_loadu_ps(p.add(2 * ox));
+        let b = _mm512_loadu_ps(p.add(2 * ox + 16));
+        let w0 = _mm512_permutex2var_ps(a, even_idx, b);
+        let w1 = _mm512_permutex2var_ps(a, odd_idx, b);
+        let mut m = _mm512_max_ps(w1, _mm512_max_ps(w0, ninf));
+        if three {
+            let a2 = _mm512_loadu_ps(p.add(2 * ox + 2));
+            let b2 = _mm512_loadu_ps(p.add(2 * ox + 18));
+            let w2 = _mm512_permutex2var_ps(a2, even_idx, b2);
+            m = _mm512_max_ps(w2, m);
+        }
+        let rest = out.len() - ox;
+        if rest >= 16 {
+            _mm512_storeu_ps(out.as_mut_ptr().add(ox), m);
+        } else {
+            // The first `rest` lanes only.
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(ox), ((1u32 << rest) - 1) as u16, m);
+        }
+        ox += 16;
     }
 }
 
