@@ -747,24 +747,6 @@ mod direct {
         }
     }
 
-    /// [`conv`] on the AVX2 kernel whatever the CPU (for tests comparing the two kernels).
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; the arguments satisfy [`conv`]'s size checks.
-    #[cfg(all(test, target_arch = "x86_64"))]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn conv_avx2_only(
-        x: &Planes,
-        k: usize,
-        c_out: usize,
-        grouped: &[f32],
-        bias: &[f32],
-        slopes: Option<&[f32]>,
-        dst: &mut [f32],
-    ) {
-        conv_avx2(x, k, c_out, grouped, bias, slopes, dst)
-    }
-
     /// Each tap's shift from a position of image 0, in patch-row order (ci, ky, kx).
     fn tap_offsets(x: &Planes, k: usize) -> Vec<usize> {
         let (b, hw) = (x.b, x.h * x.w);
@@ -789,7 +771,7 @@ mod direct {
     /// AVX-512F, AVX2 and FMA; the sizes checked in [`conv`].
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn conv_avx512(
+    pub(super) unsafe fn conv_avx512(
         x: &Planes,
         k: usize,
         c_out: usize,
@@ -976,7 +958,7 @@ mod direct {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn conv_avx2(
+    pub(super) unsafe fn conv_avx2(
         x: &Planes,
         k: usize,
         c_out: usize,
@@ -1227,7 +1209,7 @@ enum PoolRows {
     /// [`pool_row_s2_avx2`].
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// [`pool_row_s2_avx512`].
+    /// [`pool_rows_s2_avx512`] (straight from the plane, no row buffer).
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -1253,10 +1235,9 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize, kernel: PoolRows) -> Planes
     let (oh, ow) = ((h - k).div_ceil(s) + 1, (w - k).div_ceil(s) + 1);
     let planes = x.c * x.b;
     let mut dst = take(planes * oh * ow);
-    // A row's maxima over the window's rows, then -inf padding that the 8- and 16-lane
-    // kernels read past the row's end (it leaves every maximum as it is: `keep_max(m, -inf)`
-    // is `m`).
-    let mut row_buf = take(w + 48);
+    // A row's maxima over the window's rows, then -inf padding that the 8-lane kernel reads
+    // past the row's end (it leaves every maximum as it is: `keep_max(m, -inf)` is `m`).
+    let mut row_buf = take(w + 24);
     row_buf[w..].fill(f32::NEG_INFINITY);
     #[cfg(target_arch = "x86_64")]
     let lanes = s == 2 && (k == 2 || k == 3) && kernel != PoolRows::Scalar;
@@ -1271,6 +1252,12 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize, kernel: PoolRows) -> Planes
             let row = &mut row_buf[..w];
             let y0 = oy * s;
             let y1 = (y0 + k).min(h);
+            #[cfg(target_arch = "x86_64")]
+            if lanes && kernel == PoolRows::Avx512 {
+                // SAFETY: the CPU has AVX-512F (the caller chose `PoolRows::Avx512`).
+                unsafe { pool_rows_s2_avx512(plane, w, y0..y1, out_row, k == 3) };
+                continue;
+            }
             let r0 = &plane[y0 * w..(y0 + 1) * w];
             match y1 - y0 {
                 2 => {
@@ -1297,13 +1284,8 @@ fn max_pool_ceil_body(x: Planes, k: usize, s: usize, kernel: PoolRows) -> Planes
             }
             #[cfg(target_arch = "x86_64")]
             if lanes {
-                if kernel == PoolRows::Avx512 {
-                    // SAFETY: the CPU has AVX-512F (the caller chose `PoolRows::Avx512`).
-                    unsafe { pool_row_s2_avx512(&row_buf, out_row, k == 3) };
-                } else {
-                    // SAFETY: the CPU has AVX2 (the caller chose `PoolRows::Avx2`).
-                    unsafe { pool_row_s2_avx2(&row_buf, out_row, k == 3) };
-                }
+                // SAFETY: the CPU has AVX2 (the caller chose `PoolRows::Avx2`).
+                unsafe { pool_row_s2_avx2(&row_buf, out_row, k == 3) };
                 continue;
             }
             let row = &row_buf[..w];
@@ -1396,40 +1378,92 @@ unsafe fn pool_row_s2_avx2(row: &[f32], out: &mut [f32], three: bool) {
     }
 }
 
-/// [`pool_row_s2_avx2`] 16 outputs at a time: the same comparisons per output (from -inf,
-/// window left to right; `_mm512_max_ps(v, m)` is `if v > m { v } else { m }`).
+/// The column maxima of plane rows `rows` (`w` floats each) over columns `c..c + 16`: the
+/// rows in order from the top (`keep_max(m, v)` is `_mm512_max_ps(v, m)`), -inf from column
+/// `w` on.
+///
+/// # Safety
+/// AVX-512F; `rows` is a non-empty range of rows of `plane`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn pool_row_s2_avx512(row: &[f32], out: &mut [f32], three: bool) {
+#[inline]
+unsafe fn column_max_avx512(
+    plane: &[f32],
+    w: usize,
+    rows: &Range<usize>,
+    c: usize,
+) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    // Highest read for outputs ox..ox + 16: row[2 * ox + 33].
-    assert!(row.len() >= 2 * out.len() + 32, "max-pool row padding");
-    let even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-    let p = row.as_ptr();
+    let valid = w.saturating_sub(c).min(16);
+    let mask = ((1u32 << valid) - 1) as __mmask16;
+    // Masked-off lanes read nothing (all of them when c >= w).
+    let at = |y: usize| plane.as_ptr().wrapping_add(y * w + c);
+    let mut m = _mm512_mask_loadu_ps(ninf, mask, at(rows.start));
+    for y in rows.start + 1..rows.end {
+        m = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, mask, at(y)), m);
+    }
+    m
+}
+
+/// One output row of a max-pool with stride 2 and a window of 2 (or 3 if `three`) over plane
+/// rows `rows`, 16 outputs at a time, straight from the plane: `nn::max_pool`'s comparisons
+/// per output (the window's rows from the top, then its columns left to right from -inf;
+/// `_mm512_max_ps(v, m)` is `if v > m { v } else { m }`, as [`keep_max`]). A window cut by
+/// the row's end (`ceil_mode`) sees -inf past it, which changes no maximum.
+///
+/// # Safety
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_rows_s2_avx512(
+    plane: &[f32],
+    w: usize,
+    rows: Range<usize>,
+    out: &mut [f32],
+    three: bool,
+) {
+    use std::arch::x86_64::*;
+    assert!(
+        rows.start < rows.end && rows.end * w <= plane.len(),
+        "max-pool rows"
+    );
+    assert!(2 * out.len() < w + 2, "max-pool row width");
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    // Column maxima of columns 2 * ox + (0..16), carried over from the previous step.
+    let mut a = column_max_avx512(plane, w, &rows, 0);
     let mut ox = 0;
     while ox < out.len() {
-        // The even and odd elements of row[2 * ox..2 * ox + 32], in order; with `three`, the
-        // even elements of row[2 * ox + 2..2 * ox + 34] (the odd ones shifted by one).
-        let a = _mm512_loadu_ps(p.add(2 * ox));
-        let b = _mm512_loadu_ps(p.add(2 * ox + 16));
-        let w0 = _mm512_permutex2var_ps(a, even_idx, b);
-        let w1 = _mm512_permutex2var_ps(a, odd_idx, b);
+        let c = 2 * ox;
+        let b = column_max_avx512(plane, w, &rows, c + 16);
+        let next = column_max_avx512(plane, w, &rows, c + 32);
+        // Columns 2 * ox, 2 * ox + 1 (and 2 * ox + 2) of each of the 16 windows.
+        let w0 = _mm512_permutex2var_ps(a, even, b);
+        let w1 = _mm512_permutex2var_ps(a, odd, b);
         let mut m = _mm512_max_ps(w1, _mm512_max_ps(w0, ninf));
         if three {
-            let a2 = _mm512_loadu_ps(p.add(2 * ox + 2));
-            let b2 = _mm512_loadu_ps(p.add(2 * ox + 18));
-            let w2 = _mm512_permutex2var_ps(a2, even_idx, b2);
-            m = _mm512_max_ps(w2, m);
+            // Columns c + 2 .. c + 34: both halves shifted by two columns.
+            let sa = _mm512_castsi512_ps(_mm512_alignr_epi32::<2>(
+                _mm512_castps_si512(b),
+                _mm512_castps_si512(a),
+            ));
+            let sb = _mm512_castsi512_ps(_mm512_alignr_epi32::<2>(
+                _mm512_castps_si512(next),
+                _mm512_castps_si512(b),
+            ));
+            m = _mm512_max_ps(_mm512_permutex2var_ps(sa, even, sb), m);
         }
         let rest = out.len() - ox;
         if rest >= 16 {
             _mm512_storeu_ps(out.as_mut_ptr().add(ox), m);
         } else {
             // The first `rest` lanes only.
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(ox), ((1u32 << rest) - 1) as u16, m);
+            let mask = ((1u32 << rest) - 1) as __mmask16;
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(ox), mask, m);
         }
+        a = next;
         ox += 16;
     }
 }
@@ -1754,5 +1788,231 @@ impl FastNets {
             rnet: FastRNet::load(&vb.pp("rnet"))?,
             onet: FastONet::load(&vb.pp("onet"))?,
         })
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) (a 64-bit LCG), rounded to multiples of 1/`q` when `q`
+    /// is non-zero (so max-pool windows have ties).
+    fn values(n: usize, seed: u64, q: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let v = ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                if q > 0.0 {
+                    (v * q).round() / q
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn planes(c: usize, b: usize, h: usize, w: usize, seed: u64, q: f32) -> Planes {
+        let v = values(c * b * h * w, seed, q);
+        let mut data = take(v.len());
+        data.copy_from_slice(&v);
+        Planes { data, c, b, h, w }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Loud skip on CPUs without AVX-512 (or AVX2 and FMA): returns whether to run.
+    fn have_both() -> bool {
+        if !has_avx512() {
+            eprintln!(
+                "SKIPPED: this CPU lacks avx512f (or avx2/fma): the AVX-512 kernels are not \
+                 compared with the AVX2 ones here"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// The AVX-512 direct convolution against the AVX2 one and a scalar FMA chain per output
+    /// (taps in patch-row order from 0, then `bias + acc`, then `nn`'s PReLU), bit for bit,
+    /// on MTCNN's layer shapes and on odd ones (narrow grids, exactly 16 positions, channel
+    /// counts that leave blocks of 4 and 2).
+    #[test]
+    fn direct_conv_avx512_matches_avx2_bit_for_bit() {
+        if !have_both() {
+            return;
+        }
+        let shapes = [
+            // (c_in, c_out, k, b, h, w)
+            (3, 10, 3, 1, 37, 53),
+            (10, 16, 3, 1, 20, 70),
+            (16, 32, 3, 1, 9, 40),
+            (32, 6, 1, 1, 8, 30),
+            (3, 28, 3, 4, 24, 24),
+            (28, 48, 3, 5, 11, 11),
+            (3, 32, 3, 2, 48, 48),
+            (32, 64, 3, 3, 23, 23),
+            (5, 8, 2, 3, 5, 5),
+            (4, 3, 3, 2, 4, 9),
+            (2, 2, 1, 1, 30, 7),
+            (7, 13, 2, 2, 6, 17),
+        ];
+        for (i, &(c_in, c_out, k, b, h, w)) in shapes.iter().enumerate() {
+            let kk = c_in * k * k;
+            assert!(
+                direct::usable(kk, h, w, k),
+                "shape {i} not on the direct path"
+            );
+            let x = planes(c_in, b, h, w, i as u64, 0.0);
+            let weight = values(c_out * kk, 100 + i as u64, 0.0);
+            let bias = values(c_out, 200 + i as u64, 0.0);
+            let slopes = values(c_out, 300 + i as u64, 0.0);
+            let slopes = (i % 2 == 0).then_some(&slopes[..]);
+            let grouped = direct::group(&weight, c_out, kk);
+            let (oh, ow) = (h + 1 - k, w + 1 - k);
+            let len = c_out * b * oh * ow;
+            let mut reference = vec![0f32; len];
+            for co in 0..c_out {
+                for img in 0..b {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut acc = 0f32;
+                            for ci in 0..c_in {
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let xv =
+                                            x.data[((ci * b + img) * h + oy + ky) * w + ox + kx];
+                                        let wv = weight[co * kk + (ci * k + ky) * k + kx];
+                                        acc = xv.mul_add(wv, acc);
+                                    }
+                                }
+                            }
+                            let mut v = bias[co] + acc;
+                            if let Some(s) = slopes {
+                                v = v.max(0.0) + s[co] * v.min(0.0);
+                            }
+                            reference[((co * b + img) * oh + oy) * ow + ox] = v;
+                        }
+                    }
+                }
+            }
+            let mut avx2 = vec![f32::NAN; len];
+            let mut avx512 = vec![f32::NAN; len];
+            // SAFETY: have_both() checked AVX-512F, AVX2 and FMA; the sizes are direct::conv's.
+            unsafe {
+                direct::conv_avx2(&x, k, c_out, &grouped, &bias, slopes, &mut avx2);
+                direct::conv_avx512(&x, k, c_out, &grouped, &bias, slopes, &mut avx512);
+            }
+            assert_eq!(bits(&avx2), bits(&reference), "AVX2, shape {i}");
+            assert_eq!(bits(&avx512), bits(&avx2), "AVX-512 vs AVX2, shape {i}");
+            x.recycle();
+        }
+    }
+
+    /// The AVX-512 max-pool against the AVX2 and scalar ones, bit for bit (windows 2 and 3,
+    /// stride 2, even and odd sizes, windows cut by the edge, ties and signed zeros).
+    #[test]
+    fn max_pool_avx512_matches_avx2_bit_for_bit() {
+        if !have_both() {
+            return;
+        }
+        for (i, &(k, h, w)) in [
+            (2, 8, 8),
+            (2, 9, 47),
+            (3, 22, 22),
+            (3, 9, 9),
+            (3, 21, 21),
+            (3, 46, 46),
+            (2, 148, 151),
+            (3, 5, 40),
+            (3, 3, 3),
+            (2, 2, 2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let make = || {
+                let mut x = planes(3, 2, h, w, 50 + i as u64, 4.0);
+                // Signed zeros: -0.0 where the value rounded to zero at odd indices.
+                for (j, v) in x.data.iter_mut().enumerate() {
+                    if *v == 0.0 && j % 2 == 1 {
+                        *v = -0.0;
+                    }
+                }
+                x
+            };
+            let scalar = max_pool_ceil_body(make(), k, 2, PoolRows::Scalar);
+            // SAFETY: have_both() checked AVX-512F and AVX2.
+            let (avx2, avx512) = unsafe {
+                (
+                    max_pool_ceil_avx2(make(), k, 2),
+                    max_pool_ceil_avx512(make(), k, 2),
+                )
+            };
+            assert_eq!(bits(&avx2.data), bits(&scalar.data), "AVX2, case {i}");
+            assert_eq!(bits(&avx512.data), bits(&avx2.data), "AVX-512, case {i}");
+            assert_eq!((avx512.h, avx512.w), (avx2.h, avx2.w));
+            for p in [scalar, avx2, avx512] {
+                p.recycle();
+            }
+        }
+    }
+
+    /// The AVX-512 area resize against the AVX2 and plain builds, bit for bit (with and without
+    /// the prefix table, whole photo and a crop, down- and up-sampling).
+    #[test]
+    fn area_resize_avx512_matches_avx2_bit_for_bit() {
+        if !have_both() {
+            return;
+        }
+        let (w, h) = (157u32, 93u32);
+        let raw: Vec<u8> = values((w * h * 3) as usize, 7, 0.0)
+            .iter()
+            .map(|v| ((v + 1.0) * 127.9) as u8)
+            .collect();
+        let img = RgbImage::from_raw(w, h, raw).expect("image size");
+        let norm = |v: f32| (v - 127.5) * 0.0078125;
+        for prefix in [false, true] {
+            let src = Source::new(&img, prefix);
+            for (region, ow, oh) in [
+                (Region::full(&img), 89, 53),
+                (Region::full(&img), 12, 12),
+                (
+                    Region {
+                        x0: 10,
+                        y0: 5,
+                        x1: 60,
+                        y1: 70,
+                    },
+                    48,
+                    48,
+                ),
+                (
+                    Region {
+                        x0: 100,
+                        y0: 40,
+                        x1: 115,
+                        y1: 52,
+                    },
+                    24,
+                    24,
+                ),
+            ] {
+                let len = 3 * ow * oh;
+                let mut out = [vec![0f32; len], vec![0f32; len], vec![0f32; len]];
+                src.area_resize_body(region, ow, oh, 0..oh, norm, &mut out[0], ow * oh);
+                // SAFETY: have_both() checked AVX-512F and AVX2.
+                unsafe {
+                    src.area_resize_avx2(region, ow, oh, 0..oh, norm, &mut out[1], ow * oh);
+                    src.area_resize_avx512(region, ow, oh, 0..oh, norm, &mut out[2], ow * oh);
+                }
+                assert_eq!(bits(&out[1]), bits(&out[0]), "AVX2 {ow}x{oh}");
+                assert_eq!(bits(&out[2]), bits(&out[1]), "AVX-512 {ow}x{oh}");
+            }
+        }
     }
 }
