@@ -650,7 +650,9 @@ fn fill_bias(dst: &mut [f32], bias: &[f32]) {
 /// across rows; positions with `ox >= ow` are computed and dropped. Each step holds 6 output
 /// channels x 16 positions in 12 registers (2 loads and 6 broadcasts per 12 FMAs); a layer's
 /// last 2 to 8 channels take narrower blocks. Which channels share a block does not change
-/// any output's arithmetic.
+/// any output's arithmetic. On AVX-512 CPUs (`conv_avx512`) the same channel blocks hold up to
+/// 4 registers of 16 positions each (6 channels x 64 positions in 24 of the 32 registers),
+/// with the same operations per output, so both kernels give the same bits.
 mod direct {
     use super::Planes;
 
@@ -916,6 +918,8 @@ mod direct {
             }
             let zero = _mm512_setzero_ps();
             let (w, ow) = (geo.w, geo.ow);
+            // `q` picks register q of every channel's row of `acc`, and its positions.
+            #[allow(clippy::needless_range_loop)]
             for q in 0..V {
                 // bias + accumulator, then the PReLU, as the AVX2 kernel's `finish`.
                 let mut vals = [zero; R];
