@@ -15,11 +15,14 @@
 //!   columns `px + s * qx`), each `hq x wq`; tap `(ci, ky, kx)` then reads phase
 //!   `(ky % s, kx % s)` at the constant shift `(ky / s) * wq + kx / s`, and the same flat scheme
 //!   applies with rows `wq` long.
-//! - **Kernel.** 6 output channels x 16 positions in 12 AVX2 registers, started from the bias
-//!   (a last group of 2 or 4 channels takes fewer); per tap 2 loads, 6 broadcasts of the
+//! - **Kernel.** With AVX2, 6 output channels x 16 positions in 12 registers, started from the
+//!   bias (a last group of 2 or 4 channels takes fewer); per tap 2 loads, 6 broadcasts of the
 //!   weights (read in place, `[c_out, c_in * k * k]`) and 12 FMAs. (4 x 24 needed 17 registers
-//!   and spilled one.) Every output sums its taps in the weight order, so the result does not
-//!   depend on the batch, the thread count or which positions share a block.
+//!   and spilled one.) With AVX-512 ([`wide`]), 8 channels x 48 positions in 24 of the 32
+//!   registers (3 loads, 8 broadcasts, 24 FMAs per tap; maps of fewer than 96 positions take
+//!   8 x 16). Every output sums its taps in the weight order with one FMA each, so the result
+//!   does not depend on the batch, the thread count, which positions share a block, or whether
+//!   the AVX2 or the AVX-512 block computed it: the same bits either way.
 //!
 //! Only x86-64 with AVX2 and FMA runs it ([`usable`]); elsewhere callers keep im2col + gemm.
 
@@ -35,6 +38,13 @@ const V: usize = 2;
 const POS: usize = V * L;
 /// Output channels per kernel call (the last call of a convolution may take 2 or 4).
 const CO: usize = 6;
+/// Floats per AVX-512 register.
+const L16: usize = 16;
+/// Output channels per AVX-512 kernel call (the last call may take 2, 4 or 6).
+const CO16: usize = 8;
+/// Maps with at least this many computed positions take AVX-512 calls of 3 registers (48
+/// positions); smaller ones calls of 1 (16 positions), so that rounding up wastes little.
+const WIDE_V3_FROM: usize = 96;
 
 /// Whether the direct kernels (and Winograd's AVX2 transforms and products, which share
 /// [`avx::rows_kernel`]) can run on this CPU: x86-64 with AVX2 and FMA.
@@ -42,6 +52,19 @@ pub(crate) fn usable() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the AVX-512 register blocks ([`avx512::rows_kernel`]) can run: [`usable`] and
+/// AVX-512F. They give the same bits as the AVX2 ones, faster.
+pub(crate) fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        usable() && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -61,6 +84,8 @@ struct Plan {
     /// Phase plane size: `hq x wq`.
     hq: usize,
     wq: usize,
+    /// Positions per kernel call: 16 with AVX2; 16 or 48 with AVX-512.
+    pos: usize,
     /// Computed positions per output channel (`oh * wq` rounded up to whole kernel calls).
     npos: usize,
     /// Floats of the prepared (padded, phase-split) input of one image, reads included.
@@ -70,7 +95,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(c_in: usize, k: usize, s: usize, pad: usize, h: usize, w: usize) -> Plan {
+    fn new(c_in: usize, k: usize, s: usize, pad: usize, h: usize, w: usize, wide: bool) -> Plan {
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         let (oh, ow) = ((hp - k) / s + 1, (wp - k) / s + 1);
         let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
@@ -84,7 +109,12 @@ impl Plan {
                 }
             }
         }
-        let npos = (oh * wq).div_ceil(POS) * POS;
+        let pos = match wide {
+            true if oh * wq >= WIDE_V3_FROM => 3 * L16,
+            true => L16,
+            false => POS,
+        };
+        let npos = (oh * wq).div_ceil(pos) * pos;
         let last_read = offsets.iter().max().copied().unwrap_or(0) + npos;
         Plan {
             c_in,
@@ -96,6 +126,7 @@ impl Plan {
             ow,
             hq,
             wq,
+            pos,
             npos,
             prepared: last_read.max(c_in * s * s * plane),
             offsets,
@@ -151,6 +182,8 @@ pub(crate) struct DirectConv {
     k: usize,
     stride: usize,
     pad: usize,
+    /// AVX-512 blocks ([`wide`]) rather than AVX2 ones; the same results.
+    wide: bool,
 }
 
 impl DirectConv {
@@ -169,6 +202,7 @@ impl DirectConv {
             k,
             stride,
             pad,
+            wide: wide(),
         })
     }
 
@@ -186,7 +220,7 @@ impl DirectConv {
         w: usize,
         act: Act,
     ) -> Vec<f32> {
-        let p = Plan::new(self.c_in, self.k, self.stride, self.pad, h, w);
+        let p = Plan::new(self.c_in, self.k, self.stride, self.pad, h, w, self.wide);
         debug_assert!(wt.len() == self.c_out * p.offsets.len() && bias.len() == self.c_out);
         let in_size = self.c_in * h * w;
         let out_size = self.c_out * p.oh * p.ow;
@@ -228,29 +262,26 @@ impl DirectConv {
         } else {
             1
         };
-        let chunk = (p.npos / POS).div_ceil(jobs);
-        let chunks: Vec<usize> = (0..p.npos).step_by(chunk * POS).collect();
+        let chunk = (p.npos / p.pos).div_ceil(jobs);
+        let chunks: Vec<usize> = (0..p.npos).step_by(chunk * p.pos).collect();
         let dst = SyncPtr(flat.as_mut_ptr());
+        let group = if self.wide { CO16 } else { CO };
         let run = |&start: &usize| {
-            let end = (start + chunk * POS).min(p.npos);
-            for co in (0..self.c_out).step_by(CO) {
-                let rows = CO.min(self.c_out - co);
-                // SAFETY: usable() held when this DirectConv was made; `prep` holds every
-                // read (`Plan::prepared`), `wt` holds rows co..co+rows of `taps` weights, and
-                // this job alone writes positions start..end of rows co..co+rows of `flat`
-                // (`npos` apart).
+            let end = (start + chunk * p.pos).min(p.npos);
+            for co in (0..self.c_out).step_by(group) {
+                let rows = group.min(self.c_out - co);
+                let w = wt[co * taps..].as_ptr();
+                let (bias, out) = (&bias[co..co + rows], dst.get().wrapping_add(co * p.npos));
+                // SAFETY: usable() (and wide() for `self.wide`) held when this DirectConv was
+                // made; `prep` holds every read (`Plan::prepared`), `wt` holds rows
+                // co..co+rows of `taps` weights, and this job alone writes positions
+                // start..end of rows co..co+rows of `flat` (`npos` apart).
                 unsafe {
-                    avx::block(
-                        rows,
-                        &p.offsets,
-                        wt.as_ptr().add(co * taps),
-                        taps,
-                        &bias[co..co + rows],
-                        prep.as_ptr(),
-                        start..end,
-                        dst.get().add(co * p.npos),
-                        p.npos,
-                    )
+                    if self.wide {
+                        avx512::block(rows, &p.offsets, w, taps, bias, prep.as_ptr(), start..end, p.pos, out, p.npos)
+                    } else {
+                        avx::block(rows, &p.offsets, w, taps, bias, prep.as_ptr(), start..end, out, p.npos)
+                    }
                 }
             }
         };
@@ -369,6 +400,126 @@ pub(crate) mod avx {
     }
 }
 
+/// The AVX-512 blocks: the same sums as [`avx`], 16 lanes per register.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::L16;
+
+    /// Output channels `co .. co + rows` (`rows` 2, 4, 6 or 8) at `positions`, `pos` (16 or 48)
+    /// per call (rows of `out` are `npos` apart).
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA must be present; `w` must hold `rows` rows of `taps` weights; `x`
+    /// must be valid for reads at every `offsets[t] + position`; `out` for writes at
+    /// `positions` of `rows` rows `npos` apart.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block(
+        rows: usize,
+        offsets: &[usize],
+        w: *const f32,
+        taps: usize,
+        bias: &[f32],
+        x: *const f32,
+        positions: std::ops::Range<usize>,
+        pos: usize,
+        out: *mut f32,
+        npos: usize,
+    ) {
+        debug_assert!(bias.len() >= rows && positions.len().is_multiple_of(pos));
+        for start in positions.step_by(pos) {
+            let (x, o) = (x.add(start), out.add(start));
+            match (rows, pos == 3 * L16) {
+                (8, true) => kernel::<8, 3>(offsets, w, taps, bias, x, o, npos),
+                (6, true) => kernel::<6, 3>(offsets, w, taps, bias, x, o, npos),
+                (4, true) => kernel::<4, 3>(offsets, w, taps, bias, x, o, npos),
+                (_, true) => kernel::<2, 3>(offsets, w, taps, bias, x, o, npos),
+                (8, false) => kernel::<8, 1>(offsets, w, taps, bias, x, o, npos),
+                (6, false) => kernel::<6, 1>(offsets, w, taps, bias, x, o, npos),
+                (4, false) => kernel::<4, 1>(offsets, w, taps, bias, x, o, npos),
+                (_, false) => kernel::<2, 1>(offsets, w, taps, bias, x, o, npos),
+            }
+        }
+    }
+
+    /// `R` channels x `16 V` positions: bias, then every tap in order.
+    #[inline(always)]
+    unsafe fn kernel<const R: usize, const V: usize>(
+        offsets: &[usize],
+        w: *const f32,
+        taps: usize,
+        bias: &[f32],
+        x: *const f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let init: [f32; R] = std::array::from_fn(|r| bias[r]);
+        // SAFETY (of the index): `t < taps == offsets.len()`.
+        let row = |t: usize| *offsets.get_unchecked(t);
+        rows_kernel::<R, V>(taps, row, w, taps, init, x, out, stride);
+    }
+
+    /// [`super::avx::rows_kernel`] with 16-lane registers: `R x 16V` outputs
+    /// `out[r * out_rs + p] = init[r] + sum over i < n of w[r * w_rs + i] * x[row(i) + p]`,
+    /// each sum in `R * V` registers, one FMA per term, `i` in order (so the same bits).
+    ///
+    /// # Safety
+    /// AVX-512F must be present (callers are `avx512f` functions it inlines into); `w` must
+    /// hold `R` rows of `n` values `w_rs` apart, `x` `16V` values at every `row(i)`, `out` `R`
+    /// rows of `16V` values `out_rs` apart.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn rows_kernel<const R: usize, const V: usize>(
+        n: usize,
+        row: impl Fn(usize) -> usize,
+        w: *const f32,
+        w_rs: usize,
+        init: [f32; R],
+        x: *const f32,
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| [_mm512_set1_ps(init[r]); V]);
+        for i in 0..n {
+            let p = x.add(row(i));
+            let v: [__m512; V] = std::array::from_fn(|j| _mm512_loadu_ps(p.add(j * L16)));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*w.add(r * w_rs + i));
+                for (s, &vj) in acc_r.iter_mut().zip(&v) {
+                    *s = _mm512_fmadd_ps(a, vj, *s);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (j, &s) in acc_r.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * out_rs + j * L16), s);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    /// Never called: [`super::wide`] is false off x86-64.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block(
+        _: usize,
+        _: &[usize],
+        _: *const f32,
+        _: usize,
+        _: &[f32],
+        _: *const f32,
+        _: std::ops::Range<usize>,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        unreachable!("direct convolution kernels need x86-64")
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 mod avx {
     /// Never called: [`super::usable`] is false off x86-64.
@@ -462,6 +613,37 @@ mod tests {
                     SHAPES[i]
                 );
                 assert!(want.iter().any(|&v| v > 0.0) && want.contains(&0.0));
+            }
+        }
+    }
+
+    #[test]
+    fn avx512_blocks_give_the_avx2_bits() {
+        if !wide() {
+            eprintln!("SKIPPED: no AVX-512F on this CPU");
+            return;
+        }
+        for (i, &(c_in, c_out, k, s, pad, h, w)) in SHAPES.iter().enumerate() {
+            let wt = random(c_out * c_in * k * k, 20 + i as u64);
+            let bias = random(c_out, 40 + i as u64);
+            let wide = DirectConv::new(c_in, c_out, k, s, pad).unwrap();
+            assert!(wide.wide);
+            let narrow = DirectConv {
+                wide: false,
+                ..DirectConv::new(c_in, c_out, k, s, pad).unwrap()
+            };
+            for b in [1, 2] {
+                let src = random(b * c_in * h * w, 60 + i as u64);
+                let got = wide.forward(&wt, &bias, &src, b, h, w, Act::Relu);
+                let want = narrow.forward(&wt, &bias, &src, b, h, w, Act::Relu);
+                assert_eq!(got.len(), want.len());
+                let differ = got
+                    .iter()
+                    .zip(&want)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(differ, 0, "shape {:?} batch {b}", SHAPES[i]);
+                assert!(want.iter().any(|&v| v > 0.0));
             }
         }
     }

@@ -21,7 +21,8 @@
 //!    `B^T d B`; eight tiles at a time, one per SIMD lane (with AVX2, a tile row of eight tiles
 //!    is eight loads and one 8x8 register transpose);
 //! 3. `n^2` independent products `M_p = U_p V_p` (with AVX2 a register-blocked kernel, 4
-//!    output channels x 24 tiles, each sum over `c_in` in order; else the `gemm` crate);
+//!    output channels x 24 tiles, with AVX-512 8 x 48, each sum over `c_in` in order, so both
+//!    give the same bits; else the `gemm` crate);
 //! 4. output transform: `A^T M A` per tile and output channel, plus the bias and the
 //!    activation, transposed back to tile rows and written straight into the NCHW output.
 //!
@@ -440,15 +441,22 @@ impl WinogradConv {
 
             // 3. One product per tile position, one position per job.
             let u_size = self.c_out * self.c_in;
+            let wide = avx2 && crate::dconv::wide();
             let v = &*v;
             for_each_chunk(prod, m_ps, |p, mp| {
                 let u_p = &u[p * u_size..][..u_size];
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
-                    // SAFETY: AVX2 and FMA are present; V_p's c_in rows of `stride` floats
+                    // SAFETY: AVX2 and FMA (and AVX-512F for `wide`) are present; V_p's
+                    // c_in rows of `stride` floats
                     // start at p * v_ps in `v`; `mp` holds c_out rows of `stride`.
                     unsafe {
-                        avx2::product(
+                        let product = if wide {
+                            avx2::product512
+                        } else {
+                            avx2::product
+                        };
+                        product(
                             u_p,
                             self.c_out,
                             self.c_in,
@@ -910,6 +918,95 @@ mod avx2 {
         }
     }
 
+    /// [`product`] with the AVX-512 register block ([`crate::dconv::avx512::rows_kernel`]):
+    /// rows in groups of 8, columns in blocks of 48, 32 or 16 (a last 8 with AVX2); every sum
+    /// the same as [`product`]'s.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA must be present; the pointers as for [`product`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product512(
+        u: &[f32],
+        c_out: usize,
+        c_in: usize,
+        v: *const f32,
+        v_rs: usize,
+        cols: usize,
+        m: *mut f32,
+        m_rs: usize,
+    ) {
+        debug_assert!(cols.is_multiple_of(L) && u.len() >= c_out * c_in);
+        let mut co = 0;
+        while co < c_out {
+            let u = u.as_ptr().add(co * c_in);
+            let m = m.add(co * m_rs);
+            let rows = c_out - co;
+            if rows >= 8 {
+                product_rows512::<8>(u, c_in, v, v_rs, cols, m, m_rs);
+                co += 8;
+            } else if rows >= 4 {
+                product_rows512::<4>(u, c_in, v, v_rs, cols, m, m_rs);
+                co += 4;
+            } else {
+                product_rows512::<1>(u, c_in, v, v_rs, cols, m, m_rs);
+                co += 1;
+            }
+        }
+    }
+
+    /// `R` rows of [`product512`].
+    #[inline(always)]
+    unsafe fn product_rows512<const R: usize>(
+        u: *const f32,
+        c_in: usize,
+        v: *const f32,
+        v_rs: usize,
+        cols: usize,
+        m: *mut f32,
+        m_rs: usize,
+    ) {
+        const W: usize = 2 * L;
+        let mut t = 0;
+        while cols - t >= 3 * W {
+            kernel512::<R, 3>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
+            t += 3 * W;
+        }
+        if cols - t >= 2 * W {
+            kernel512::<R, 2>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
+            t += 2 * W;
+        }
+        if cols - t >= W {
+            kernel512::<R, 1>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
+            t += W;
+        }
+        if cols - t >= L {
+            kernel::<R, 1>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
+        }
+    }
+
+    /// `R x 16V` outputs with 16-lane registers (see [`kernel`]).
+    #[inline(always)]
+    unsafe fn kernel512<const R: usize, const V: usize>(
+        u: *const f32,
+        c_in: usize,
+        v: *const f32,
+        v_rs: usize,
+        m: *mut f32,
+        m_rs: usize,
+    ) {
+        crate::dconv::avx512::rows_kernel::<R, V>(
+            c_in,
+            |ci| ci * v_rs,
+            u,
+            c_in,
+            [0.0; R],
+            v,
+            m,
+            m_rs,
+        );
+    }
+
     /// `R x 8V` outputs: `R * V` accumulators, one FMA per (row, vector) per input channel
     /// (the register block of [`crate::dconv`], rows `v_rs` apart, started from zero).
     #[inline(always)]
@@ -1055,6 +1152,36 @@ mod tests {
     }
 
     /// The result does not depend on the thread count, nor on which tiles share a block.
+    #[test]
+    fn avx512_product_gives_the_avx2_bits() {
+        if !crate::dconv::wide() {
+            eprintln!("SKIPPED: no AVX-512F on this CPU");
+            return;
+        }
+        // Row tails of 4 and 1, column tails of 32, 16 and 8 after blocks of 48.
+        for (i, &(c_out, c_in, cols)) in [(32, 32, 104), (13, 64, 56), (5, 7, 8), (8, 3, 128)]
+            .iter()
+            .enumerate()
+        {
+            let u = random(c_out * c_in, 70 + i as u64);
+            let v = random(c_in * cols, 80 + i as u64);
+            let mut want = vec![0f32; c_out * cols];
+            let mut got = vec![1f32; c_out * cols];
+            // SAFETY: AVX-512F, AVX2 and FMA are present (wide()); u is c_out x c_in, v c_in
+            // rows of `cols`, the outputs c_out rows of `cols`.
+            unsafe {
+                let args = (v.as_ptr(), cols, cols);
+                avx2::product(&u, c_out, c_in, args.0, args.1, args.2, want.as_mut_ptr(), cols);
+                avx2::product512(&u, c_out, c_in, args.0, args.1, args.2, got.as_mut_ptr(), cols);
+            }
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "c_out {c_out} c_in {c_in} cols {cols}"
+            );
+            assert!(want.iter().all(|v| *v != 0.0));
+        }
+    }
+
     #[test]
     fn same_result_for_any_threads_and_batch() {
         let (side, c) = (17, 64);
