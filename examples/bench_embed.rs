@@ -7,9 +7,9 @@
 //! "per_face_ms_batch1", "per_face_ms_batch16"}. With `--stages`, also a table on stderr: per
 //! group of layers at batch 16, median ms per face, direct and actual multiply-adds per face,
 //! and the achieved GFLOP/s counted both ways (2 FLOPs per multiply-add), then the machine's
-//! limits measured in the same run on the same threads: the fp32 FMA peak (independent AVX2 FMAs
-//! in registers), a large fp32 gemm, and whether the CPU has bf16 / int8 dot-product
-//! instructions at all.
+//! limits measured in the same run on the same threads: the fp32 FMA peak (independent AVX2 and,
+//! where present, AVX-512 FMAs in registers), a large fp32 gemm, and whether the CPU has bf16 /
+//! int8 dot-product instructions at all.
 
 use std::time::Instant;
 
@@ -160,13 +160,20 @@ fn print_stages(
 /// The machine's limits on the pool's threads (see the module doc), on stderr.
 fn print_peaks() {
     let threads = rayon::current_num_threads();
-    let mut fma: Vec<f64> = (0..5).map(|_| fma_peak_gflops()).collect();
+    let mut fma: Vec<f64> = (0..5).map(|_| fma_peak_gflops(false)).collect();
+    let mut fma512: Vec<f64> = (0..5).map(|_| fma_peak_gflops(true)).collect();
     let mut gemm: Vec<f64> = (0..5).map(|_| gemm_gflops(768)).collect();
     eprintln!("machine, {threads} threads (median of 5):");
     eprintln!(
         "  fp32 FMA peak (AVX2, registers only)   {:>7.1} GFLOP/s",
         median(&mut fma)
     );
+    let wide = median(&mut fma512);
+    if wide > 0.0 {
+        eprintln!("  fp32 FMA peak (AVX-512, registers only) {wide:>6.1} GFLOP/s");
+    } else {
+        eprintln!("  fp32 FMA peak (AVX-512)                not on this CPU");
+    }
     eprintln!(
         "  fp32 gemm 768x768x768 (gemm crate)     {:>7.1} GFLOP/s",
         median(&mut gemm)
@@ -191,20 +198,61 @@ fn print_peaks() {
     }
 }
 
-/// GFLOP/s of independent 8-lane FMAs on every pool thread at once (0 without AVX2/FMA).
-fn fma_peak_gflops() -> f64 {
+/// GFLOP/s of independent 8-lane (`wide`: 16-lane) FMAs on every pool thread at once (0
+/// without AVX2/FMA, or AVX-512F when `wide`).
+fn fma_peak_gflops(wide: bool) -> f64 {
     use rayon::prelude::*;
     const ITERS: usize = 20_000_000;
     let threads = rayon::current_num_threads();
     let t = Instant::now();
     let sums: Vec<f32> = (0..threads)
         .into_par_iter()
-        .map(|i| fma_loop(ITERS, i as f32))
+        .map(|i| {
+            if wide {
+                fma_loop_wide(ITERS, i as f32)
+            } else {
+                fma_loop(ITERS, i as f32)
+            }
+        })
         .collect();
     let secs = t.elapsed().as_secs_f64();
-    std::hint::black_box(sums);
-    // 12 FMAs of 8 lanes, 2 FLOPs each, per iteration.
-    (threads * ITERS * 12 * 8 * 2) as f64 / secs / 1e9
+    if sums.iter().all(|s| s.is_nan()) {
+        return 0.0;
+    }
+    // 12 FMAs of 8 (16) lanes, 2 FLOPs each, per iteration.
+    let lanes = if wide { 16 } else { 8 };
+    (threads * ITERS * 12 * lanes * 2) as f64 / secs / 1e9
+}
+
+/// [`fma_loop`] with 16-lane registers; NaN without AVX-512F.
+fn fma_loop_wide(iters: usize, seed: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected.
+            return unsafe { fma_loop_avx512(iters, seed) };
+        }
+    }
+    let _ = (iters, seed);
+    f32::NAN
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(iters: usize, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    let mut acc: [__m512; 12] = std::array::from_fn(|i| _mm512_set1_ps(seed + i as f32));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    let sum = acc
+        .iter()
+        .fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v));
+    _mm512_reduce_add_ps(sum)
 }
 
 /// `iters` rounds of 12 independent FMA chains; returns a sum so nothing is optimised away.

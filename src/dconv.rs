@@ -278,9 +278,30 @@ impl DirectConv {
                 // start..end of rows co..co+rows of `flat` (`npos` apart).
                 unsafe {
                     if self.wide {
-                        avx512::block(rows, &p.offsets, w, taps, bias, prep.as_ptr(), start..end, p.pos, out, p.npos)
+                        avx512::block(
+                            rows,
+                            &p.offsets,
+                            w,
+                            taps,
+                            bias,
+                            prep.as_ptr(),
+                            start..end,
+                            p.pos,
+                            out,
+                            p.npos,
+                        )
                     } else {
-                        avx::block(rows, &p.offsets, w, taps, bias, prep.as_ptr(), start..end, out, p.npos)
+                        avx::block(
+                            rows,
+                            &p.offsets,
+                            w,
+                            taps,
+                            bias,
+                            prep.as_ptr(),
+                            start..end,
+                            out,
+                            p.npos,
+                        )
                     }
                 }
             }

@@ -1171,11 +1171,31 @@ mod tests {
             // rows of `cols`, the outputs c_out rows of `cols`.
             unsafe {
                 let args = (v.as_ptr(), cols, cols);
-                avx2::product(&u, c_out, c_in, args.0, args.1, args.2, want.as_mut_ptr(), cols);
-                avx2::product512(&u, c_out, c_in, args.0, args.1, args.2, got.as_mut_ptr(), cols);
+                avx2::product(
+                    &u,
+                    c_out,
+                    c_in,
+                    args.0,
+                    args.1,
+                    args.2,
+                    want.as_mut_ptr(),
+                    cols,
+                );
+                avx2::product512(
+                    &u,
+                    c_out,
+                    c_in,
+                    args.0,
+                    args.1,
+                    args.2,
+                    got.as_mut_ptr(),
+                    cols,
+                );
             }
             assert!(
-                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "c_out {c_out} c_in {c_in} cols {cols}"
             );
             assert!(want.iter().all(|v| *v != 0.0));

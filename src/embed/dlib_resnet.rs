@@ -13,7 +13,7 @@
 //! kernels of `src/dconv.rs` (no patch matrix); the 3x3 and 1x1 maps keep im2col + gemm. With
 //! [`Precision::Fast`] the 3x3 stride-1 convolutions of the 17x17, 8x8 and 3x3 stages run
 //! with Winograd's minimal filtering (`src/winograd.rs`); at 35x35 the exact direct kernels
-//! are as fast.
+//! are as fast, and on AVX-512 CPUs at 17x17 too, so there they stay.
 
 use std::time::Instant;
 
@@ -114,10 +114,25 @@ fn kernel(conv: Conv2d, side: usize, tile: Option<Tile>) -> Conv2d {
         conv
     };
     match tile {
-        // At 35x35 (32 channels) the direct kernels are as fast as Winograd and exact.
-        Some(_) if side >= 35 && conv.is_direct() => conv,
+        // Where the direct kernels are as fast as Winograd, they are used: they are exact.
+        Some(_) if side >= direct_over_winograd_side() && conv.is_direct() => conv,
         Some(tile) => conv.winograd(tile),
         None => conv,
+    }
+}
+
+/// Smallest output side where the fast path keeps the direct kernels rather than Winograd.
+/// With AVX2 that is 35x35 (32 channels; 2.15-2.26 against 2.24-2.29 ms per chip on one
+/// thread). With AVX-512 ([`crate::dconv::wide`]) the direct block also beats F(6x6) at
+/// 17x17x64: `bench_embed --precision fast --stages --threads 2`, batch 16, three alternating
+/// rounds: that stage 3.44 / 2.99 / 2.86 ms per chip direct against 4.58 / 5.42 / 3.76 with
+/// Winograd (whole chip 14.7 / 13.2 / 12.1 against 17.1 / 17.7 / 13.9 ms). At 8x8 Winograd
+/// still wins (1.5 against 3.1 ms).
+fn direct_over_winograd_side() -> usize {
+    if crate::dconv::wide() {
+        17
+    } else {
+        35
     }
 }
 
