@@ -89,10 +89,11 @@ pub enum Precision {
     /// (largest distance to dlib's descriptors on its 79 golden chips: below 0.00001).
     #[default]
     Exact,
-    /// The 3x3 stride-1 convolutions (85 % of the multiply-adds) with Winograd's minimal
-    /// filtering in fp32 (`winograd.rs`): 2.8x fewer multiply-adds, about 1.4x faster at batch
-    /// 16. Measured against `Exact` on dlib's 79 golden chips: largest embedding distance
-    /// 0.000003, mean 0.000002 (dlib's same-person threshold is 0.6).
+    /// The 3x3 stride-1 convolutions of the 17x17 (AVX2 CPUs only: with AVX-512 the direct
+    /// kernels are faster there), 8x8 and 3x3 stages with Winograd's minimal filtering in fp32
+    /// (`winograd.rs`): 1.1-1.4x faster at batch 16 (README, Speed). Measured against `Exact` on
+    /// dlib's 79 golden chips: largest embedding distance 0.000003 (AVX2) and 0.000002
+    /// (AVX-512), mean 0.000002 (dlib's same-person threshold is 0.6).
     Fast,
 }
 
