@@ -47,7 +47,7 @@ const CO16: usize = 8;
 const WIDE_V3_FROM: usize = 96;
 
 /// Whether the direct kernels (and Winograd's AVX2 transforms and products, which share
-/// [`avx::rows_kernel`]) can run on this CPU: x86-64 with AVX2 and FMA.
+/// [`simd::rows_kernel`]) can run on this CPU: x86-64 with AVX2 and FMA.
 pub(crate) fn usable() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -59,7 +59,7 @@ pub(crate) fn usable() -> bool {
     }
 }
 
-/// Whether the AVX-512 register blocks ([`avx512::rows_kernel`]) can run: [`usable`] and
+/// Whether the AVX-512 register blocks ([`simd::rows_kernel`] on 16 lanes) can run: [`usable`] and
 /// AVX-512F. They give the same bits as the AVX2 ones, faster.
 pub(crate) fn wide() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -330,9 +330,9 @@ fn compact(p: &Plan, flat: &[f32], out: &mut [f32], act: Act) {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx {
-    use std::arch::x86_64::*;
+    use std::arch::x86_64::__m256;
 
-    use super::{L, POS, V};
+    use super::{POS, V};
 
     /// Output channels `co .. co + rows` (`rows` 2, 4 or 6) at `positions` (rows of `out`
     /// are `npos` apart).
@@ -379,20 +379,83 @@ pub(crate) mod avx {
         let init: [f32; R] = std::array::from_fn(|r| bias[r]);
         // SAFETY (of the index): `t < taps == offsets.len()`.
         let row = |t: usize| *offsets.get_unchecked(t);
-        rows_kernel::<R, V>(taps, row, w, taps, init, x, out, stride);
+        super::simd::rows_kernel::<__m256, R, V>(taps, row, w, taps, init, x, out, stride);
+    }
+}
+
+/// The register block both the direct convolutions and Winograd's products use, written once
+/// for 8-lane (AVX2) and 16-lane (AVX-512) registers.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod simd {
+    use std::arch::x86_64::*;
+
+    /// A register of f32 lanes. The methods are the intrinsics; callers inline them into
+    /// functions compiled with the register's features.
+    pub(crate) trait F32x: Copy {
+        /// Lanes per register.
+        const LANES: usize;
+        /// Every lane `v`.
+        unsafe fn splat(v: f32) -> Self;
+        /// `LANES` floats from `p` (unaligned).
+        unsafe fn load(p: *const f32) -> Self;
+        /// `a * b + c`, one rounding.
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+        /// `LANES` floats to `p` (unaligned).
+        unsafe fn store(self, p: *mut f32);
     }
 
-    /// The register block both direct and Winograd products use: `R x 8V` outputs
+    impl F32x for __m256 {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            _mm256_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self)
+        }
+    }
+
+    impl F32x for __m512 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            _mm512_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self)
+        }
+    }
+
+    /// `R x (LANES * V)` outputs
     /// `out[r * out_rs + p] = init[r] + sum over i < n of w[r * w_rs + i] * x[row(i) + p]`,
-    /// `p < 8V`, each sum in `R * V` registers, one FMA per term, `i` in order.
+    /// each sum in `R * V` registers, one FMA per term, `i` in order: the same bits for any
+    /// register width.
     ///
     /// # Safety
-    /// AVX2 and FMA must be present (callers are `avx2,fma` functions it inlines into); `w`
-    /// must hold `R` rows of `n` values `w_rs` apart, `x` `8V` values at every `row(i)`, `out`
-    /// `R` rows of `8V` values `out_rs` apart.
+    /// `S`'s features must be present (callers are functions compiled with them, which this
+    /// inlines into); `w` must hold `R` rows of `n` values `w_rs` apart, `x` `LANES * V`
+    /// values at every `row(i)`, `out` `R` rows of `LANES * V` values `out_rs` apart.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn rows_kernel<const R: usize, const V: usize>(
+    pub(crate) unsafe fn rows_kernel<S: F32x, const R: usize, const V: usize>(
         n: usize,
         row: impl Fn(usize) -> usize,
         w: *const f32,
@@ -402,20 +465,20 @@ pub(crate) mod avx {
         out: *mut f32,
         out_rs: usize,
     ) {
-        let mut acc: [[__m256; V]; R] = std::array::from_fn(|r| [_mm256_set1_ps(init[r]); V]);
+        let mut acc: [[S; V]; R] = std::array::from_fn(|r| [S::splat(init[r]); V]);
         for i in 0..n {
             let p = x.add(row(i));
-            let v: [__m256; V] = std::array::from_fn(|j| _mm256_loadu_ps(p.add(j * L)));
+            let v: [S; V] = std::array::from_fn(|j| S::load(p.add(j * S::LANES)));
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let a = _mm256_broadcast_ss(&*w.add(r * w_rs + i));
+                let a = S::splat(*w.add(r * w_rs + i));
                 for (s, &vj) in acc_r.iter_mut().zip(&v) {
-                    *s = _mm256_fmadd_ps(a, vj, *s);
+                    *s = S::fmadd(a, vj, *s);
                 }
             }
         }
         for (r, acc_r) in acc.iter().enumerate() {
             for (j, &s) in acc_r.iter().enumerate() {
-                _mm256_storeu_ps(out.add(r * out_rs + j * L), s);
+                s.store(out.add(r * out_rs + j * S::LANES));
             }
         }
     }
@@ -424,7 +487,7 @@ pub(crate) mod avx {
 /// The AVX-512 blocks: the same sums as [`avx`], 16 lanes per register.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use std::arch::x86_64::*;
+    use std::arch::x86_64::__m512;
 
     use super::L16;
 
@@ -479,65 +542,7 @@ pub(crate) mod avx512 {
         let init: [f32; R] = std::array::from_fn(|r| bias[r]);
         // SAFETY (of the index): `t < taps == offsets.len()`.
         let row = |t: usize| *offsets.get_unchecked(t);
-        rows_kernel::<R, V>(taps, row, w, taps, init, x, out, stride);
-    }
-
-    /// [`super::avx::rows_kernel`] with 16-lane registers: `R x 16V` outputs
-    /// `out[r * out_rs + p] = init[r] + sum over i < n of w[r * w_rs + i] * x[row(i) + p]`,
-    /// each sum in `R * V` registers, one FMA per term, `i` in order (so the same bits).
-    ///
-    /// # Safety
-    /// AVX-512F must be present (callers are `avx512f` functions it inlines into); `w` must
-    /// hold `R` rows of `n` values `w_rs` apart, `x` `16V` values at every `row(i)`, `out` `R`
-    /// rows of `16V` values `out_rs` apart.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn rows_kernel<const R: usize, const V: usize>(
-        n: usize,
-        row: impl Fn(usize) -> usize,
-        w: *const f32,
-        w_rs: usize,
-        init: [f32; R],
-        x: *const f32,
-        out: *mut f32,
-        out_rs: usize,
-    ) {
-        let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| [_mm512_set1_ps(init[r]); V]);
-        for i in 0..n {
-            let p = x.add(row(i));
-            let v: [__m512; V] = std::array::from_fn(|j| _mm512_loadu_ps(p.add(j * L16)));
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*w.add(r * w_rs + i));
-                for (s, &vj) in acc_r.iter_mut().zip(&v) {
-                    *s = _mm512_fmadd_ps(a, vj, *s);
-                }
-            }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (j, &s) in acc_r.iter().enumerate() {
-                _mm512_storeu_ps(out.add(r * out_rs + j * L16), s);
-            }
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-mod avx512 {
-    /// Never called: [`super::wide`] is false off x86-64.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn block(
-        _: usize,
-        _: &[usize],
-        _: *const f32,
-        _: usize,
-        _: &[f32],
-        _: *const f32,
-        _: std::ops::Range<usize>,
-        _: usize,
-        _: *mut f32,
-        _: usize,
-    ) {
-        unreachable!("direct convolution kernels need x86-64")
+        super::simd::rows_kernel::<__m512, R, V>(taps, row, w, taps, init, x, out, stride);
     }
 }
 

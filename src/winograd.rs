@@ -676,6 +676,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Post, Transform, L};
+    use crate::dconv::simd::{rows_kernel, F32x};
     use crate::nn::{Act, SyncPtr};
 
     /// Transposes 8 rows of 8 floats.
@@ -880,47 +881,11 @@ mod avx2 {
         m: *mut f32,
         m_rs: usize,
     ) {
-        debug_assert!(cols.is_multiple_of(L) && u.len() >= c_out * c_in);
-        let mut co = 0;
-        while co < c_out {
-            let u = u.as_ptr().add(co * c_in);
-            let m = m.add(co * m_rs);
-            if c_out - co >= 4 {
-                product_rows::<4>(u, c_in, v, v_rs, cols, m, m_rs);
-                co += 4;
-            } else {
-                product_rows::<1>(u, c_in, v, v_rs, cols, m, m_rs);
-                co += 1;
-            }
-        }
+        product_with::<__m256>(u, c_out, c_in, v, v_rs, cols, m, m_rs)
     }
 
-    /// `R` rows of [`product`], in column blocks of 24, 16 or 8.
-    #[inline(always)]
-    unsafe fn product_rows<const R: usize>(
-        u: *const f32,
-        c_in: usize,
-        v: *const f32,
-        v_rs: usize,
-        cols: usize,
-        m: *mut f32,
-        m_rs: usize,
-    ) {
-        let mut t = 0;
-        while cols - t >= 3 * L {
-            kernel::<R, 3>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
-            t += 3 * L;
-        }
-        match (cols - t) / L {
-            2 => kernel::<R, 2>(u, c_in, v.add(t), v_rs, m.add(t), m_rs),
-            1 => kernel::<R, 1>(u, c_in, v.add(t), v_rs, m.add(t), m_rs),
-            _ => {}
-        }
-    }
-
-    /// [`product`] with the AVX-512 register block ([`crate::dconv::avx512::rows_kernel`]):
-    /// rows in groups of 8, columns in blocks of 48, 32 or 16 (a last 8 with AVX2); every sum
-    /// the same as [`product`]'s.
+    /// [`product`] with 16-lane registers: rows in groups of 8, columns in blocks of 48, 32
+    /// or 16 (a last 8 with AVX2); every sum the same as [`product`]'s.
     ///
     /// # Safety
     /// AVX-512F, AVX2 and FMA must be present; the pointers as for [`product`].
@@ -936,28 +901,46 @@ mod avx2 {
         m: *mut f32,
         m_rs: usize,
     ) {
+        product_with::<__m512>(u, c_out, c_in, v, v_rs, cols, m, m_rs)
+    }
+
+    /// [`product`] on registers `S`: groups of 4 rows (8 with 16 lanes, 8 x 3 accumulators
+    /// fitting AVX-512's 32 registers), then single rows.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product_with<S: F32x>(
+        u: &[f32],
+        c_out: usize,
+        c_in: usize,
+        v: *const f32,
+        v_rs: usize,
+        cols: usize,
+        m: *mut f32,
+        m_rs: usize,
+    ) {
         debug_assert!(cols.is_multiple_of(L) && u.len() >= c_out * c_in);
         let mut co = 0;
         while co < c_out {
             let u = u.as_ptr().add(co * c_in);
             let m = m.add(co * m_rs);
             let rows = c_out - co;
-            if rows >= 8 {
-                product_rows512::<8>(u, c_in, v, v_rs, cols, m, m_rs);
+            if S::LANES >= 16 && rows >= 8 {
+                product_rows::<S, 8>(u, c_in, v, v_rs, cols, m, m_rs);
                 co += 8;
             } else if rows >= 4 {
-                product_rows512::<4>(u, c_in, v, v_rs, cols, m, m_rs);
+                product_rows::<S, 4>(u, c_in, v, v_rs, cols, m, m_rs);
                 co += 4;
             } else {
-                product_rows512::<1>(u, c_in, v, v_rs, cols, m, m_rs);
+                product_rows::<S, 1>(u, c_in, v, v_rs, cols, m, m_rs);
                 co += 1;
             }
         }
     }
 
-    /// `R` rows of [`product512`].
+    /// `R` rows of [`product_with`], in column blocks of 3, 2 or 1 registers, then (16 lanes)
+    /// a last 8 columns with AVX2.
     #[inline(always)]
-    unsafe fn product_rows512<const R: usize>(
+    unsafe fn product_rows<S: F32x, const R: usize>(
         u: *const f32,
         c_in: usize,
         v: *const f32,
@@ -966,28 +949,29 @@ mod avx2 {
         m: *mut f32,
         m_rs: usize,
     ) {
-        const W: usize = 2 * L;
+        let w = S::LANES;
         let mut t = 0;
-        while cols - t >= 3 * W {
-            kernel512::<R, 3>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
-            t += 3 * W;
+        while cols - t >= 3 * w {
+            kernel::<S, R, 3>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
+            t += 3 * w;
         }
-        if cols - t >= 2 * W {
-            kernel512::<R, 2>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
-            t += 2 * W;
+        if cols - t >= 2 * w {
+            kernel::<S, R, 2>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
+            t += 2 * w;
         }
-        if cols - t >= W {
-            kernel512::<R, 1>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
-            t += W;
+        if cols - t >= w {
+            kernel::<S, R, 1>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
+            t += w;
         }
         if cols - t >= L {
-            kernel::<R, 1>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
+            kernel::<__m256, R, 1>(u, c_in, v.add(t), v_rs, m.add(t), m_rs);
         }
     }
 
-    /// `R x 16V` outputs with 16-lane registers (see [`kernel`]).
+    /// `R x (LANES * V)` outputs: `R * V` accumulators, one FMA per (row, vector) per input
+    /// channel (the register block of [`crate::dconv`], rows `v_rs` apart, started from zero).
     #[inline(always)]
-    unsafe fn kernel512<const R: usize, const V: usize>(
+    unsafe fn kernel<S: F32x, const R: usize, const V: usize>(
         u: *const f32,
         c_in: usize,
         v: *const f32,
@@ -995,30 +979,7 @@ mod avx2 {
         m: *mut f32,
         m_rs: usize,
     ) {
-        crate::dconv::avx512::rows_kernel::<R, V>(
-            c_in,
-            |ci| ci * v_rs,
-            u,
-            c_in,
-            [0.0; R],
-            v,
-            m,
-            m_rs,
-        );
-    }
-
-    /// `R x 8V` outputs: `R * V` accumulators, one FMA per (row, vector) per input channel
-    /// (the register block of [`crate::dconv`], rows `v_rs` apart, started from zero).
-    #[inline(always)]
-    unsafe fn kernel<const R: usize, const V: usize>(
-        u: *const f32,
-        c_in: usize,
-        v: *const f32,
-        v_rs: usize,
-        m: *mut f32,
-        m_rs: usize,
-    ) {
-        crate::dconv::avx::rows_kernel::<R, V>(c_in, |ci| ci * v_rs, u, c_in, [0.0; R], v, m, m_rs);
+        rows_kernel::<S, R, V>(c_in, |ci| ci * v_rs, u, c_in, [0.0; R], v, m, m_rs);
     }
 }
 
