@@ -332,6 +332,7 @@ fn compact(p: &Plan, flat: &[f32], out: &mut [f32], act: Act) {
 pub(crate) mod avx {
     use std::arch::x86_64::__m256;
 
+    use super::simd::taps_kernel;
     use super::{POS, V};
 
     /// Output channels `co .. co + rows` (`rows` 2, 4 or 6) at `positions` (rows of `out`
@@ -358,28 +359,11 @@ pub(crate) mod avx {
         for pos in positions.step_by(POS) {
             let (x, o) = (x.add(pos), out.add(pos));
             match rows {
-                6 => kernel::<6>(offsets, w, taps, bias, x, o, npos),
-                4 => kernel::<4>(offsets, w, taps, bias, x, o, npos),
-                _ => kernel::<2>(offsets, w, taps, bias, x, o, npos),
+                6 => taps_kernel::<__m256, 6, V>(offsets, w, taps, bias, x, o, npos),
+                4 => taps_kernel::<__m256, 4, V>(offsets, w, taps, bias, x, o, npos),
+                _ => taps_kernel::<__m256, 2, V>(offsets, w, taps, bias, x, o, npos),
             }
         }
-    }
-
-    /// `R` channels x 16 positions: bias, then every tap in order.
-    #[inline(always)]
-    unsafe fn kernel<const R: usize>(
-        offsets: &[usize],
-        w: *const f32,
-        taps: usize,
-        bias: &[f32],
-        x: *const f32,
-        out: *mut f32,
-        stride: usize,
-    ) {
-        let init: [f32; R] = std::array::from_fn(|r| bias[r]);
-        // SAFETY (of the index): `t < taps == offsets.len()`.
-        let row = |t: usize| *offsets.get_unchecked(t);
-        super::simd::rows_kernel::<__m256, R, V>(taps, row, w, taps, init, x, out, stride);
     }
 }
 
@@ -444,6 +428,27 @@ pub(crate) mod simd {
         }
     }
 
+    /// The direct convolution's call: `R` channels x `LANES * V` positions, started from
+    /// `bias`, then every tap (`offsets`, weights `taps` apart) in order.
+    ///
+    /// # Safety
+    /// As for [`rows_kernel`], with `row(t) = offsets[t]` and `n = taps = offsets.len()`.
+    #[inline(always)]
+    pub(crate) unsafe fn taps_kernel<S: F32x, const R: usize, const V: usize>(
+        offsets: &[usize],
+        w: *const f32,
+        taps: usize,
+        bias: &[f32],
+        x: *const f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let init: [f32; R] = std::array::from_fn(|r| bias[r]);
+        // SAFETY (of the index): `t < taps == offsets.len()`.
+        let row = |t: usize| *offsets.get_unchecked(t);
+        rows_kernel::<S, R, V>(taps, row, w, taps, init, x, out, stride);
+    }
+
     /// `R x (LANES * V)` outputs
     /// `out[r * out_rs + p] = init[r] + sum over i < n of w[r * w_rs + i] * x[row(i) + p]`,
     /// each sum in `R * V` registers, one FMA per term, `i` in order: the same bits for any
@@ -489,6 +494,7 @@ pub(crate) mod simd {
 pub(crate) mod avx512 {
     use std::arch::x86_64::__m512;
 
+    use super::simd::taps_kernel;
     use super::L16;
 
     /// Output channels `co .. co + rows` (`rows` 2, 4, 6 or 8) at `positions`, `pos` (16 or 48)
@@ -516,33 +522,16 @@ pub(crate) mod avx512 {
         for start in positions.step_by(pos) {
             let (x, o) = (x.add(start), out.add(start));
             match (rows, pos == 3 * L16) {
-                (8, true) => kernel::<8, 3>(offsets, w, taps, bias, x, o, npos),
-                (6, true) => kernel::<6, 3>(offsets, w, taps, bias, x, o, npos),
-                (4, true) => kernel::<4, 3>(offsets, w, taps, bias, x, o, npos),
-                (_, true) => kernel::<2, 3>(offsets, w, taps, bias, x, o, npos),
-                (8, false) => kernel::<8, 1>(offsets, w, taps, bias, x, o, npos),
-                (6, false) => kernel::<6, 1>(offsets, w, taps, bias, x, o, npos),
-                (4, false) => kernel::<4, 1>(offsets, w, taps, bias, x, o, npos),
-                (_, false) => kernel::<2, 1>(offsets, w, taps, bias, x, o, npos),
+                (8, true) => taps_kernel::<__m512, 8, 3>(offsets, w, taps, bias, x, o, npos),
+                (6, true) => taps_kernel::<__m512, 6, 3>(offsets, w, taps, bias, x, o, npos),
+                (4, true) => taps_kernel::<__m512, 4, 3>(offsets, w, taps, bias, x, o, npos),
+                (_, true) => taps_kernel::<__m512, 2, 3>(offsets, w, taps, bias, x, o, npos),
+                (8, false) => taps_kernel::<__m512, 8, 1>(offsets, w, taps, bias, x, o, npos),
+                (6, false) => taps_kernel::<__m512, 6, 1>(offsets, w, taps, bias, x, o, npos),
+                (4, false) => taps_kernel::<__m512, 4, 1>(offsets, w, taps, bias, x, o, npos),
+                (_, false) => taps_kernel::<__m512, 2, 1>(offsets, w, taps, bias, x, o, npos),
             }
         }
-    }
-
-    /// `R` channels x `16 V` positions: bias, then every tap in order.
-    #[inline(always)]
-    unsafe fn kernel<const R: usize, const V: usize>(
-        offsets: &[usize],
-        w: *const f32,
-        taps: usize,
-        bias: &[f32],
-        x: *const f32,
-        out: *mut f32,
-        stride: usize,
-    ) {
-        let init: [f32; R] = std::array::from_fn(|r| bias[r]);
-        // SAFETY (of the index): `t < taps == offsets.len()`.
-        let row = |t: usize| *offsets.get_unchecked(t);
-        super::simd::rows_kernel::<__m512, R, V>(taps, row, w, taps, init, x, out, stride);
     }
 }
 
