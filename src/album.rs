@@ -448,7 +448,6 @@ pub fn run(
     config: &AlbumConfig,
     progress: &dyn Progress,
 ) -> Result<AlbumRun> {
-    use rayon::prelude::*;
     let mut failed = Vec::new();
     let mut inputs = Vec::new();
     for item in crate::io::collect_inputs(paths) {
@@ -475,15 +474,10 @@ pub fn run(
 
     // 1. Every face of every photo (cached by content).
     progress.start("photos", inputs.len());
-    let results: Vec<Result<Arc<ImageFaces>>> = inputs
-        .par_iter()
-        .map(|p| {
-            let r = crate::io::guard(p, || {
-                crate::nn::serial(|| library.faces_of_file(pipeline, p, &config.load, false))
-            });
-            progress.step();
-            r.map(|(faces, _)| faces)
-        })
+    let results: Vec<Result<Arc<ImageFaces>>> = library
+        .faces_of_files_in_order(pipeline, &inputs, &config.load, false, &|| progress.step())
+        .into_iter()
+        .map(|r| r.map(|(faces, _)| faces))
         .collect();
     progress.finish();
     let mut photos = Vec::with_capacity(inputs.len());

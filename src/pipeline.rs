@@ -424,18 +424,32 @@ impl Pipeline {
         photo: &crate::io::Photo,
         path: &std::path::Path,
     ) -> Result<Vec<Face>> {
+        let (dets, chips) = self.chips_of_photo(photo, path)?;
+        let embs = self.embed_chips(&chips)?;
+        Ok(Self::zip_faces(dets, embs))
+    }
+
+    /// The detections of a decoded photo, best score first, and their aligned chips, cut from
+    /// the full-resolution image (decoded only when there is a face): [`Pipeline::faces_of_photo`]
+    /// without the embedding, for callers that embed the chips of many photos together.
+    pub fn chips_of_photo(
+        &self,
+        photo: &crate::io::Photo,
+        path: &std::path::Path,
+    ) -> Result<(Vec<Detection>, Vec<RgbImage>)> {
         let dets = self.detector.detect_photo(photo)?;
         if dets.is_empty() {
-            return Ok(Vec::new());
+            return Ok((dets, Vec::new()));
         }
         let full = photo
             .full()
             .map_err(|reason| crate::Error::image(path, reason))?;
-        let embs = self.embed_detections(&full, &dets)?;
-        Ok(Self::zip_faces(dets, embs))
+        let chips = dets.par_iter().map(|d| self.chip(&full, d)).collect();
+        Ok((dets, chips))
     }
 
-    fn zip_faces(dets: Vec<Detection>, embs: Vec<Vec<f32>>) -> Vec<Face> {
+    /// Faces from detections and their embeddings, in order.
+    pub(crate) fn zip_faces(dets: Vec<Detection>, embs: Vec<Vec<f32>>) -> Vec<Face> {
         dets.into_iter()
             .zip(embs)
             .map(|(d, embedding)| Face {

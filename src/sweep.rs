@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use serde::{Serialize, Serializer};
 
 use crate::distance::Metric;
@@ -489,15 +488,13 @@ impl Report {
     }
 }
 
-/// The embedding that stands for one image (run on a worker thread).
-fn embed_one(
-    library: &Library,
-    pipeline: &Pipeline,
+/// The embedding that stands for one image, from its faces (or its central crop).
+fn pick_one(
     path: &Path,
+    faces: Result<(std::sync::Arc<crate::library::ImageFaces>, bool)>,
     config: &SweepConfig,
 ) -> Result<(Vec<f32>, bool, bool)> {
-    let (faces, hit) =
-        crate::nn::serial(|| library.faces_of_file(pipeline, path, &config.load, true))?;
+    let (faces, hit) = faces?;
     let boxes = faces.faces.iter().map(|f| &f.bbox);
     match select_face(boxes, config.policy, faces.width, faces.height) {
         Some(i) => Ok((faces.faces[i].embedding.clone(), false, hit)),
@@ -532,14 +529,11 @@ pub fn embed(
     config: &SweepConfig,
     progress: &(dyn Fn() + Sync),
 ) -> Embedded {
-    let results: Vec<Result<(Vec<f32>, bool, bool)>> = protocol
-        .images
-        .par_iter()
-        .map(|path| {
-            let r = crate::io::guard(path, || embed_one(library, pipeline, path, config));
-            progress();
-            r
-        })
+    let results: Vec<Result<(Vec<f32>, bool, bool)>> = library
+        .faces_of_files_in_order(pipeline, &protocol.images, &config.load, true, progress)
+        .into_iter()
+        .zip(&protocol.images)
+        .map(|(faces, path)| pick_one(path, faces, config))
         .collect();
     let mut images = ImageCounts {
         total: protocol.images.len() + protocol.unusable.len(),

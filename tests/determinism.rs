@@ -127,6 +127,80 @@ fn embeddings_are_bit_identical_for_any_batch_size() {
     }
 }
 
+/// The fixture files, with a file that is not an image and a repeated photo among them.
+fn files(tmp: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut lfw: Vec<_> = std::fs::read_dir(fixture("lfw"))
+        .expect("tests/fixtures/lfw")
+        .map(|e| e.expect("fixture entry").path())
+        .collect();
+    lfw.sort();
+    let bad = tmp.join("not-a-photo.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff\xe0 this is no JPEG").expect("write the bad file");
+    let mut files = vec![fixture("2008_001322.jpg"), bad];
+    files.extend(lfw.iter().cloned());
+    files.push(fixture("Tom_Cruise_avp_2014_4.jpg"));
+    files.push(lfw[0].clone());
+    files
+}
+
+#[test]
+fn photos_batched_across_files_match_one_at_a_time() {
+    use facekit::library::Library;
+    let pipeline = Pipeline::new().expect("pipeline with embedded weights");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let files = files(tmp.path());
+    let opts = Default::default();
+    let one_at_a_time: Vec<_> = in_pool(1, || {
+        let lib = Library::in_memory().expect("library");
+        files
+            .iter()
+            .map(|p| lib.faces_of_file(&pipeline, p, &opts, true))
+            .collect()
+    });
+    let faces = |r: &Vec<facekit::Result<(std::sync::Arc<facekit::library::ImageFaces>, bool)>>| {
+        r.iter()
+            .map(|r| match r {
+                Ok((f, _)) => {
+                    let mut b = bits(std::slice::from_ref(&f.faces));
+                    b.push(f.central.iter().flatten().map(|x| x.to_bits()).collect());
+                    Some(b)
+                }
+                Err(_) => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = faces(&one_at_a_time);
+    assert!(want[1].is_none(), "the bad file fails");
+    assert_eq!(want.iter().filter(|f| f.is_none()).count(), 1);
+    let detected: usize = one_at_a_time
+        .iter()
+        .flatten()
+        .map(|(f, _)| f.faces.len())
+        .sum();
+    assert!(
+        detected >= 9,
+        "the fixtures hold at least 9 faces, found {detected}"
+    );
+    for threads in [1, 2, 3] {
+        let lib = Library::in_memory().expect("library");
+        let got = in_pool(threads, || {
+            lib.faces_of_files_in_order(&pipeline, &files, &opts, true, &|| {})
+        });
+        assert!(
+            faces(&got) == want,
+            "batched across photos on {threads} threads differs from one photo at a time"
+        );
+        let err = got[1].as_ref().expect_err("the bad file fails");
+        assert!(
+            err.to_string().contains("not-a-photo.jpg"),
+            "the error names the file: {err}"
+        );
+        // The repeated photo is the same content: the library answers for it (or analyses it
+        // once, when both copies were in flight together).
+        assert_eq!(lib.stats().expect("stats").photos, files.len() as u64 - 2);
+    }
+}
+
 #[test]
 fn cli_embed_is_byte_identical_for_any_threads() {
     let dir = fixture("lfw");

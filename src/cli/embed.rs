@@ -11,7 +11,7 @@ use serde::Serialize;
 use facekit::io::JsonPath;
 
 use super::output::{csv_path, flush_stdout, note, write_stdout};
-use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool};
+use super::runner::{exit_status, inputs, progress, run_ordered_with, thread_pool};
 use super::CommonArgs;
 
 /// Output formats.
@@ -132,13 +132,15 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     }
     let pb = progress(inputs.len(), "images");
     let library = args.library.open()?;
-    // Photos seen before by the same pipeline come from the face library.
-    let job = |path: &Path| -> facekit::Result<Vec<Face>> {
-        let (faces, _) = facekit::serial(|| library.faces_of_file(&pipeline, path, &load, false))?;
-        Ok(faces.faces.clone())
+    // Photos seen before by the same pipeline come from the face library; the others are
+    // detected in parallel and their faces embedded in batches across photos.
+    let drive = |files: &[&Path], done: &(dyn Fn(usize, facekit::Result<Vec<Face>>) + Sync)| {
+        library.faces_of_files(&pipeline, files, &load, false, &|k, r| {
+            done(k, r.map(|(faces, _)| faces.faces.clone()))
+        })
     };
     let (mut images, mut faces_total, mut failures) = (0usize, 0usize, 0usize);
-    run_ordered(&pool, &inputs, &pb, job, |i, result| match result {
+    run_ordered_with(&pool, &inputs, &pb, drive, |i, result| match result {
         Ok(faces) => {
             let path = inputs[i].as_deref().unwrap_or(Path::new(""));
             images += 1;

@@ -10,7 +10,7 @@ use facekit::library::{Identity, IDENTIFY_THRESHOLD};
 use serde::Serialize;
 
 use super::output::{csv_path, display_path, outln, write_stdout};
-use super::runner::{exit_status, inputs, progress, run_ordered, thread_pool};
+use super::runner::{exit_status, inputs, progress, run_ordered_with, thread_pool};
 use super::{CommonArgs, EmbeddingArgs, FaceSizeArgs, LibraryArgs};
 
 /// Arguments of `facekit identify`.
@@ -116,13 +116,21 @@ pub fn run(args: IdentifyArgs) -> anyhow::Result<ExitCode> {
             "NEXT"
         );
     }
-    let job = |p: &Path| -> facekit::Result<_> {
-        let (faces, _) = facekit::serial(|| lib.faces_of_file(&pipeline, p, &opts, false))?;
-        let embeddings: Vec<&[f32]> = faces.faces.iter().map(|f| f.embedding.as_slice()).collect();
-        let ids = known.identify(&embeddings, args.top_k, threshold)?;
-        Ok((faces.clone(), ids))
+    // The photos' faces come in batches across photos; each photo is identified as it is done.
+    let drive = |files: &[&Path], done: &(dyn Fn(usize, facekit::Result<_>) + Sync)| {
+        lib.faces_of_files(&pipeline, files, &opts, false, &|k, r| {
+            done(
+                k,
+                r.and_then(|(faces, _)| {
+                    let embeddings: Vec<&[f32]> =
+                        faces.faces.iter().map(|f| f.embedding.as_slice()).collect();
+                    let ids = known.identify(&embeddings, args.top_k, threshold)?;
+                    Ok((faces.clone(), ids))
+                }),
+            )
+        })
     };
-    run_ordered(&pool, &inputs, &pb, job, |i, r| {
+    run_ordered_with(&pool, &inputs, &pb, drive, |i, r| {
         let path = match &inputs[i] {
             Ok(p) => p.clone(),
             Err(e) => e.path().map(Path::to_path_buf).unwrap_or_default(),

@@ -75,10 +75,39 @@ pub fn run_ordered<T, J, S>(
     inputs: &[Input],
     pb: &ProgressBar,
     job: J,
-    mut sink: S,
+    sink: S,
 ) where
     T: Send,
     J: Fn(&Path) -> facekit::Result<T> + Sync,
+    S: FnMut(usize, facekit::Result<T>),
+{
+    run_ordered_with(
+        pool,
+        inputs,
+        pb,
+        |files, done| {
+            // par_bridge hands out work roughly in input order, so results stream.
+            (0..files.len()).par_bridge().for_each(|k| {
+                done(k, facekit::io::guard(files[k], || job(files[k])));
+            })
+        },
+        sink,
+    )
+}
+
+/// [`run_ordered`] for a driver that runs the files itself (such as
+/// [`facekit::library::Library::faces_of_files`], which embeds the chips of several photos
+/// together): `drive(files, done)` runs in `pool` and calls `done(k, result)` once for each
+/// `files[k]`, from any thread, in any order.
+pub fn run_ordered_with<T, R, S>(
+    pool: &rayon::ThreadPool,
+    inputs: &[Input],
+    pb: &ProgressBar,
+    drive: R,
+    mut sink: S,
+) where
+    T: Send,
+    R: FnOnce(&[&Path], &(dyn Fn(usize, facekit::Result<T>) + Sync)) + Send,
     S: FnMut(usize, facekit::Result<T>),
 {
     let (tx, rx) = mpsc::channel::<(usize, facekit::Result<T>)>();
@@ -86,22 +115,28 @@ pub fn run_ordered<T, J, S>(
     let mut next = 0;
     // Errors found while collecting the inputs take their places without running anything.
     let mut files = Vec::with_capacity(inputs.len());
+    let mut index = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
         match input {
-            Ok(p) => files.push((i, p)),
+            Ok(p) => {
+                files.push(p.as_path());
+                index.push(i);
+            }
             Err(e) => {
                 pending.insert(i, Err(e.clone()));
             }
         }
     }
     std::thread::scope(|scope| {
-        scope.spawn(|| {
-            pool.install(|| {
-                // par_bridge hands out work roughly in input order, so results stream.
-                files.iter().par_bridge().for_each_with(tx, |tx, &(i, p)| {
-                    let _ = tx.send((i, facekit::io::guard(p, || job(p))));
-                })
-            })
+        let (files, index) = (&files, &index);
+        scope.spawn(move || {
+            let tx = std::sync::Mutex::new(tx);
+            let done = |k: usize, r: facekit::Result<T>| {
+                if let Ok(tx) = tx.lock() {
+                    let _ = tx.send((index[k], r));
+                }
+            };
+            pool.install(|| drive(files, &done));
         });
         let mut drain = |pending: &mut BTreeMap<usize, facekit::Result<T>>| {
             while let Some(value) = pending.remove(&next) {

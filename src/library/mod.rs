@@ -21,6 +21,7 @@
 //! # Ok::<(), facekit::Error>(())
 //! ```
 
+mod batch;
 mod index;
 pub mod known;
 mod legacy;
@@ -61,6 +62,32 @@ pub struct ImageFaces {
     /// For images without a detected face, once asked for: the embedding of the central crop
     /// ([`Pipeline::central_detection`]).
     pub central: Option<Vec<f32>>,
+}
+
+/// A photo on its way through [`Library::faces_of_file`] or [`Library::faces_of_files`].
+enum Prepared {
+    /// The library knew it.
+    Known(Arc<ImageFaces>),
+    /// Decoded and detected; its chips are still to embed.
+    Chips(Unembedded),
+}
+
+/// A photo's analysis with the chips it still needs embedded.
+struct Unembedded {
+    analysis: Analysis,
+    /// One chip per detection, in order, then the central crop's when asked for.
+    chips: Vec<image::RgbImage>,
+}
+
+/// What is known of a photo before its chips are embedded.
+struct Analysis {
+    pid: PipelineId,
+    /// The photo's record (no faces yet, or the library's record lacking its central crop).
+    faces: ImageFaces,
+    /// The detections, whose embeddings are the first chips'.
+    dets: Vec<crate::detect::Detection>,
+    /// Whether the last chip is the central crop's.
+    central: bool,
 }
 
 /// A face's row id in the library.
@@ -345,6 +372,24 @@ impl Library {
         opts: &LoadOptions,
         central: bool,
     ) -> Result<(Arc<ImageFaces>, bool)> {
+        match self.prepare(pipeline, path, opts, central)? {
+            Prepared::Known(faces) => Ok((faces, true)),
+            Prepared::Chips(photo) => {
+                let embeddings = pipeline.embed_chips(&photo.chips)?;
+                Ok((self.complete(photo.analysis, embeddings, path)?, false))
+            }
+        }
+    }
+
+    /// The first half of [`Library::faces_of_file`]: the library's answer when it has one,
+    /// else the photo decoded and detected, with the chips still to embed.
+    fn prepare(
+        &self,
+        pipeline: &Pipeline,
+        path: &Path,
+        opts: &LoadOptions,
+        central: bool,
+    ) -> Result<Prepared> {
         let pid = self.pipeline_id(pipeline)?;
         let bytes = crate::io::read_image_bytes(path, opts)?;
         let sha = content_hash(&bytes);
@@ -352,32 +397,67 @@ impl Library {
         if let Some(c) = &cached {
             if !central || !c.faces.is_empty() || c.central.is_some() {
                 self.seen(&sha, path)?;
-                return Ok((c.clone(), true));
+                return Ok(Prepared::Known(c.clone()));
             }
         }
         let photo = decode_photo(bytes, opts, |w, h| pipeline.detector().working_scale(w, h))
             .map_err(|reason| Error::image(path, reason))?;
-        let mut faces = match cached {
-            Some(c) => (*c).clone(),
+        let (faces, dets, mut chips) = match cached {
+            Some(c) => ((*c).clone(), Vec::new(), Vec::new()),
             None => {
                 self.analysed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (width, height) = photo.dimensions();
-                ImageFaces {
+                let (dets, chips) = pipeline.chips_of_photo(&photo, path)?;
+                let faces = ImageFaces {
                     sha256: sha,
                     width,
                     height,
-                    faces: pipeline.faces_of_photo(&photo, path)?,
+                    faces: Vec::new(),
                     central: None,
-                }
+                };
+                (faces, dets, chips)
             }
         };
-        if central && faces.faces.is_empty() {
+        let central = central && dets.is_empty() && faces.faces.is_empty();
+        if central {
             let full = photo.full().map_err(|reason| Error::image(path, reason))?;
             let det = pipeline.central_detection(full.width(), full.height());
-            faces.central = pipeline.embed_detections(&full, &[det])?.pop();
+            chips.push(pipeline.chip(&full, &det));
         }
-        Ok((self.insert(pid, faces, Some(path))?, false))
+        Ok(Prepared::Chips(Unembedded {
+            analysis: Analysis {
+                pid,
+                faces,
+                dets,
+                central,
+            },
+            chips,
+        }))
+    }
+
+    /// The second half of [`Library::faces_of_file`]: the analysis with the embeddings of its
+    /// chips (in chip order), recorded.
+    fn complete(
+        &self,
+        analysis: Analysis,
+        embeddings: Vec<Vec<f32>>,
+        path: &Path,
+    ) -> Result<Arc<ImageFaces>> {
+        let Analysis {
+            pid,
+            mut faces,
+            dets,
+            central,
+        } = analysis;
+        let mut embeddings = embeddings;
+        if central {
+            faces.central = embeddings.pop();
+        }
+        if !dets.is_empty() {
+            faces.faces = Pipeline::zip_faces(dets, embeddings);
+        }
+        self.insert(pid, faces, Some(path))
     }
 
     /// Records that the photo with this content was seen at `path` (with the next batch).

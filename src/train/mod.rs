@@ -152,14 +152,12 @@ pub fn load_dataset(
     policy: crate::FacePolicy,
     tick: impl Fn() + Sync,
 ) -> Result<Loaded> {
-    use rayon::prelude::*;
     let mut failed = Vec::new();
     type Pick = (Option<(Vec<f32>, crate::Detection)>, bool);
-    let results: Vec<Result<Pick>> = images
-        .par_iter()
-        .map(|p| {
-            let r = crate::nn::serial(|| cache.faces_of_file(pipeline, p, opts, false));
-            tick();
+    let results: Vec<Result<Pick>> = cache
+        .faces_of_files_in_order(pipeline, &images, opts, false, &tick)
+        .into_iter()
+        .map(|r| {
             let (faces, hit) = r?;
             let boxes = faces.faces.iter().map(|f| &f.bbox);
             let pick = crate::pipeline::select_face(boxes, policy, faces.width, faces.height);
