@@ -17,10 +17,11 @@ use crate::io::LoadOptions;
 use crate::pipeline::Pipeline;
 use crate::{Error, Result};
 
-/// Faces embedded together in one call of the embedder (with flip averaging, twice as many
-/// chips): enough for the batched kernels' gains, few enough that the faces waiting for a batch
-/// hold little memory (a 150 x 150 chip is 66 kB).
-pub const EMBED_BATCH: usize = 16;
+/// Faces embedded together in one call of the embedder: with flip averaging 16 chips, one
+/// forward pass of dlib's ResNet (which runs 16 chips at a time), where Winograd's transformed
+/// weights (`--precision fast`) pay; few enough that the faces waiting for a batch hold little
+/// memory (a 150 x 150 chip is 66 kB).
+pub const EMBED_BATCH: usize = 8;
 
 /// What [`Library::faces_of_files`] gives for one photo: its faces, and whether the library
 /// already had them.
