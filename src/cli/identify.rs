@@ -119,15 +119,15 @@ pub fn run(args: IdentifyArgs) -> anyhow::Result<ExitCode> {
     // The photos' faces come in batches across photos; each photo is identified as it is done.
     let drive = |files: &[&Path], done: &(dyn Fn(usize, facekit::Result<_>) + Sync)| {
         lib.faces_of_files(&pipeline, files, &opts, false, &|k, r| {
-            done(
-                k,
-                r.and_then(|(faces, _)| {
-                    let embeddings: Vec<&[f32]> =
-                        faces.faces.iter().map(|f| f.embedding.as_slice()).collect();
-                    let ids = known.identify(&embeddings, args.top_k, threshold)?;
-                    Ok((faces.clone(), ids))
-                }),
-            )
+            // Inside the photo's fault boundary, as its detection and embedding were.
+            let identified = facekit::io::guard(files[k], || {
+                let (faces, _) = r?;
+                let embeddings: Vec<&[f32]> =
+                    faces.faces.iter().map(|f| f.embedding.as_slice()).collect();
+                let ids = known.identify(&embeddings, args.top_k, threshold)?;
+                Ok((faces.clone(), ids))
+            });
+            done(k, identified)
         })
     };
     run_ordered_with(&pool, &inputs, &pb, drive, |i, r| {
