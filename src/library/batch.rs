@@ -253,3 +253,132 @@ where
         (self.done)(i, r.map(|faces| (faces, false)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::Embedder;
+    use crate::models::ModelSource;
+    use std::path::PathBuf;
+
+    /// A small real embedder, the mean colour of the chip, that fails (with an error, or a
+    /// panic) on a batch holding a chip of the given mean colour.
+    struct MeanColour {
+        poison: Option<([u32; 3], bool)>,
+    }
+
+    fn mean(c: &RgbImage) -> [u32; 3] {
+        let n = c.width() * c.height();
+        std::array::from_fn(|k| c.pixels().map(|p| p.0[k] as u32).sum::<u32>() / n)
+    }
+
+    impl Embedder for MeanColour {
+        fn model_id(&self) -> &str {
+            "mean-colour"
+        }
+        fn dim(&self) -> usize {
+            3
+        }
+        fn chip_size(&self) -> usize {
+            32
+        }
+        fn embed(&self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+            if let Some((bad, panics)) = self.poison {
+                if chips.iter().any(|c| mean(c) == bad) {
+                    assert!(!panics, "poisoned chip");
+                    return Err(Error::Config("poisoned chip".into()));
+                }
+            }
+            Ok(chips
+                .iter()
+                .map(|c| mean(c).iter().map(|&v| v as f32).collect())
+                .collect())
+        }
+    }
+
+    fn fixtures() -> Vec<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut lfw: Vec<PathBuf> = std::fs::read_dir(dir.join("lfw"))
+            .expect("tests/fixtures/lfw")
+            .map(|e| e.expect("fixture entry").path())
+            .collect();
+        lfw.sort();
+        let mut files = vec![dir.join("2008_001322.jpg")];
+        files.extend(lfw);
+        files.push(dir.join("Tom_Cruise_avp_2014_4.jpg"));
+        files
+    }
+
+    fn pipeline(poison: Option<([u32; 3], bool)>) -> Pipeline {
+        Pipeline::builder()
+            .models(&ModelSource::Embedded)
+            .embedder(MeanColour { poison })
+            .build()
+            .expect("pipeline")
+    }
+
+    fn run(pipeline: &Pipeline, files: &[PathBuf], threads: usize) -> Vec<FileFaces> {
+        let lib = Library::in_memory().expect("library");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+            .install(|| {
+                lib.faces_of_files_in_order(pipeline, files, &LoadOptions::default(), false, &|| {})
+            })
+    }
+
+    #[test]
+    fn a_photo_whose_faces_cannot_be_embedded_fails_alone() {
+        // Twice over, the copies with a byte after the JPEG's end (other content, the same
+        // pixels): enough faces to analyse that batches mix photos.
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut files = fixtures();
+        for f in fixtures() {
+            let copy = tmp.path().join(format!(
+                "copy-{}",
+                f.file_name().expect("name").to_string_lossy()
+            ));
+            let mut bytes = std::fs::read(&f).expect("fixture");
+            bytes.push(0);
+            std::fs::write(&copy, bytes).expect("copy");
+            files.push(copy);
+        }
+        let good = run(&pipeline(None), &files, 1);
+        let faces: Vec<&Arc<ImageFaces>> = good
+            .iter()
+            .map(|r| &r.as_ref().expect("every fixture is analysed").0)
+            .collect();
+        let total: usize = faces.iter().map(|f| f.faces.len()).sum();
+        assert!(total >= 2 * EMBED_BATCH, "{total} faces");
+        // Poison the chip of the last face of the first photo (3 faces, batched with others).
+        let victim = |i: usize| files[i].to_string_lossy().ends_with("2008_001322.jpg");
+        let last = faces[0].faces.last().expect("a face").embedding.clone();
+        let bad = [last[0] as u32, last[1] as u32, last[2] as u32];
+        let others = |i: usize| !victim(i) && faces[i].faces.iter().any(|f| f.embedding == last);
+        assert!(
+            !(0..files.len()).any(others),
+            "the poisoned colour is the victim's alone"
+        );
+        for panics in [false, true] {
+            for threads in [1, 2] {
+                let got = run(&pipeline(Some((bad, panics))), &files, threads);
+                for (i, (r, want)) in got.iter().zip(&faces).enumerate() {
+                    if victim(i) {
+                        let e = r.as_ref().expect_err("the poisoned photo fails");
+                        assert!(e.to_string().contains("2008_001322.jpg"), "{e}");
+                        let why = if panics {
+                            "internal error"
+                        } else {
+                            "poisoned chip"
+                        };
+                        assert!(e.to_string().contains(why), "{e}");
+                    } else {
+                        let (f, _) = r.as_ref().expect("the other photos succeed");
+                        assert_eq!(&f.faces, &want.faces, "photo {i}");
+                    }
+                }
+            }
+        }
+    }
+}
