@@ -33,8 +33,8 @@ type Queued = (usize, usize, RgbImage);
 /// A photo whose chips are being embedded.
 struct Waiting {
     analysis: Analysis,
+    /// One per chip, filled as the batches holding them are embedded.
     embeddings: Vec<Option<Vec<f32>>>,
-    left: usize,
 }
 
 /// The state shared by the workers of one [`Library::faces_of_files`] run.
@@ -155,7 +155,6 @@ where
             Waiting {
                 analysis,
                 embeddings: vec![None; chips.len()],
-                left: chips.len(),
             },
         );
         lock(&self.queue).extend(chips.into_iter().enumerate().map(|(k, c)| (i, k, c)));
@@ -225,10 +224,8 @@ where
             let Some(w) = waiting.get_mut(&i) else {
                 return;
             };
-            if w.embeddings[k].replace(embedding).is_none() {
-                w.left -= 1;
-            }
-            if w.left > 0 {
+            w.embeddings[k] = Some(embedding);
+            if w.embeddings.iter().any(Option::is_none) {
                 return;
             }
             waiting.remove(&i)

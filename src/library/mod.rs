@@ -441,7 +441,7 @@ impl Library {
     fn complete(
         &self,
         analysis: Analysis,
-        embeddings: Vec<Vec<f32>>,
+        mut embeddings: Vec<Vec<f32>>,
         path: &Path,
     ) -> Result<Arc<ImageFaces>> {
         let Analysis {
@@ -450,7 +450,6 @@ impl Library {
             dets,
             central,
         } = analysis;
-        let mut embeddings = embeddings;
         if central {
             faces.central = embeddings.pop();
         }
