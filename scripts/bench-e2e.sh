@@ -18,6 +18,8 @@
 # processes; less sensitive than wall time to other jobs on the machine), faces found and the
 # peak RSS (for the peer: the largest single process, as GNU time reports the maximum over the
 # process tree's members).
+# FACEKIT_FLAGS adds flags to the facekit command (e.g. FACEKIT_FLAGS="--precision fast"); the
+# table's footer names them.
 # The face_recognition column needs the dlib venv (scripts/peer_dlib_env.sh, ~9 min the first
 # time); it is skipped with a message when that cannot be set up.
 set -euo pipefail
@@ -86,7 +88,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 ffaces=-; pfaces=-
 for round in $(seq "$rounds"); do
     /usr/bin/time -f '%e %M %U %S' -o "$WORK/time" \
-        "$BIN" embed --quiet --no-cache --threads "$threads" --out "$WORK/out.jsonl" --force "${photos[@]}"
+        "$BIN" embed --quiet --no-cache --threads "$threads" ${FACEKIT_FLAGS:-} --out "$WORK/out.jsonl" --force "${photos[@]}"
     read -r secs kb us ss < "$WORK/time"
     echo "$secs" >> "$WORK/ft"; echo "$kb" >> "$WORK/fm"; awk -v u="$us" -v s="$ss" 'BEGIN {printf "%.2f\n", u + s}' >> "$WORK/fc"
     ffaces=$(wc -l < "$WORK/out.jsonl")
@@ -117,4 +119,4 @@ fi
 what="LFW photos"
 [ -n "$camera" ] && what="camera photos (12 and 24 MP; peer CLI-style, shrunk to 1600 px)"
 echo "($n $what, $threads threads / processes, $rounds alternating rounds, whole processes;"
-echo " facekit embed --no-cache with default settings; face_recognition: HOG + 5-point + ResNet)"
+echo " facekit embed --no-cache with ${FACEKIT_FLAGS:-default settings}; face_recognition: HOG + 5-point + ResNet)"

@@ -72,6 +72,30 @@ pub(crate) fn wide() -> bool {
     }
 }
 
+/// Whether the bf16 blocks ([`avx512bf16`]) can run: [`wide`] and AVX512_BF16 (`vdpbf16ps`).
+pub(crate) fn bf16_usable() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        wide() && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as the high 16 bits of an f32.
+pub(crate) fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1))) >> 16
+}
+
+/// Two values rounded to bf16 in one word, `lo` in the low half: one pair of a `vdpbf16ps`
+/// operand.
+fn bf16_pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) | (bf16_bits(hi) << 16)
+}
+
 /// The geometry of one convolution over one input size.
 struct Plan {
     c_in: usize,
@@ -133,15 +157,20 @@ impl Plan {
         }
     }
 
-    /// Copies one image `c_in x h x w` into `dst` as zero-padded phase planes.
-    fn prepare(&self, src: &[f32], dst: &mut [f32]) {
+    /// Fills `dst` with the zero-padded phase planes of one image: `put(ci, iy, first, row)`
+    /// writes input row `iy` of plane `ci` at columns `first, first + s, ..` into `row`.
+    fn fill<T: Copy>(
+        &self,
+        dst: &mut [T],
+        zero: T,
+        mut put: impl FnMut(usize, usize, usize, &mut [T]),
+    ) {
         let (s, pad, h, w, wq) = (self.s, self.pad, self.h, self.w, self.wq);
         let planes = self.c_in * s * s * self.hq * wq;
         // Past the planes: only read by the dropped positions of the last rows.
-        dst[planes..].fill(0.0);
+        dst[planes..].fill(zero);
         let mut rows = dst[..planes].chunks_exact_mut(wq);
         for ci in 0..self.c_in {
-            let plane = &src[ci * h * w..(ci + 1) * h * w];
             for py in 0..s {
                 for px in 0..s {
                     // Phase columns qx in lo..hi hold input columns qx * s + px - pad.
@@ -151,27 +180,54 @@ impl Plan {
                         let Some(row) = rows.next() else { return };
                         let iy = (qy * s + py).wrapping_sub(pad);
                         if iy >= h {
-                            row.fill(0.0);
+                            row.fill(zero);
                             continue;
                         }
-                        let line = &plane[iy * w..(iy + 1) * w];
-                        row[..lo].fill(0.0);
-                        row[hi..].fill(0.0);
+                        row[..lo].fill(zero);
+                        row[hi..].fill(zero);
                         if hi > lo {
-                            let first = lo * s + px - pad;
-                            if s == 1 {
-                                row[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
-                            } else {
-                                let taps = line[first..].iter().step_by(s);
-                                for (d, &v) in row[lo..hi].iter_mut().zip(taps) {
-                                    *d = v;
-                                }
-                            }
+                            put(ci, iy, lo * s + px - pad, &mut row[lo..hi]);
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Copies one image `c_in x h x w` into `dst` as zero-padded phase planes.
+    fn prepare(&self, src: &[f32], dst: &mut [f32]) {
+        let (s, h, w) = (self.s, self.h, self.w);
+        self.fill(dst, 0.0, |ci, iy, first, row| {
+            let line = &src[(ci * h + iy) * w..(ci * h + iy + 1) * w];
+            if s == 1 {
+                row.copy_from_slice(&line[first..first + row.len()]);
+            } else {
+                for (d, &v) in row.iter_mut().zip(line[first..].iter().step_by(s)) {
+                    *d = v;
+                }
+            }
+        });
+    }
+
+    /// One image of `channels` planes `h x w` into `dst` as the zero-padded phase planes of
+    /// `self.c_in` channel pairs: channels `2c` and `2c + 1` (zero past `channels`) rounded to
+    /// bf16 in one word ([`bf16_pair`]).
+    fn prepare_pairs(&self, src: &[f32], channels: usize, dst: &mut [u32]) {
+        let (s, h, w) = (self.s, self.h, self.w);
+        let line = |c: usize, iy: usize| {
+            (c < channels).then(|| &src[(c * h + iy) * w..(c * h + iy + 1) * w])
+        };
+        self.fill(dst, 0, |cp, iy, first, row| {
+            let (a, b) = (line(2 * cp, iy), line(2 * cp + 1, iy));
+            let Some(a) = a else {
+                row.fill(0);
+                return;
+            };
+            for (j, d) in row.iter_mut().enumerate() {
+                let x = first + j * s;
+                *d = bf16_pair(a[x], b.map_or(0.0, |b| b[x]));
+            }
+        });
     }
 }
 
@@ -184,6 +240,10 @@ pub(crate) struct DirectConv {
     pad: usize,
     /// AVX-512 blocks ([`wide`]) rather than AVX2 ones; the same results.
     wide: bool,
+    /// bf16 weights `[c_out, pairs * k * k]` ([`bf16_pair`] of channels `2c`, `2c + 1`) when
+    /// this convolution runs the bf16 blocks ([`Self::bf16`]); then the caller's f32 weights
+    /// are not read.
+    bf16: Option<Vec<u32>>,
 }
 
 impl DirectConv {
@@ -203,7 +263,41 @@ impl DirectConv {
             stride,
             pad,
             wide: wide(),
+            bf16: None,
         })
+    }
+
+    /// The same convolution with `wt` (`[c_out, c_in * k * k]`) rounded to bf16 and run by the
+    /// `vdpbf16ps` blocks, which also round the input to bf16 and sum in f32; `None` without
+    /// AVX512_BF16 ([`bf16_usable`]).
+    pub(crate) fn bf16(self, wt: &[f32]) -> Option<Self> {
+        if !bf16_usable() {
+            return None;
+        }
+        let (kk, pairs) = (self.k * self.k, self.c_in.div_ceil(2));
+        let taps = self.c_in * kk;
+        let mut packed = Vec::with_capacity(self.c_out * pairs * kk);
+        for row in wt.chunks_exact(taps).take(self.c_out) {
+            for cp in 0..pairs {
+                for t in 0..kk {
+                    let hi = match 2 * cp + 1 < self.c_in {
+                        true => row[(2 * cp + 1) * kk + t],
+                        false => 0.0,
+                    };
+                    packed.push(bf16_pair(row[2 * cp * kk + t], hi));
+                }
+            }
+        }
+        (packed.len() == self.c_out * pairs * kk).then_some(DirectConv {
+            bf16: Some(packed),
+            wide: true,
+            ..self
+        })
+    }
+
+    /// Whether this convolution runs the bf16 blocks.
+    pub(crate) fn is_bf16(&self) -> bool {
+        self.bf16.is_some()
     }
 
     /// `b` images `c_in x h x w` -> `b x c_out x oh x ow`, plus `bias` and `act`; `wt` is
@@ -220,15 +314,30 @@ impl DirectConv {
         w: usize,
         act: Act,
     ) -> Vec<f32> {
-        let p = Plan::new(self.c_in, self.k, self.stride, self.pad, h, w, self.wide);
-        debug_assert!(wt.len() == self.c_out * p.offsets.len() && bias.len() == self.c_out);
+        let planes = match self.bf16 {
+            Some(_) => self.c_in.div_ceil(2),
+            None => self.c_in,
+        };
+        let p = Plan::new(planes, self.k, self.stride, self.pad, h, w, self.wide);
+        debug_assert!(
+            (self.bf16.is_some() || wt.len() == self.c_out * p.offsets.len())
+                && bias.len() == self.c_out
+        );
         let in_size = self.c_in * h * w;
         let out_size = self.c_out * p.oh * p.ow;
         let mut out = vec![0f32; b * out_size];
         let one_image = |img: usize, o: &mut [f32]| {
             with_scratch(p.prepared + self.c_out * p.npos, |buf| {
                 let (prep, flat) = buf.split_at_mut(p.prepared);
-                p.prepare(&src[img * in_size..(img + 1) * in_size], prep);
+                let image = &src[img * in_size..(img + 1) * in_size];
+                match self.bf16 {
+                    // SAFETY: u32 and f32 have the same size and alignment, and every bit
+                    // pattern is a valid value of either.
+                    Some(_) => p.prepare_pairs(image, self.c_in, unsafe {
+                        std::slice::from_raw_parts_mut(prep.as_mut_ptr().cast::<u32>(), prep.len())
+                    }),
+                    None => p.prepare(image, prep),
+                }
                 let parallel = b == 1 && !is_serial();
                 self.channels(&p, wt, bias, prep, flat, parallel);
                 compact(&p, flat, o, act);
@@ -270,14 +379,28 @@ impl DirectConv {
             let end = (start + chunk * p.pos).min(p.npos);
             for co in (0..self.c_out).step_by(group) {
                 let rows = group.min(self.c_out - co);
-                let w = wt[co * taps..].as_ptr();
+                let w = wt.get(co * taps..).unwrap_or_default().as_ptr();
                 let (bias, out) = (&bias[co..co + rows], dst.get().wrapping_add(co * p.npos));
-                // SAFETY: usable() (and wide() for `self.wide`) held when this DirectConv was
-                // made; `prep` holds every read (`Plan::prepared`), `wt` holds rows
-                // co..co+rows of `taps` weights, and this job alone writes positions
+                // SAFETY: usable() (and wide() for `self.wide`, bf16_usable() for `self.bf16`)
+                // held when this DirectConv was made; `prep` holds every read
+                // (`Plan::prepared`), `wt` (or, for bf16, `w16`) holds rows co..co+rows of
+                // `taps` weights (words), and this job alone writes positions
                 // start..end of rows co..co+rows of `flat` (`npos` apart).
                 unsafe {
-                    if self.wide {
+                    if let Some(w16) = &self.bf16 {
+                        avx512bf16::block(
+                            rows,
+                            &p.offsets,
+                            w16[co * taps..].as_ptr(),
+                            taps,
+                            bias,
+                            prep.as_ptr().cast::<u32>(),
+                            start..end,
+                            p.pos,
+                            out,
+                            p.npos,
+                        )
+                    } else if self.wide {
                         avx512::block(
                             rows,
                             &p.offsets,
@@ -535,6 +658,88 @@ pub(crate) mod avx512 {
     }
 }
 
+/// The bf16 blocks: 8 output channels x 48 (or 16) positions in 24 (8) registers, as the
+/// AVX-512 f32 block, but each `vdpbf16ps` adds the products of two input channels of one tap
+/// (a word of [`bf16_pair`]s in the prepared input and in the weights) to 16 f32 sums: per tap
+/// pair 3 loads, 8 broadcasts and 24 dot products, twice the multiply-adds of an FMA.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512bf16 {
+    use std::arch::x86_64::*;
+
+    /// Output channels `co .. co + rows` (`rows` 2, 4, 6 or 8) at `positions`, `pos` (16 or 48)
+    /// per call (rows of `out` are `npos` apart); `offsets`, `w` and `x` count pair words.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512_BF16 must be present; `w` must hold `rows` rows of `taps` words; `x`
+    /// must be valid for reads at every `offsets[t] + position`; `out` for writes at
+    /// `positions` of `rows` rows `npos` apart.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block(
+        rows: usize,
+        offsets: &[usize],
+        w: *const u32,
+        taps: usize,
+        bias: &[f32],
+        x: *const u32,
+        positions: std::ops::Range<usize>,
+        pos: usize,
+        out: *mut f32,
+        npos: usize,
+    ) {
+        debug_assert!(bias.len() >= rows && positions.len().is_multiple_of(pos));
+        for start in positions.step_by(pos) {
+            let (x, o) = (x.add(start), out.add(start));
+            match (rows, pos == 48) {
+                (8, true) => kernel::<8, 3>(offsets, w, taps, bias, x, o, npos),
+                (6, true) => kernel::<6, 3>(offsets, w, taps, bias, x, o, npos),
+                (4, true) => kernel::<4, 3>(offsets, w, taps, bias, x, o, npos),
+                (_, true) => kernel::<2, 3>(offsets, w, taps, bias, x, o, npos),
+                (8, false) => kernel::<8, 1>(offsets, w, taps, bias, x, o, npos),
+                (6, false) => kernel::<6, 1>(offsets, w, taps, bias, x, o, npos),
+                (4, false) => kernel::<4, 1>(offsets, w, taps, bias, x, o, npos),
+                (_, false) => kernel::<2, 1>(offsets, w, taps, bias, x, o, npos),
+            }
+        }
+    }
+
+    /// `R` channels x `16 * V` positions, started from `bias`, then every tap pair in order.
+    ///
+    /// # Safety
+    /// As for [`block`], for one call's positions.
+    #[inline(always)]
+    unsafe fn kernel<const R: usize, const V: usize>(
+        offsets: &[usize],
+        w: *const u32,
+        taps: usize,
+        bias: &[f32],
+        x: *const u32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| [_mm512_set1_ps(bias[r]); V]);
+        for (i, &off) in offsets.iter().enumerate() {
+            let p = x.add(off);
+            let v: [__m512bh; V] = std::array::from_fn(|j| {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.add(16 * j).cast()))
+            });
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let a = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                    *w.add(r * taps + i) as i32,
+                ));
+                for (s, &vj) in acc_r.iter_mut().zip(&v) {
+                    *s = _mm512_dpbf16_ps(*s, a, vj);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (j, &s) in acc_r.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * stride + j * 16), s);
+            }
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 mod avx {
     /// Never called: [`super::usable`] is false off x86-64.
@@ -659,6 +864,126 @@ mod tests {
                     .count();
                 assert_eq!(differ, 0, "shape {:?} batch {b}", SHAPES[i]);
                 assert!(want.iter().any(|&v| v > 0.0));
+            }
+        }
+    }
+
+    /// bf16 value of `bf16_bits`, as f64.
+    fn from_bf16(bits: u32) -> f64 {
+        f32::from_bits(bits << 16) as f64
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        assert_eq!(bf16_bits(-2.5), 0xc020);
+        // 1 + 2^-8 lies half-way between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0 + 1e-6), 0x3f81);
+        for x in random(1000, 3) {
+            let r = from_bf16(bf16_bits(x));
+            assert!((r - x as f64).abs() <= x.abs() as f64 / 256.0, "{x} -> {r}");
+        }
+    }
+
+    /// The bf16 blocks compute the sums of the bf16-rounded weights times the bf16-rounded
+    /// inputs (checked against a plain f64 loop over the rounded values, to f32 summation
+    /// error), on the network's and odd shapes, including odd channel counts.
+    #[test]
+    fn bf16_blocks_sum_the_rounded_products() {
+        if !bf16_usable() {
+            eprintln!("SKIPPED: no AVX512_BF16 on this CPU");
+            return;
+        }
+        for (i, &(c_in, c_out, k, s, pad, h, w)) in SHAPES.iter().enumerate() {
+            let wt = random(c_out * c_in * k * k, 70 + i as u64);
+            let bias = random(c_out, 80 + i as u64);
+            let conv = DirectConv::new(c_in, c_out, k, s, pad)
+                .unwrap()
+                .bf16(&wt)
+                .unwrap();
+            assert!(conv.is_bf16());
+            let b = 2;
+            let src = random(b * c_in * h * w, 90 + i as u64);
+            let got = conv.forward(&[], &bias, &src, b, h, w, Act::Identity);
+            let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
+            assert_eq!(got.len(), b * c_out * oh * ow);
+            let round = |v: f32| from_bf16(bf16_bits(v));
+            let mut worst = 0f64;
+            let mut inexact = 0;
+            for img in 0..b {
+                for co in 0..c_out {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let (mut sum, mut abs, mut plain) = (bias[co] as f64, 0f64, 0f64);
+                            for ci in 0..c_in {
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let (iy, ix) = (oy * s + ky, ox * s + kx);
+                                        if iy < pad || ix < pad || iy >= h + pad || ix >= w + pad {
+                                            continue;
+                                        }
+                                        let x =
+                                            src[((img * c_in + ci) * h + iy - pad) * w + ix - pad];
+                                        let wv = wt[((co * c_in + ci) * k + ky) * k + kx];
+                                        sum += round(wv) * round(x);
+                                        abs += (wv as f64 * x as f64).abs();
+                                        plain += wv as f64 * x as f64;
+                                    }
+                                }
+                            }
+                            let g = got[((img * c_out + co) * oh + oy) * ow + ox] as f64;
+                            let scale = abs + bias[co].abs() as f64;
+                            worst = worst.max((g - sum).abs() / scale);
+                            inexact += usize::from((g - plain - bias[co] as f64).abs() > 1e-6);
+                        }
+                    }
+                }
+            }
+            assert!(
+                worst < 1e-5,
+                "shape {:?}: relative error {worst}",
+                SHAPES[i]
+            );
+            // bf16 really ran: most sums differ from the f32 ones.
+            assert!(inexact > got.len() / 2, "shape {:?}", SHAPES[i]);
+        }
+    }
+
+    #[test]
+    fn bf16_same_bits_for_any_batch_and_threads() {
+        if !bf16_usable() {
+            eprintln!("SKIPPED: no AVX512_BF16 on this CPU");
+            return;
+        }
+        for &(c_in, c_out, k, s, pad, h, w) in &SHAPES[..6] {
+            let wt = random(c_out * c_in * k * k, 17);
+            let bias = random(c_out, 18);
+            let conv = DirectConv::new(c_in, c_out, k, s, pad)
+                .unwrap()
+                .bf16(&wt)
+                .unwrap();
+            let b = 3;
+            let src = random(b * c_in * h * w, 19);
+            let all = conv.forward(&[], &bias, &src, b, h, w, Act::Identity);
+            let per = all.len() / b;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            for img in 0..b {
+                let one = &src[img * c_in * h * w..(img + 1) * c_in * h * w];
+                let want = &all[img * per..(img + 1) * per];
+                for got in [
+                    pool.install(|| conv.forward(&[], &bias, one, 1, h, w, Act::Identity)),
+                    serial(|| conv.forward(&[], &bias, one, 1, h, w, Act::Identity)),
+                ] {
+                    assert!(got
+                        .iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()));
+                }
             }
         }
     }

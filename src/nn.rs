@@ -248,6 +248,25 @@ impl Conv2d {
         self
     }
 
+    /// Runs this convolution on the bf16 direct kernels (see [`crate::dconv`]: weights and
+    /// inputs rounded to bf16, sums in f32) where the CPU has AVX512_BF16 and the weights live
+    /// on the CPU; otherwise returns it unchanged.
+    pub(crate) fn bf16(mut self) -> Self {
+        if self.cpu_weight {
+            let conv = DirectConv::new(self.c_in, self.c_out, self.k, self.stride, self.padding);
+            if let Some(bf16) = with_cpu_f32(&self.weight, |wt| conv?.bf16(wt)).flatten() {
+                self.direct = Some(bf16);
+                self.winograd = None;
+            }
+        }
+        self
+    }
+
+    /// Whether this convolution runs on the bf16 kernels ([`Self::bf16`]).
+    pub(crate) fn is_bf16(&self) -> bool {
+        self.direct.as_ref().is_some_and(DirectConv::is_bf16)
+    }
+
     /// Whether this convolution runs on the direct kernels ([`Self::direct`]).
     pub(crate) fn is_direct(&self) -> bool {
         self.direct.is_some()

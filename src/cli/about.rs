@@ -162,17 +162,7 @@ pub fn verbose_pipeline(source: &ModelSource, pipeline: &facekit::Pipeline) {
 
 /// How the ResNet computes, for `-v`: `exact (direct fp32 convolutions)` or `fast (...)`.
 pub fn precision(p: facekit::Precision) -> String {
-    match p {
-        facekit::Precision::Exact => "exact (direct fp32 convolutions)".to_string(),
-        facekit::Precision::Fast => format!(
-            "fast (Winograd F(4x4)/F(6x6) 3x3 convolutions, {} transforms)",
-            if cfg!(target_arch = "x86_64") && has("avx2") && has("fma") {
-                "avx2+fma"
-            } else {
-                "scalar"
-            }
-        ),
-    }
+    format!("{} ({})", p.name(), p.kernels())
 }
 
 /// The `-v` line naming the face library in use.

@@ -13,7 +13,9 @@
 //! kernels of `src/dconv.rs` (no patch matrix); the 3x3 and 1x1 maps keep im2col + gemm. With
 //! [`Precision::Fast`] the 3x3 stride-1 convolutions of the 17x17, 8x8 and 3x3 stages run
 //! with Winograd's minimal filtering (`src/winograd.rs`); at 35x35 the exact direct kernels
-//! are as fast, and on AVX-512 CPUs at 17x17 too, so there they stay.
+//! are as fast, and on AVX-512 CPUs at 17x17 too, so there they stay. On CPUs with AVX512_BF16
+//! `Precision::Fast` instead runs every convolution on the bf16 direct kernels (weights and
+//! inputs rounded to bf16, sums in f32; `src/dconv.rs`).
 
 use std::time::Instant;
 
@@ -104,10 +106,39 @@ struct Residual {
     down: bool,
 }
 
+/// Which kernels run a block's convolutions on the CPU.
+#[derive(Debug, Clone, Copy)]
+enum Kernels {
+    /// f32 direct kernels or im2col + gemm: [`Precision::Exact`].
+    Exact,
+    /// Winograd's `tile` for the stride-1 convolutions where it is faster: [`Precision::Fast`]
+    /// without bf16 dot products.
+    Winograd(Tile),
+    /// The bf16 direct kernels for every convolution: [`Precision::Fast`] on CPUs with
+    /// AVX512_BF16 ([`crate::dconv::bf16_usable`]).
+    Bf16,
+}
+
+impl Kernels {
+    /// The kernels of `precision` for a block whose output is `side x side`.
+    fn new(precision: Precision, side: usize) -> Kernels {
+        match precision {
+            Precision::Exact => Kernels::Exact,
+            Precision::Fast if crate::dconv::bf16_usable() => Kernels::Bf16,
+            Precision::Fast => Tile::for_side(side).map_or(Kernels::Exact, Kernels::Winograd),
+        }
+    }
+}
+
 /// The CPU kernel of one convolution whose output is `side x side` (see the module doc):
-/// direct kernels for maps of 8x8 and more, unless `tile` (the block's Winograd tile, fast
-/// path only) is given and the direct kernels are not faster there.
-fn kernel(conv: Conv2d, side: usize, tile: Option<Tile>) -> Conv2d {
+/// direct kernels for maps of 8x8 and more, unless `kernels` asks for Winograd (and the direct
+/// kernels are not faster there) or bf16.
+fn kernel(conv: Conv2d, side: usize, kernels: Kernels) -> Conv2d {
+    let tile = match kernels {
+        Kernels::Bf16 => return conv.bf16(),
+        Kernels::Winograd(tile) => Some(tile),
+        Kernels::Exact => None,
+    };
     let conv = if side >= DIRECT_MIN_SIDE {
         conv.direct()
     } else {
@@ -142,25 +173,24 @@ fn direct_over_winograd_side() -> usize {
 const DIRECT_MIN_SIDE: usize = 8;
 
 impl Residual {
-    /// A block on `side_in x side_in` inputs whose stride-1 convolutions run with Winograd
-    /// `tile` (`None`: exact kernels).
+    /// A block on `side_in x side_in` inputs whose convolutions run on `kernels`.
     fn new(
         c_in: usize,
         c_out: usize,
         down: bool,
         side_in: usize,
-        tile: Option<Tile>,
+        kernels: Kernels,
         vb: VarBuilder,
     ) -> Result<Self> {
         let (stride, pad) = if down { (2, 0) } else { (1, 1) };
         let conv1 = conv_affine(c_in, c_out, 3, stride, pad, &vb, "conv1", "affine1")?;
         let side_out = conv1.out_size(side_in, side_in).0;
         // (`Conv2d::winograd` leaves a down block's stride-2 convolution as it is.)
-        let conv1 = kernel(conv1, side_out, tile);
+        let conv1 = kernel(conv1, side_out, kernels);
         let conv2 = conv_affine(c_out, c_out, 3, 1, 1, &vb, "conv2", "affine2")?;
         Ok(Residual {
             conv1,
-            conv2: kernel(conv2, side_out, tile),
+            conv2: kernel(conv2, side_out, kernels),
             down,
         })
     }
@@ -214,7 +244,11 @@ impl DlibResNet {
 
     /// Builds the network with the given [`Precision`].
     pub fn with_precision(vb: VarBuilder, precision: Precision) -> Result<Self> {
-        let conv1 = conv_affine(3, 32, 7, 2, 0, &vb, "conv1", "affine1")?.direct();
+        let conv1 = conv_affine(3, 32, 7, 2, 0, &vb, "conv1", "affine1")?;
+        let conv1 = match Kernels::new(precision, CHIP_SIZE) {
+            Kernels::Bf16 => conv1.bf16(),
+            _ => conv1.direct(),
+        };
         let mut side = BLOCK_INPUT_SIDE;
         let layers = PLAN
             .iter()
@@ -224,16 +258,12 @@ impl DlibResNet {
                 if down {
                     side = (side - 3) / 2 + 1;
                 }
-                let tile = match precision {
-                    Precision::Exact => None,
-                    Precision::Fast => Tile::for_side(side),
-                };
                 Residual::new(
                     c_in,
                     c_out,
                     down,
                     side_in,
-                    tile,
+                    Kernels::new(precision, side),
                     vb.pp(format!("layers.{i}")),
                 )
             })
@@ -314,6 +344,12 @@ impl DlibResNet {
     /// The final fc layer's weight, `[256, 128]` (features x embedding).
     pub fn fc(&self) -> &Tensor {
         &self.fc
+    }
+
+    /// Whether the convolutions run on the bf16 kernels ([`Precision::Fast`] on a CPU with
+    /// AVX512_BF16).
+    pub fn is_bf16(&self) -> bool {
+        self.conv1.is_bf16()
     }
 }
 

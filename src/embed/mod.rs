@@ -89,11 +89,13 @@ pub enum Precision {
     /// (largest distance to dlib's descriptors on its 79 golden chips: below 0.00001).
     #[default]
     Exact,
-    /// The 3x3 stride-1 convolutions of the 17x17 (AVX2 CPUs only: with AVX-512 the direct
-    /// kernels are faster there), 8x8 and 3x3 stages with Winograd's minimal filtering in fp32
-    /// (`winograd.rs`): 1.1-1.4x faster at batch 16 (README, Speed). Measured against `Exact` on
-    /// dlib's 79 golden chips: largest embedding distance 0.000003 (AVX2) and 0.000002
-    /// (AVX-512), mean 0.000002 (dlib's same-person threshold is 0.6).
+    /// On CPUs with AVX512_BF16: every convolution on bf16 direct kernels (`vdpbf16ps`, weights
+    /// and inputs rounded to bf16, sums in f32), 1.4x faster at batch 16; largest embedding
+    /// distance to `Exact` on dlib's 79 golden chips 0.0058, mean 0.0040. Elsewhere: the 3x3
+    /// stride-1 convolutions of the 17x17 (AVX2 CPUs only: with AVX-512 the direct kernels are
+    /// faster there), 8x8 and 3x3 stages with Winograd's minimal filtering in fp32
+    /// (`winograd.rs`), 1.1-1.4x faster at batch 16, largest distance 0.000003 (README, Speed).
+    /// dlib's same-person threshold is 0.6.
     Fast,
 }
 
@@ -103,6 +105,20 @@ impl Precision {
         match self {
             Precision::Exact => "exact",
             Precision::Fast => "fast",
+        }
+    }
+
+    /// What computes the ResNet's convolutions with this precision on this CPU.
+    pub fn kernels(self) -> &'static str {
+        match self {
+            Precision::Exact => "direct fp32 convolutions",
+            Precision::Fast if crate::dconv::bf16_usable() => {
+                "bf16 direct convolutions with fp32 sums, avx512_bf16"
+            }
+            Precision::Fast if crate::dconv::usable() => {
+                "Winograd F(4x4)/F(6x6) 3x3 convolutions, avx2+fma transforms"
+            }
+            Precision::Fast => "Winograd F(4x4)/F(6x6) 3x3 convolutions, scalar transforms",
         }
     }
 }
@@ -249,6 +265,9 @@ impl Embedder for DlibEmbedder {
         match (self.output, self.precision) {
             (Output::Embedding, Precision::Exact) => "dlib_resnet_v1",
             (Output::Pooled, Precision::Exact) => "dlib_resnet_v1/pooled",
+            // bf16 and Winograd give different (close) embeddings: never mixed in one library.
+            (Output::Embedding, Precision::Fast) if self.net.is_bf16() => "dlib_resnet_v1+bf16",
+            (Output::Pooled, Precision::Fast) if self.net.is_bf16() => "dlib_resnet_v1/pooled+bf16",
             (Output::Embedding, Precision::Fast) => "dlib_resnet_v1+fast",
             (Output::Pooled, Precision::Fast) => "dlib_resnet_v1/pooled+fast",
         }
