@@ -42,7 +42,19 @@ pub fn cpu_features() -> Vec<(&'static str, bool)> {
         macro_rules! probe {
             ($($f:tt),*) => { vec![$(($f, std::arch::is_x86_feature_detected!($f))),*] };
         }
-        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl")
+        probe!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512cd",
+            "avx512dq",
+            "avx512vl",
+            "avx512bf16"
+        )
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -74,13 +86,28 @@ fn has(name: &str) -> bool {
 }
 
 /// The CPU kernels this run uses, chosen at run time as the code chooses them: the `gemm` crate
-/// behind every convolution and matrix product (`nn.rs`, candle; its AVX-512 kernels are not
-/// compiled in, as its `x86-v4` feature is off), the pair-distance kernels (`distance.rs`:
-/// AVX2+FMA or scalar) and YuNet's convolutions (`yunet_kernels.rs`: AVX2 or plain).
+/// behind the matrix products and the convolutions on small maps (`nn.rs`, candle; AVX-512 when
+/// the CPU has x86-64-v4's AVX-512F/BW/CD/DQ/VL), the direct convolutions (`dconv.rs`:
+/// AVX-512F or AVX2+FMA blocks, and bf16 dot products for `--precision fast` with
+/// AVX512_BF16), the pair-distance kernels (`distance.rs`: AVX2+FMA or scalar) and YuNet's
+/// convolutions (`yunet_kernels.rs`: AVX2 or plain).
 pub fn kernels() -> String {
-    let (gemm, distance, yunet) = if cfg!(target_arch = "x86_64") {
+    let v4 = ["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"]
+        .iter()
+        .all(|f| has(f));
+    let (gemm, direct, distance, yunet) = if cfg!(target_arch = "x86_64") {
         (
-            if has("fma") { "avx2+fma" } else { "scalar" },
+            match (v4, has("avx2") && has("fma")) {
+                (true, _) => "avx512",
+                (false, true) => "avx2+fma",
+                (false, false) => "scalar",
+            },
+            match (has("avx512f"), has("avx2") && has("fma")) {
+                (true, _) if has("avx512bf16") => "avx512 (bf16 for --precision fast)",
+                (true, _) => "avx512",
+                (false, true) => "avx2+fma",
+                (false, false) => "none (gemm)",
+            },
             if has("avx2") && has("fma") {
                 "avx2+fma"
             } else {
@@ -89,16 +116,11 @@ pub fn kernels() -> String {
             if has("avx2") { "avx2" } else { "scalar" },
         )
     } else if cfg!(target_arch = "aarch64") {
-        ("neon", "scalar", "scalar")
+        ("neon", "none (gemm)", "scalar", "scalar")
     } else {
-        ("scalar", "scalar", "scalar")
+        ("scalar", "none (gemm)", "scalar", "scalar")
     };
-    let no_avx512 = if has("avx512f") {
-        " (AVX-512 present, no AVX-512 kernels in this build)"
-    } else {
-        ""
-    };
-    format!("convolutions/matmul gemm {gemm}, distances {distance}, yunet {yunet}{no_avx512}")
+    format!("matmul gemm {gemm}, direct convolutions {direct}, distances {distance}, yunet {yunet}")
 }
 
 /// The device the networks run on and how it was chosen (`--device` or the default).
