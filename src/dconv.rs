@@ -24,6 +24,13 @@
 //!   does not depend on the batch, the thread count, which positions share a block, or whether
 //!   the AVX2 or the AVX-512 block computed it: the same bits either way.
 //!
+//! - **bf16.** On CPUs with AVX512_BF16 ([`bf16_usable`]) a convolution can instead run in bf16
+//!   ([`DirectConv::bf16`], the ResNet's `--precision fast`): input channels are taken in pairs,
+//!   each padded position holding channels `2c` and `2c + 1` rounded to bf16 in one word, and
+//!   the weights likewise, so that one `vdpbf16ps` adds two channels' products for 16 positions
+//!   to 16 f32 sums ([`avx512bf16`], the same 8 x 48 block). Each sum still runs over its tap
+//!   pairs in one fixed order: the same bits for any batch and thread count.
+//!
 //! Only x86-64 with AVX2 and FMA runs it ([`usable`]); elsewhere callers keep im2col + gemm.
 
 use rayon::prelude::*;
