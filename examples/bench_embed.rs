@@ -194,56 +194,68 @@ fn print_peaks() {
     }
 }
 
+/// Iterations of every register loop below.
+const ITERS: usize = 20_000_000;
+
+/// Billions of operations per second when every pool thread runs `run(thread)` at once, each
+/// doing `ops` operations per iteration of [`ITERS`]; 0 when `run` returns `None` (the CPU
+/// lacks the instructions).
+fn peak_rate<T: Send>(ops: usize, run: impl Fn(usize) -> Option<T> + Sync + Send) -> f64 {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let t = Instant::now();
+    let sums: Vec<Option<T>> = (0..threads).into_par_iter().map(run).collect();
+    let secs = t.elapsed().as_secs_f64();
+    if sums.iter().any(Option::is_none) {
+        return 0.0;
+    }
+    std::hint::black_box(sums);
+    (threads * ITERS * ops) as f64 / secs / 1e9
+}
+
 /// GFLOP/s of independent 8-lane (`wide`: 16-lane) FMAs on every pool thread at once (0
 /// without AVX2/FMA, or AVX-512F when `wide`).
 fn fma_peak_gflops(wide: bool) -> f64 {
-    use rayon::prelude::*;
-    const ITERS: usize = 20_000_000;
-    let threads = rayon::current_num_threads();
-    let t = Instant::now();
-    let sums: Vec<f32> = (0..threads)
-        .into_par_iter()
-        .map(|i| {
-            if wide {
-                fma_loop_wide(ITERS, i as f32)
-            } else {
-                fma_loop(ITERS, i as f32)
-            }
-        })
-        .collect();
-    let secs = t.elapsed().as_secs_f64();
-    if sums.iter().all(|s| s.is_nan()) {
-        return 0.0;
-    }
     // 12 FMAs of 8 (16) lanes, 2 FLOPs each, per iteration.
     let lanes = if wide { 16 } else { 8 };
-    (threads * ITERS * 12 * lanes * 2) as f64 / secs / 1e9
+    peak_rate(12 * lanes * 2, |i| {
+        let sum = if wide {
+            fma_loop_wide(ITERS, i as f32)
+        } else {
+            fma_loop(ITERS, i as f32)
+        };
+        (!sum.is_nan()).then_some(sum)
+    })
 }
 
 /// GFLOP/s of independent `vdpbf16ps` (16 lanes x 2 bf16 products) on every pool thread at
 /// once; 0 without AVX512_BF16.
 fn bf16_peak_gflops() -> f64 {
-    use rayon::prelude::*;
-    const ITERS: usize = 20_000_000;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if !std::arch::is_x86_feature_detected!("avx512bf16") {
-            return 0.0;
-        }
-        let threads = rayon::current_num_threads();
-        let t = Instant::now();
-        let sums: Vec<f32> = (0..threads)
-            .into_par_iter()
+    // 12 dot products of 16 lanes x 2 products, 2 FLOPs each, per iteration.
+    peak_rate(12 * 32 * 2, |i| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
             // SAFETY: AVX512_BF16 (and so AVX-512F) was detected.
-            .map(|i| unsafe { bf16_loop(ITERS, i as f32) })
-            .collect();
-        let secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(sums);
-        // 12 dot products of 16 lanes x 2 products, 2 FLOPs each, per iteration.
-        (threads * ITERS * 12 * 32 * 2) as f64 / secs / 1e9
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    0.0
+            return Some(unsafe { bf16_loop(ITERS, i as f32) });
+        }
+        let _ = i;
+        None
+    })
+}
+
+/// GOP/s (2 per multiply-add) of independent `vpdpbusd` (16 lanes x 4 u8 x i8 products) on
+/// every pool thread at once; 0 without AVX512_VNNI.
+fn int8_peak_gops() -> f64 {
+    // 12 dot products of 16 lanes x 4 products, 2 operations each, per iteration.
+    peak_rate(12 * 64 * 2, |i| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            // SAFETY: AVX512_VNNI (and so AVX-512F) was detected.
+            return Some(unsafe { int8_loop(ITERS, i as i32) });
+        }
+        let _ = i;
+        None
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -263,32 +275,6 @@ unsafe fn bf16_loop(iters: usize, seed: f32) -> f32 {
         .iter()
         .fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v));
     _mm512_reduce_add_ps(sum)
-}
-
-/// GOP/s (2 per multiply-add) of independent `vpdpbusd` (16 lanes x 4 u8 x i8 products) on
-/// every pool thread at once; 0 without AVX512_VNNI.
-fn int8_peak_gops() -> f64 {
-    use rayon::prelude::*;
-    const ITERS: usize = 20_000_000;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if !std::arch::is_x86_feature_detected!("avx512vnni") {
-            return 0.0;
-        }
-        let threads = rayon::current_num_threads();
-        let t = Instant::now();
-        let sums: Vec<i32> = (0..threads)
-            .into_par_iter()
-            // SAFETY: AVX512_VNNI (and so AVX-512F) was detected.
-            .map(|i| unsafe { int8_loop(ITERS, i as i32) })
-            .collect();
-        let secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(sums);
-        // 12 dot products of 16 lanes x 4 products, 2 operations each, per iteration.
-        (threads * ITERS * 12 * 64 * 2) as f64 / secs / 1e9
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    0.0
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -619,6 +619,27 @@ pub(crate) mod simd {
     }
 }
 
+/// Calls `$kernel::<$($ty,)* R, V>($args)` for `$rows` (8, 6, 4, else 2) output channels and
+/// `V` = 3 registers of positions when `$three`, else 1: the AVX-512 blocks' dispatch.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_block {
+    ($rows:expr, $three:expr, $kernel:ident, [$($ty:ty)?], $args:tt) => {
+        match ($rows, $three) {
+            (8, true) => by_block!(@call $kernel, [$($ty)?], 8, 3, $args),
+            (6, true) => by_block!(@call $kernel, [$($ty)?], 6, 3, $args),
+            (4, true) => by_block!(@call $kernel, [$($ty)?], 4, 3, $args),
+            (_, true) => by_block!(@call $kernel, [$($ty)?], 2, 3, $args),
+            (8, false) => by_block!(@call $kernel, [$($ty)?], 8, 1, $args),
+            (6, false) => by_block!(@call $kernel, [$($ty)?], 6, 1, $args),
+            (4, false) => by_block!(@call $kernel, [$($ty)?], 4, 1, $args),
+            (_, false) => by_block!(@call $kernel, [$($ty)?], 2, 1, $args),
+        }
+    };
+    (@call $kernel:ident, [$($ty:ty)?], $r:literal, $v:literal, ($($arg:expr),*)) => {
+        $kernel::<$($ty,)? $r, $v>($($arg),*)
+    };
+}
+
 /// The AVX-512 blocks: the same sums as [`avx`], 16 lanes per register.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
@@ -651,16 +672,13 @@ pub(crate) mod avx512 {
         debug_assert!(bias.len() >= rows && positions.len().is_multiple_of(pos));
         for start in positions.step_by(pos) {
             let (x, o) = (x.add(start), out.add(start));
-            match (rows, pos == 3 * L16) {
-                (8, true) => taps_kernel::<__m512, 8, 3>(offsets, w, taps, bias, x, o, npos),
-                (6, true) => taps_kernel::<__m512, 6, 3>(offsets, w, taps, bias, x, o, npos),
-                (4, true) => taps_kernel::<__m512, 4, 3>(offsets, w, taps, bias, x, o, npos),
-                (_, true) => taps_kernel::<__m512, 2, 3>(offsets, w, taps, bias, x, o, npos),
-                (8, false) => taps_kernel::<__m512, 8, 1>(offsets, w, taps, bias, x, o, npos),
-                (6, false) => taps_kernel::<__m512, 6, 1>(offsets, w, taps, bias, x, o, npos),
-                (4, false) => taps_kernel::<__m512, 4, 1>(offsets, w, taps, bias, x, o, npos),
-                (_, false) => taps_kernel::<__m512, 2, 1>(offsets, w, taps, bias, x, o, npos),
-            }
+            by_block!(
+                rows,
+                pos == 3 * L16,
+                taps_kernel,
+                [__m512],
+                (offsets, w, taps, bias, x, o, npos)
+            )
         }
     }
 }
@@ -672,6 +690,8 @@ pub(crate) mod avx512 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512bf16 {
     use std::arch::x86_64::*;
+
+    use super::L16;
 
     /// Output channels `co .. co + rows` (`rows` 2, 4, 6 or 8) at `positions`, `pos` (16 or 48)
     /// per call (rows of `out` are `npos` apart); `offsets`, `w` and `x` count pair words.
@@ -697,16 +717,13 @@ pub(crate) mod avx512bf16 {
         debug_assert!(bias.len() >= rows && positions.len().is_multiple_of(pos));
         for start in positions.step_by(pos) {
             let (x, o) = (x.add(start), out.add(start));
-            match (rows, pos == 48) {
-                (8, true) => kernel::<8, 3>(offsets, w, taps, bias, x, o, npos),
-                (6, true) => kernel::<6, 3>(offsets, w, taps, bias, x, o, npos),
-                (4, true) => kernel::<4, 3>(offsets, w, taps, bias, x, o, npos),
-                (_, true) => kernel::<2, 3>(offsets, w, taps, bias, x, o, npos),
-                (8, false) => kernel::<8, 1>(offsets, w, taps, bias, x, o, npos),
-                (6, false) => kernel::<6, 1>(offsets, w, taps, bias, x, o, npos),
-                (4, false) => kernel::<4, 1>(offsets, w, taps, bias, x, o, npos),
-                (_, false) => kernel::<2, 1>(offsets, w, taps, bias, x, o, npos),
-            }
+            by_block!(
+                rows,
+                pos == 3 * L16,
+                kernel,
+                [],
+                (offsets, w, taps, bias, x, o, npos)
+            )
         }
     }
 
