@@ -13,6 +13,14 @@
 
 use std::time::Instant;
 
+// The binary's allocator (huge pages for large blocks, freed large blocks reused), so that the
+// times here are what `facekit` itself pays: with the system allocator every layer's output was
+// a fresh mapping whose pages fault in at first touch.
+#[path = "../src/cli/alloc.rs"]
+mod alloc;
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
+
 use facekit::embed::{DlibEmbedder, Embedder};
 use facekit::models::ModelSource;
 use facekit::Precision;
