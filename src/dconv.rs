@@ -19,8 +19,9 @@
 //!   bias (a last group of 2 or 4 channels takes fewer); per tap 2 loads, 6 broadcasts of the
 //!   weights (read in place, `[c_out, c_in * k * k]`) and 12 FMAs. (4 x 24 needed 17 registers
 //!   and spilled one.) With AVX-512 ([`wide`]), 8 channels x 48 positions in 24 of the 32
-//!   registers (3 loads, 8 broadcasts, 24 FMAs per tap; maps of fewer than 96 positions take
-//!   8 x 16). Every output sums its taps in the weight order with one FMA each, so the result
+//!   registers (3 loads, 8 broadcasts, 24 FMAs per tap); a map of at most 80 computed positions
+//!   takes one call for all of them (the 8x8 maps: 4 channels x 80 positions, 5 loads, 4
+//!   broadcasts, 20 FMAs per tap; [`wide_rows`]). Every output sums its taps in the weight order with one FMA each, so the result
 //!   does not depend on the batch, the thread count, which positions share a block, or whether
 //!   the AVX2 or the AVX-512 block computed it: the same bits either way.
 //!
@@ -47,11 +48,21 @@ const POS: usize = V * L;
 const CO: usize = 6;
 /// Floats per AVX-512 register.
 const L16: usize = 16;
-/// Output channels per AVX-512 kernel call (the last call may take 2, 4 or 6).
-const CO16: usize = 8;
-/// Maps with at least this many computed positions take AVX-512 calls of 3 registers (48
-/// positions); smaller ones calls of 1 (16 positions), so that rounding up wastes little.
-const WIDE_V3_FROM: usize = 96;
+/// Maps with more than this many computed positions take AVX-512 calls of 3 registers (48
+/// positions, 8 channels); smaller ones take one call of just enough registers for the whole
+/// map (1 to 5: the 8x8 maps' 80 positions are 5), so that rounding up wastes little.
+const WIDE_ONE_CALL_UP_TO: usize = 5 * L16;
+
+/// Output channels per AVX-512 kernel call of `v` registers of positions (the last call of a
+/// convolution may take fewer, in steps of 2): at most 24 accumulators, and as many as the
+/// registers allow, since each tap's weight broadcasts are shared by all `v` registers.
+fn wide_rows(v: usize) -> usize {
+    match v {
+        5 => 4,
+        4 => 6,
+        _ => 8,
+    }
+}
 
 /// Whether the direct kernels (and Winograd's AVX2 transforms and products, which share
 /// [`simd::rows_kernel`]) can run on this CPU: x86-64 with AVX2 and FMA.
@@ -115,7 +126,7 @@ struct Plan {
     /// Phase plane size: `hq x wq`.
     hq: usize,
     wq: usize,
-    /// Positions per kernel call: 16 with AVX2; 16 or 48 with AVX-512.
+    /// Positions per kernel call: 16 with AVX2; 16 to 80 with AVX-512.
     pos: usize,
     /// Computed positions per output channel (`oh * wq` rounded up to whole kernel calls).
     npos: usize,
@@ -141,8 +152,8 @@ impl Plan {
             }
         }
         let pos = match wide {
-            true if oh * wq >= WIDE_V3_FROM => 3 * L16,
-            true => L16,
+            true if oh * wq > WIDE_ONE_CALL_UP_TO => 3 * L16,
+            true => (oh * wq).div_ceil(L16).max(1) * L16,
             false => POS,
         };
         let npos = (oh * wq).div_ceil(pos) * pos;
@@ -381,7 +392,11 @@ impl DirectConv {
         let chunk = (p.npos / p.pos).div_ceil(jobs);
         let chunks: Vec<usize> = (0..p.npos).step_by(chunk * p.pos).collect();
         let dst = SyncPtr(flat.as_mut_ptr());
-        let group = if self.wide { CO16 } else { CO };
+        let group = if self.wide {
+            wide_rows(p.pos / L16)
+        } else {
+            CO
+        };
         let run = |&start: &usize| {
             let end = (start + chunk * p.pos).min(p.npos);
             for co in (0..self.c_out).step_by(group) {
@@ -619,24 +634,24 @@ pub(crate) mod simd {
     }
 }
 
-/// Calls `$kernel::<$($ty,)* R, V>($args)` for `$rows` (8, 6, 4, else 2) output channels and
-/// `V` = 3 registers of positions when `$three`, else 1: the AVX-512 blocks' dispatch.
+/// Runs `$call` with the consts `$R` (output channels: 2 to [`wide_rows`]`($V)`, even) and `$V`
+/// (registers of positions: 1 to 5) set to `$rows` and `$v`: the AVX-512 blocks' dispatch.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_block {
-    ($rows:expr, $three:expr, $kernel:ident, [$($ty:ty)?], $args:tt) => {
-        match ($rows, $three) {
-            (8, true) => by_block!(@call $kernel, [$($ty)?], 8, 3, $args),
-            (6, true) => by_block!(@call $kernel, [$($ty)?], 6, 3, $args),
-            (4, true) => by_block!(@call $kernel, [$($ty)?], 4, 3, $args),
-            (_, true) => by_block!(@call $kernel, [$($ty)?], 2, 3, $args),
-            (8, false) => by_block!(@call $kernel, [$($ty)?], 8, 1, $args),
-            (6, false) => by_block!(@call $kernel, [$($ty)?], 6, 1, $args),
-            (4, false) => by_block!(@call $kernel, [$($ty)?], 4, 1, $args),
-            (_, false) => by_block!(@call $kernel, [$($ty)?], 2, 1, $args),
-        }
+    ($rows:expr, $v:expr, |$R:ident, $V:ident| $call:expr) => {
+        by_block!(@arms ($rows, $v), $R, $V, $call,
+            (8, 3), (6, 3), (4, 3), (2, 3), (8, 1), (6, 1), (4, 1), (2, 1),
+            (8, 2), (6, 2), (4, 2), (2, 2), (6, 4), (4, 4), (2, 4), (4, 5), (2, 5))
     };
-    (@call $kernel:ident, [$($ty:ty)?], $r:literal, $v:literal, ($($arg:expr),*)) => {
-        $kernel::<$($ty,)? $r, $v>($($arg),*)
+    (@arms $on:expr, $R:ident, $V:ident, $call:expr, $(($r:literal, $vv:literal)),*) => {
+        match $on {
+            $(($r, $vv) => {
+                const $R: usize = $r;
+                const $V: usize = $vv;
+                $call
+            })*
+            (rows, v) => unreachable!("no AVX-512 block of {rows} channels x {v} registers"),
+        }
     };
 }
 
@@ -648,7 +663,8 @@ pub(crate) mod avx512 {
     use super::simd::taps_kernel;
     use super::L16;
 
-    /// Output channels `co .. co + rows` (`rows` 2, 4, 6 or 8) at `positions`, `pos` (16 or 48)
+    /// Output channels `co .. co + rows` (`rows` even, at most [`super::wide_rows`] of
+    /// `pos / 16`) at `positions`, `pos` (16, 32, 48, 64 or 80)
     /// per call (rows of `out` are `npos` apart).
     ///
     /// # Safety
@@ -672,13 +688,9 @@ pub(crate) mod avx512 {
         debug_assert!(bias.len() >= rows && positions.len().is_multiple_of(pos));
         for start in positions.step_by(pos) {
             let (x, o) = (x.add(start), out.add(start));
-            by_block!(
-                rows,
-                pos == 3 * L16,
-                taps_kernel,
-                [__m512],
-                (offsets, w, taps, bias, x, o, npos)
-            )
+            by_block!(rows, pos / L16, |R, V| taps_kernel::<__m512, R, V>(
+                offsets, w, taps, bias, x, o, npos
+            ))
         }
     }
 }
@@ -693,7 +705,8 @@ pub(crate) mod avx512bf16 {
 
     use super::L16;
 
-    /// Output channels `co .. co + rows` (`rows` 2, 4, 6 or 8) at `positions`, `pos` (16 or 48)
+    /// Output channels `co .. co + rows` (`rows` even, at most [`super::wide_rows`] of
+    /// `pos / 16`) at `positions`, `pos` (16, 32, 48, 64 or 80)
     /// per call (rows of `out` are `npos` apart); `offsets`, `w` and `x` count pair words.
     ///
     /// # Safety
@@ -717,13 +730,9 @@ pub(crate) mod avx512bf16 {
         debug_assert!(bias.len() >= rows && positions.len().is_multiple_of(pos));
         for start in positions.step_by(pos) {
             let (x, o) = (x.add(start), out.add(start));
-            by_block!(
-                rows,
-                pos == 3 * L16,
-                kernel,
-                [],
-                (offsets, w, taps, bias, x, o, npos)
-            )
+            by_block!(rows, pos / L16, |R, V| kernel::<R, V>(
+                offsets, w, taps, bias, x, o, npos
+            ))
         }
     }
 
@@ -796,8 +805,9 @@ mod tests {
     }
 
     /// `(c_in, c_out, k, stride, pad, h, w)`: the ResNet's stem and stage convolutions, and
-    /// odd ones (channel tails of 2 and 4, stride 3, padding 2, non-square maps).
-    const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 10] = [
+    /// odd ones (channel tails of 2 and 4, stride 3, padding 2, non-square maps, and small maps
+    /// taking one AVX-512 call of 1, 2, 4 and 5 registers, with channel tails).
+    const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 14] = [
         (3, 32, 7, 2, 0, 150, 150),
         (32, 32, 3, 1, 1, 35, 35),
         (32, 64, 3, 2, 0, 35, 35),
@@ -808,6 +818,10 @@ mod tests {
         (7, 4, 5, 3, 2, 20, 31),
         (2, 2, 1, 1, 0, 6, 7),
         (6, 8, 4, 2, 1, 11, 12),
+        (4, 6, 3, 1, 1, 3, 3),
+        (6, 12, 3, 1, 1, 4, 5),
+        (8, 10, 3, 1, 1, 6, 8),
+        (3, 6, 3, 1, 1, 7, 9),
     ];
 
     fn values(t: &Tensor) -> Vec<f32> {
@@ -859,6 +873,26 @@ mod tests {
                 assert!(want.iter().any(|&v| v > 0.0) && want.contains(&0.0));
             }
         }
+    }
+
+    #[test]
+    fn small_maps_take_one_avx512_call() {
+        // (c_in, k, s, pad, h, w) -> positions per AVX-512 call.
+        for ((c_in, k, s, pad, h, w), pos) in [
+            ((4, 3, 1, 1, 3, 3), 16),
+            ((6, 3, 1, 1, 4, 5), 32),
+            ((8, 3, 1, 1, 6, 8), 64),
+            ((128, 3, 1, 1, 8, 8), 80),
+            ((64, 3, 2, 0, 17, 17), 80),
+            ((64, 3, 1, 1, 17, 17), 48),
+            ((32, 3, 1, 1, 35, 35), 48),
+        ] {
+            let p = Plan::new(c_in, k, s, pad, h, w, true);
+            assert_eq!(p.pos, pos, "{h}x{w}");
+            assert!(p.npos >= p.oh * p.wq && p.npos % p.pos == 0);
+            assert_eq!(Plan::new(c_in, k, s, pad, h, w, false).pos, POS);
+        }
+        assert_eq!((1..=5).map(wide_rows).collect::<Vec<_>>(), [8, 8, 8, 6, 4]);
     }
 
     #[test]
