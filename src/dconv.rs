@@ -889,7 +889,7 @@ mod tests {
         ] {
             let p = Plan::new(c_in, k, s, pad, h, w, true);
             assert_eq!(p.pos, pos, "{h}x{w}");
-            assert!(p.npos >= p.oh * p.wq && p.npos % p.pos == 0);
+            assert!(p.npos >= p.oh * p.wq && p.npos.is_multiple_of(p.pos));
             assert_eq!(Plan::new(c_in, k, s, pad, h, w, false).pos, POS);
         }
         assert_eq!((1..=5).map(wide_rows).collect::<Vec<_>>(), [8, 8, 8, 6, 4]);
