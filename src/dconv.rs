@@ -21,15 +21,16 @@
 //!   and spilled one.) With AVX-512 ([`wide`]), 8 channels x 48 positions in 24 of the 32
 //!   registers (3 loads, 8 broadcasts, 24 FMAs per tap); a map of at most 80 computed positions
 //!   takes one call for all of them (the 8x8 maps: 4 channels x 80 positions, 5 loads, 4
-//!   broadcasts, 20 FMAs per tap; [`wide_rows`]). Every output sums its taps in the weight order with one FMA each, so the result
-//!   does not depend on the batch, the thread count, which positions share a block, or whether
-//!   the AVX2 or the AVX-512 block computed it: the same bits either way.
+//!   broadcasts, 20 FMAs per tap; [`wide_rows`]). Every output sums its taps in the weight
+//!   order with one FMA each, so the result does not depend on the batch, the thread count,
+//!   which positions share a block, or whether the AVX2 or the AVX-512 block computed it: the
+//!   same bits either way.
 //!
 //! - **bf16.** On CPUs with AVX512_BF16 ([`bf16_usable`]) a convolution can instead run in bf16
 //!   ([`DirectConv::bf16`], the ResNet's `--precision fast`): input channels are taken in pairs,
 //!   each padded position holding channels `2c` and `2c + 1` rounded to bf16 in one word, and
 //!   the weights likewise, so that one `vdpbf16ps` adds two channels' products for 16 positions
-//!   to 16 f32 sums ([`avx512bf16`], the same 8 x 48 block). Each sum still runs over its tap
+//!   to 16 f32 sums ([`avx512bf16`], the same call shapes as the AVX-512 f32 block). Each sum still runs over its tap
 //!   pairs in one fixed order: the same bits for any batch and thread count.
 //!
 //! Only x86-64 with AVX2 and FMA runs it ([`usable`]); elsewhere callers keep im2col + gemm.
@@ -695,10 +696,11 @@ pub(crate) mod avx512 {
     }
 }
 
-/// The bf16 blocks: 8 output channels x 48 (or 16) positions in 24 (8) registers, as the
-/// AVX-512 f32 block, but each `vdpbf16ps` adds the products of two input channels of one tap
-/// (a word of [`bf16_pair`]s in the prepared input and in the weights) to 16 f32 sums: per tap
-/// pair 3 loads, 8 broadcasts and 24 dot products, twice the multiply-adds of an FMA.
+/// The bf16 blocks: the call shapes of the AVX-512 f32 block (8 output channels x 48 positions
+/// in 24 registers; small maps in one call, [`wide_rows`]), but each `vdpbf16ps` adds the
+/// products of two input channels of one tap (a word of [`bf16_pair`]s in the prepared input
+/// and in the weights) to 16 f32 sums: per tap pair of the 8 x 48 call 3 loads, 8 broadcasts
+/// and 24 dot products, twice the multiply-adds of an FMA.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512bf16 {
     use std::arch::x86_64::*;
